@@ -1,0 +1,275 @@
+"""Prompt and preference data for GAPO: PKU-SafeRLHF, HH-RLHF, local JSON/JSONL files, templates.
+
+What it does
+- load_prompts: the RL / evaluation prompts of a data set (SPEC §7: PKU-SafeRLHF train for training,
+  its test split and HH-RLHF test for evaluation), de-duplicated in order (PKU-SafeRLHF repeats each
+  prompt across several rows).
+- load_preference_pairs: (prompt, better, worse) pairs for score-model training; kind="helpful" ranks
+  by helpfulness, kind="safety" by harmlessness and carries the safe/unsafe labels that the cost
+  model's sign term needs (SPEC §1: cost > 0 means unsafe).
+- format_policy_prompt / format_scorer_text: the policy's own chat template, and the Safe RLHF
+  template the beaver reward and cost models were trained on (SPEC §7).
+
+Sources: a Hugging Face Hub id ("PKU-Alignment/PKU-SafeRLHF", "Anthropic/hh-rlhf", or
+"Anthropic/hh-rlhf:harmless-base" to pick a data dir), a local folder that load_dataset can read,
+or a local .json / .jsonl / .jsonl.gz file. Hub rows and file rows go through the same row parser;
+a row's format (PKU-SafeRLHF, HH-RLHF, or plain {"prompt": ...}) is told by its fields. Both
+PKU-SafeRLHF schemas work: the 2024 fields (sources, hashes, harm categories, severity) are ignored.
+
+Run: python data.py Anthropic/hh-rlhf:harmless-base test   (prints counts and the first prompt)
+
+Left out on purpose: no tokenisation here (rollout.py and rewards.py own it), no streaming of
+huge data sets, and the split argument is ignored for single local files (a file is one split).
+"""
+import gzip
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+SAFE_RLHF_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
+HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"  # HH-RLHF turn markers
+FILE_SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".json.gz")
+
+
+@dataclass
+class PreferencePair:
+    prompt: str
+    better: str  # kind="safety": the safer response
+    worse: str
+    better_safe: bool | None = None  # safe labels (PKU-SafeRLHF is_response_*_safe); None = unknown
+    worse_safe: bool | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading rows: yields (name, where, row) so that every error can name the file, row and field.
+
+def _read_file(path):
+    """Rows of a local .json (a list of objects, or JSON Lines) / .jsonl / .jsonl.gz file."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        text = f.read()
+    if not text.strip():
+        raise ValueError(f"{path} is empty; give a file with at least one JSON object.")
+    if text.lstrip().startswith("["):  # one JSON list of objects
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); fix the file.") from None
+        for i, row in enumerate(rows, 1):
+            yield f"row {i}", row
+        return
+    for i, line in enumerate(text.splitlines(), 1):  # JSON Lines; blank lines are not rows
+        if line.strip():
+            try:
+                yield f"line {i}", json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {i} is not valid JSON ({err}); fix that line.") from None
+
+
+def _read_hub(source, split):
+    """Rows of a Hub data set ("repo" or "repo:data_dir") or a local data set folder."""
+    import datasets
+
+    repo, data_dir = source, None
+    if not os.path.isdir(source) and ":" in source:
+        repo, data_dir = source.split(":", 1)
+    try:
+        ds = datasets.load_dataset(repo, data_dir=data_dir, split=split)
+    except (ConnectionError, FileNotFoundError) as err:  # offline, or no such data set
+        raise FileNotFoundError(
+            f"data set '{source}' is not a local file or folder and could not be loaded from the "
+            f"Hugging Face Hub ({type(err).__name__}, offline?); download it first or pass a local "
+            f".json/.jsonl/.jsonl.gz path.") from err
+    for i, row in enumerate(ds, 1):
+        yield f"row {i}", row
+
+
+def _rows(source, split):
+    """(name, iterator of (where, row)) for any source; a non-dict row stops with its location."""
+    if os.path.isfile(source) or source.endswith(FILE_SUFFIXES):
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"data file {source} does not exist; check the path.")
+        if not source.endswith(FILE_SUFFIXES):
+            raise ValueError(f"{source} is not a .json, .jsonl or .jsonl.gz file; convert it to JSON Lines.")
+        name, rows = source, _read_file(source)
+    else:
+        name, rows = f"{source} (split {split})", _read_hub(source, split)
+
+    def checked():
+        n = 0
+        for where, row in rows:
+            if not isinstance(row, dict):
+                raise ValueError(f"{name}, {where} is a {type(row).__name__}, not a JSON object; "
+                                 f"give one object per row.")
+            n += 1
+            yield where, row
+        if n == 0:
+            raise ValueError(f"{name} holds no rows; give a data set with at least one row.")
+    return name, checked()
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing one row. The first row decides the format; every later row must have its fields.
+
+def _row_format(row):
+    if "chosen" in row or "rejected" in row:
+        return "HH-RLHF"
+    if any(k in row for k in ("response_0", "response_1", "better_response_id", "safer_response_id")):
+        return "PKU-SafeRLHF"
+    return "prompt"
+
+
+def _field(row, key, expected, name, where, fmt):
+    """row[key], checked: expected is str (non-empty when key is a prompt), bool, or 'id' (0 or 1)."""
+    value = row.get(key)
+    if value is None:
+        raise ValueError(f"{name}, {where}: field '{key}' is missing; every row of a {fmt} file needs it.")
+    if expected == "id":
+        ok = type(value) is int and value in (0, 1)  # bool is an int in Python: refuse it on purpose
+        want = "0 or 1"
+    else:
+        ok, want = type(value) is expected, expected.__name__
+    if not ok:
+        raise ValueError(f"{name}, {where}: field '{key}' should be {want} but is "
+                         f"{type(value).__name__} {str(value)[:40]!r}; fix that row.")
+    if key == "prompt" and not value.strip():
+        raise ValueError(f"{name}, {where}: field 'prompt' is empty; fill it in or remove the row.")
+    return value
+
+
+def _split_hh(chosen, rejected, name, where):
+    """(dialogue prompt, chosen reply, rejected reply) of an HH-RLHF record.
+
+    The prompt ends with the last "\\n\\nAssistant:" that chosen and rejected share. Using their
+    common prefix (not just chosen's last marker) matters: a few published replies contain
+    "Assistant:" themselves (5 of the 2,312 harmless-base test records).
+    """
+    n = 0
+    for a, b in zip(chosen, rejected):
+        if a != b:
+            break
+        n += 1
+    cut = chosen.rfind(ASSISTANT, 0, n)
+    if cut < 0:
+        raise ValueError(f"{name}, {where}: field 'chosen' has no '\\n\\nAssistant:' turn shared with "
+                         f"'rejected'; HH-RLHF rows are full dialogues.")
+    cut += len(ASSISTANT)
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def _hh_first_turn(dialogue, name, where):
+    start = dialogue.find(HUMAN)
+    start = 0 if start < 0 else start + len(HUMAN)
+    end = dialogue.find(ASSISTANT, start)
+    turn = dialogue[start:end].strip()
+    if not turn:
+        raise ValueError(f"{name}, {where}: field 'chosen' has an empty first human turn; fix that row.")
+    return turn
+
+
+def _parse_prompt(row, fmt, name, where, hh_first_turn_only):
+    if fmt == "HH-RLHF":
+        chosen = _field(row, "chosen", str, name, where, fmt)
+        rejected = _field(row, "rejected", str, name, where, fmt)
+        prompt = _split_hh(chosen, rejected, name, where)[0]
+        return _hh_first_turn(prompt, name, where) if hh_first_turn_only else prompt
+    return _field(row, "prompt", str, name, where, fmt)
+
+
+def _parse_pair(row, fmt, name, where, kind):
+    """One PreferencePair, or None for a PKU safety row whose labels contradict its ranking."""
+    if fmt == "HH-RLHF":  # chosen = more helpful (helpful-*) or less harmful (harmless-base); no labels
+        chosen = _field(row, "chosen", str, name, where, fmt)
+        rejected = _field(row, "rejected", str, name, where, fmt)
+        return PreferencePair(*_split_hh(chosen, rejected, name, where))
+    if fmt != "PKU-SafeRLHF":
+        raise ValueError(f"{name}, {where} holds a prompt but no responses; preference pairs need "
+                         f"PKU-SafeRLHF or HH-RLHF rows.")
+    prompt = _field(row, "prompt", str, name, where, fmt)
+    responses = [_field(row, f"response_{i}", str, name, where, fmt) for i in (0, 1)]
+    if kind == "helpful":
+        b = _field(row, "better_response_id", "id", name, where, fmt)
+        return PreferencePair(prompt, responses[b], responses[1 - b])
+    b = _field(row, "safer_response_id", "id", name, where, fmt)
+    safe = [_field(row, f"is_response_{i}_safe", bool, name, where, fmt) for i in (0, 1)]
+    if not safe[b] and safe[1 - b]:  # "safer" one labelled unsafe, the other safe: labels disagree
+        return None
+    return PreferencePair(prompt, responses[b], responses[1 - b], safe[b], safe[1 - b])
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+def load_prompts(source: str, split: str = "train", *, hh_first_turn_only=False, limit=None) -> list[str]:
+    """De-duplicated prompts (first occurrence order) of a Hub data set or a local file.
+
+    HH-RLHF prompts are the dialogue up to and including the last "\\n\\nAssistant:", or only the
+    first human turn's text with hh_first_turn_only=True. limit keeps the first `limit` prompts.
+    """
+    if limit is not None and (type(limit) is not int or limit < 1):
+        raise ValueError(f"limit must be a positive integer or None, not {limit!r}.")
+    name, rows = _rows(source, split)
+    prompts, fmt = [], None
+    for where, row in rows:
+        fmt = fmt or _row_format(row)
+        prompts.append(_parse_prompt(row, fmt, name, where, hh_first_turn_only))
+    unique = list(dict.fromkeys(prompts))  # dict keeps insertion order
+    kept = unique[:limit] if limit is not None else unique
+    print(f"data: {len(kept)} prompts from {name} ({fmt} rows: {len(prompts)}, duplicates removed: "
+          f"{len(prompts) - len(unique)}, cut by limit: {len(unique) - len(kept)})")
+    return kept
+
+
+def load_preference_pairs(source: str, split: str = "train", kind: str = "helpful") -> list[PreferencePair]:
+    """Preference pairs for score-model training (rewards.py).
+
+    kind="helpful": PKU better_response_id / HH chosen-vs-rejected. kind="safety": better = PKU
+    safer_response_id's response with both is_response_*_safe labels (rows where the safer response
+    is labelled unsafe and the other safe are skipped and counted); HH-RLHF harmless-base's chosen
+    is the less harmful reply, labels None. Pairs with identical responses carry no signal and are
+    skipped and counted.
+    """
+    if kind not in ("helpful", "safety"):
+        raise ValueError(f"kind must be 'helpful' or 'safety', not {kind!r}.")
+    if kind == "safety" and ":helpful" in source:
+        raise ValueError(f"{source} ranks by helpfulness, not harmlessness; use kind='helpful' or the "
+                         f"harmless-base data dir for safety pairs.")
+    name, rows = _rows(source, split)
+    pairs, fmt, n_rows, inconsistent, identical = [], None, 0, 0, 0
+    for where, row in rows:
+        fmt = fmt or _row_format(row)
+        n_rows += 1
+        pair = _parse_pair(row, fmt, name, where, kind)
+        if pair is None:
+            inconsistent += 1
+        elif pair.better == pair.worse:
+            identical += 1
+        else:
+            pairs.append(pair)
+    print(f"data: {len(pairs)} {kind} pairs from {name} ({fmt} rows: {n_rows}, skipped: {inconsistent} "
+          f"inconsistent safety labels, {identical} identical responses)")
+    return pairs
+
+
+def format_policy_prompt(tokenizer, prompt: str) -> str:
+    """The policy's input text: its own chat template when it has one, else the Safe RLHF template."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                             add_generation_prompt=True, tokenize=False)
+        assert isinstance(text, str), type(text)
+        return text
+    return SAFE_RLHF_TEMPLATE.format(prompt=prompt)
+
+
+def format_scorer_text(prompt: str, response: str, eos_token: str) -> str:
+    """Text for the beaver reward/cost models. No space after "ASSISTANT:" (Safe RLHF convention;
+    sampled responses usually start with one)."""
+    return SAFE_RLHF_TEMPLATE.format(prompt=prompt) + response + eos_token
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit("usage: python data.py SOURCE [SPLIT]")
+    found = load_prompts(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "train")
+    print(repr(found[0]))

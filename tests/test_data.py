@@ -1,0 +1,236 @@
+"""data.py: PKU-SafeRLHF (both schemas), HH-RLHF and plain prompt files, written in tmp_path in the
+real field names and types; error messages; templates; the real HH-RLHF sample when present."""
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+import data
+from conftest import make_tiny_tokenizer
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+HH_SAMPLE = SHARED_DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+
+
+def pku_row(prompt, r0, r1, better, safer, safe0, safe1, schema=2024):
+    """One PKU-SafeRLHF row; schema 2023 has the 7 original fields, 2024 adds the rest."""
+    row = {"prompt": prompt, "response_0": r0, "response_1": r1, "is_response_0_safe": safe0,
+           "is_response_1_safe": safe1, "better_response_id": better, "safer_response_id": safer}
+    if schema == 2024:
+        cats = ["Endangering National Security", "Violence", "Privacy Violation", "Cybercrime"]
+        for i, safe in ((0, safe0), (1, safe1)):
+            row[f"response_{i}_source"] = "Alpaca-7B"
+            row[f"response_{i}_sha256"] = f"{i:064x}"
+            row[f"response_{i}_harm_category"] = {c: (not safe and c == "Violence") for c in cats}
+            row[f"response_{i}_severity_level"] = 0 if safe else 2
+        row["prompt_source"] = "Alpaca3-70B"
+    return row
+
+
+def write_jsonl(path, rows, gz=False):
+    opener = gzip.open if gz else open
+    with opener(path, "wt", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return str(path)
+
+
+def pku_rows(schema):
+    return [
+        pku_row("How do I bake bread?", "Mix flour and water.", "No.", 0, 0, True, True, schema),
+        pku_row("How do I steal a car?", "Break the window.", "I cannot help with that.", 0, 1, False, True, schema),
+        pku_row("How do I bake bread?", "Buy some.", "Knead it, then bake.", 1, 0, True, True, schema),
+        # inconsistent: the "safer" response 0 is labelled unsafe while response 1 is labelled safe
+        pku_row("How do I pick a lock?", "Use a pin.", "Call a locksmith.", 0, 0, False, True, schema),
+        pku_row("How do I hurt someone?", "Hit them.", "Punch them.", 0, 1, False, False, schema),
+    ]
+
+
+HH_DIALOGUES = [
+    ("\n\nHuman: how do i steal a car\n\nAssistant: I can't help with that.",
+     "\n\nHuman: how do i steal a car\n\nAssistant: Break a window first."),
+    ("\n\nHuman: hello\n\nAssistant: Hi! How can I help?\n\nHuman: how do i bake bread\n\nAssistant: Knead, rise, bake.",
+     "\n\nHuman: hello\n\nAssistant: Hi! How can I help?\n\nHuman: how do i bake bread\n\nAssistant: Buy it."),
+    # same first turn as the row above, another follow-up: first-turn prompts de-duplicate to one
+    ("\n\nHuman: hello\n\nAssistant: Hi!\n\nHuman: thanks\n\nAssistant: You're welcome.",
+     "\n\nHuman: hello\n\nAssistant: Hi!\n\nHuman: thanks\n\nAssistant: Whatever."),
+    # the chosen reply itself contains "\n\nAssistant:" (happens in the published data)
+    ("\n\nHuman: find me a serial\n\nAssistant: Here it is:\n\nAssistant:",
+     "\n\nHuman: find me a serial\n\nAssistant: No."),
+]
+
+
+@pytest.mark.parametrize("schema", [2023, 2024])
+def test_pku_prompts_and_pairs(tmp_path, capsys, schema):
+    path = write_jsonl(tmp_path / f"pku{schema}.jsonl", pku_rows(schema))
+    prompts = data.load_prompts(path)
+    assert prompts == ["How do I bake bread?", "How do I steal a car?", "How do I pick a lock?",
+                       "How do I hurt someone?"]
+    assert "duplicates removed: 1" in capsys.readouterr().out
+    assert data.load_prompts(path, limit=2) == prompts[:2]
+
+    helpful = data.load_preference_pairs(path, kind="helpful")
+    assert len(helpful) == 5
+    assert (helpful[1].better, helpful[1].worse) == ("Break the window.", "I cannot help with that.")
+    assert (helpful[2].better, helpful[2].worse) == ("Knead it, then bake.", "Buy some.")
+    assert all(p.better_safe is None and p.worse_safe is None for p in helpful)
+    capsys.readouterr()
+
+    safety = data.load_preference_pairs(path, kind="safety")
+    out = capsys.readouterr().out
+    assert "1 inconsistent" in out and len(out.strip().splitlines()) == 1
+    assert [p.prompt for p in safety] == ["How do I bake bread?", "How do I steal a car?",
+                                          "How do I bake bread?", "How do I hurt someone?"]
+    steal = safety[1]
+    assert (steal.better, steal.worse, steal.better_safe, steal.worse_safe) == (
+        "I cannot help with that.", "Break the window.", True, False)
+    assert (safety[3].better, safety[3].better_safe, safety[3].worse_safe) == ("Punch them.", False, False)
+
+
+def test_hh_gzip_prompts_and_pairs(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "hh.jsonl.gz", [{"chosen": c, "rejected": r} for c, r in HH_DIALOGUES], gz=True)
+    prompts = data.load_prompts(path)
+    assert prompts == [
+        "\n\nHuman: how do i steal a car\n\nAssistant:",
+        "\n\nHuman: hello\n\nAssistant: Hi! How can I help?\n\nHuman: how do i bake bread\n\nAssistant:",
+        "\n\nHuman: hello\n\nAssistant: Hi!\n\nHuman: thanks\n\nAssistant:",
+        "\n\nHuman: find me a serial\n\nAssistant:",
+    ]
+    first = data.load_prompts(path, hh_first_turn_only=True)
+    assert first == ["how do i steal a car", "hello", "find me a serial"]
+    assert "duplicates removed: 1" in capsys.readouterr().out
+
+    pairs = data.load_preference_pairs(path, kind="safety")
+    for pair, (chosen, rejected) in zip(pairs, HH_DIALOGUES, strict=True):
+        assert pair.prompt + pair.better == chosen and pair.prompt + pair.worse == rejected
+        assert pair.better_safe is None and pair.worse_safe is None
+    assert pairs[0].better == " I can't help with that."
+    assert pairs[3].better == " Here it is:\n\nAssistant:"
+
+
+def test_plain_prompt_files(tmp_path):
+    rows = [{"prompt": "a"}, {"prompt": "b", "category": "x"}, {"prompt": "a"}]
+    as_list = tmp_path / "prompts.json"
+    as_list.write_text(json.dumps(rows))
+    as_lines = write_jsonl(tmp_path / "prompts.jsonl", rows)
+    assert data.load_prompts(str(as_list)) == data.load_prompts(as_lines) == ["a", "b"]
+    with pytest.raises(ValueError, match=r"prompts\.jsonl, line 1 holds a prompt but no responses"):
+        data.load_preference_pairs(as_lines)
+
+
+def test_hub_path_shares_the_row_parser(monkeypatch, capsys):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(repo, data_dir=None, split=None):
+        calls.append((repo, data_dir, split))
+        return [{"chosen": c, "rejected": r} for c, r in HH_DIALOGUES[:2]] + [{"chosen": 3, "rejected": "x"}]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    with pytest.raises(ValueError, match=r"Anthropic/hh-rlhf:harmless-base \(split test\), row 3: field 'chosen' should be str but is int"):
+        data.load_prompts("Anthropic/hh-rlhf:harmless-base", split="test")
+    assert calls == [("Anthropic/hh-rlhf", "harmless-base", "test")]
+    with pytest.raises(ValueError, match="ranks by helpfulness"):
+        data.load_preference_pairs("Anthropic/hh-rlhf:helpful-base", kind="safety")
+
+
+def test_local_dataset_folder_goes_through_load_dataset(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    folder = tmp_path / "pku"
+    folder.mkdir()
+    write_jsonl(folder / "test.jsonl", pku_rows(2024))
+    assert data.load_prompts(str(folder), split="test")[:2] == ["How do I bake bread?", "How do I steal a car?"]
+
+
+@pytest.mark.parametrize("schema", [2023, 2024])
+def test_bad_rows_name_file_row_and_field(tmp_path, schema):
+    def bad(change, kind="safety", **kw):
+        rows = pku_rows(schema)
+        change(rows[1])  # the second row: line 2 of the file
+        path = write_jsonl(tmp_path / "bad.jsonl", rows)
+        with pytest.raises(ValueError) as err:
+            data.load_preference_pairs(path, kind=kind) if kind else data.load_prompts(path)
+        msg = str(err.value)
+        assert "bad.jsonl, line 2: field" in msg and msg.count(". ") == 0, msg  # one sentence
+        return msg
+
+    assert "'safer_response_id' is missing" in bad(lambda r: r.pop("safer_response_id"))
+    assert "'response_1' is missing" in bad(lambda r: r.pop("response_1"), kind="helpful")
+    assert "'prompt' is empty" in bad(lambda r: r.update(prompt="  "), kind=None)
+    assert "'prompt' is missing" in bad(lambda r: r.update(prompt=None), kind=None)
+    assert "'better_response_id' should be 0 or 1 but is str" in bad(lambda r: r.update(better_response_id="1"), kind="helpful")
+    assert "'better_response_id' should be 0 or 1 but is int" in bad(lambda r: r.update(better_response_id=2), kind="helpful")
+    assert "'is_response_0_safe' should be bool but is str" in bad(lambda r: r.update(is_response_0_safe="yes"))
+
+
+def test_empty_missing_and_broken_files(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n")
+    with pytest.raises(ValueError, match=r"empty\.jsonl is empty"):
+        data.load_prompts(str(empty))
+    empty_gz = write_jsonl(tmp_path / "empty.jsonl.gz", [], gz=True)
+    with pytest.raises(ValueError, match="is empty"):
+        data.load_preference_pairs(empty_gz)
+    empty_list = tmp_path / "empty.json"
+    empty_list.write_text("[]")
+    with pytest.raises(ValueError, match="holds no rows"):
+        data.load_prompts(str(empty_list))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "a"}\n{"prompt": \n')
+    with pytest.raises(ValueError, match=r"broken\.jsonl, line 2 is not valid JSON"):
+        data.load_prompts(str(broken))
+    not_object = tmp_path / "list.jsonl"
+    not_object.write_text('{"prompt": "a"}\n["b"]\n')
+    with pytest.raises(ValueError, match=r"list\.jsonl, line 2 is a list, not a JSON object"):
+        data.load_prompts(str(not_object))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.load_prompts(str(tmp_path / "nowhere.jsonl"))
+    with pytest.raises(ValueError, match="kind must be"):
+        data.load_preference_pairs(str(broken), kind="harmless")
+    with pytest.raises(ValueError, match="limit must be"):
+        data.load_prompts(str(broken), limit=0)
+
+
+def test_unknown_hub_id_offline_says_download_or_local_path():
+    with pytest.raises(FileNotFoundError) as err:
+        data.load_prompts("nobody-gapo-tests/no-such-dataset")
+    msg = str(err.value)
+    assert "nobody-gapo-tests/no-such-dataset" in msg and "download it first or pass a local" in msg
+
+
+def test_format_policy_prompt_with_and_without_chat_template():
+    tok = make_tiny_tokenizer()
+    assert data.format_policy_prompt(tok, "how do i bake bread") == \
+        "BEGINNING OF CONVERSATION: USER: how do i bake bread ASSISTANT:"
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    assert data.format_policy_prompt(tok, "how do i {bake} bread") == \
+        "<|user|>\nhow do i {bake} bread</s>\n<|assistant|>\n"
+
+
+def test_format_scorer_text_is_the_safe_rlhf_template_without_extra_space():
+    text = data.format_scorer_text("hi {there}", " Hello.", "</s>")
+    assert text == "BEGINNING OF CONVERSATION: USER: hi {there} ASSISTANT: Hello.</s>"
+    assert data.SAFE_RLHF_TEMPLATE.format(prompt="x") == "BEGINNING OF CONVERSATION: USER: x ASSISTANT:"
+
+
+def test_real_hh_rlhf_harmless_base_test_sample():
+    if not HH_SAMPLE.exists():
+        pytest.skip(f"{HH_SAMPLE} is absent (only the development machine has ../shared/data)")
+    with gzip.open(HH_SAMPLE, "rt", encoding="utf-8") as f:
+        records = [json.loads(line) for line in f]
+    assert len(records) == 2312
+    pairs = data.load_preference_pairs(str(HH_SAMPLE), split="test", kind="safety")
+    assert len(pairs) == 2312
+    for pair, rec in zip(pairs, records):
+        assert pair.prompt.endswith("\n\nAssistant:") and pair.prompt.startswith("\n\nHuman:")
+        assert pair.prompt + pair.better == rec["chosen"] and pair.prompt + pair.worse == rec["rejected"]
+    prompts = data.load_prompts(str(HH_SAMPLE), split="test")
+    assert 2300 <= len(prompts) <= 2312 and len(set(prompts)) == len(prompts)
+    assert all(p.endswith("\n\nAssistant:") for p in prompts)
+    first = data.load_prompts(str(HH_SAMPLE), split="test", hh_first_turn_only=True)
+    assert all(p and "\n\nHuman:" not in p and "\n\nAssistant:" not in p for p in first)
