@@ -96,6 +96,7 @@ class Config:
     fastrl_eta: float = 0.1  # eta, fast-rl weight step (our choice; the paper does not give it)
     # --- bookkeeping
     save_every: int = 20  # iterations between checkpoints (and at the end)
+    stop_after: int = 0  # > 0: save and exit after this iteration (fits a job's time limit; --resume goes on)
     score_batch_size: int = 16
 
 
@@ -217,7 +218,7 @@ def prepare_out_dir(cfg):
     if cfg.resume:
         with open(config_file) if os.path.isfile(config_file) else open(os.devnull) as f:
             saved = json.loads(f.read() or "{}")
-        volatile = {"resume", "overwrite", "iterations", "save_every", "device"}
+        volatile = {"resume", "overwrite", "save_every", "stop_after", "device"}
         # Empty model paths are filled from the toy world later, so they match whatever was saved.
         different = sorted(k for k, v in saved.items()
                            if k not in volatile and getattr(cfg, k, v) not in (v, ""))
@@ -464,8 +465,12 @@ def main(argv=None):
             f.write(json.dumps(record) + "\n")
         bar.set_postfix(helpful=f"{record['score_helpful']:.2f}", harmless=f"{record['score_harmless']:.2f}", kl=f"{kl:.2f}")
         tqdm.write(format_log_line(record))
-        if (iteration + 1) % cfg.save_every == 0 or iteration + 1 == iterations:
+        stopping = iteration + 1 == cfg.stop_after
+        if (iteration + 1) % cfg.save_every == 0 or iteration + 1 == iterations or stopping:
             save_checkpoint(cfg.out_dir, cfg, policy, tokenizer, critic, optimizers, schedulers, state, iteration + 1)
+        if stopping:
+            print(f"stopped after iteration {iteration + 1} (--stop_after); continue with --resume")
+            break
     print(f"done: {cfg.out_dir}/checkpoint (policy in Hugging Face format under policy/), log in {log_path}")
     return cfg
 

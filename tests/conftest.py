@@ -77,3 +77,13 @@ def tiny_policy_dir(tmp_path):
     tok = make_tiny_tokenizer(path)
     make_tiny_mistral(len(tok), path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_toyworld(tmp_path_factory):
+    """The toy world at its "tiny" size (seconds to build), once per test session."""
+    import toyworld
+
+    path = tmp_path_factory.mktemp("toyworld") / "world"
+    toyworld.ensure_toyworld(str(path), seed=0, size="tiny", progress=False)
+    return str(path)
