@@ -1,0 +1,432 @@
+"""Building and loading every network GAPO needs: policy, frozen reference, critic, score models.
+
+What it does (SPEC.md §1, §2, §7):
+- policy and reference: any causal LM from a Hugging Face Hub id or a local folder (the paper uses
+  HuggingFaceH4/mistral-7b-sft-beta). bf16 + non-reentrant gradient checkpointing on CUDA, float32 on
+  CPU. Optional LoRA (peft): the reference is then the same weights with the adapter switched off.
+- critic: the policy's backbone (no LM head) plus one value head per objective, (B, T, K).
+- score models: `LlamaModelForScore`, the exact layout of PKU-Alignment/beaver-7b-v1.0-{reward,cost}
+  (LLaMA backbone `model.*` + `score_head`), or any AutoModelForSequenceClassification with one label.
+  The score is read at the last non-padding token (SPEC §7).
+- interpolate_state_dicts for Rewarded Soups (SPEC §4, `soup`), memory_plan to see before step one
+  whether a configuration fits.
+
+Run: nothing to run; `python -m pytest -q tests/test_model.py` checks it.
+Left out on purpose: multi-GPU sharding / DeepSpeed, quantisation, value-head normalisers, and the beaver
+score models' training-time `normalizer` buffers (ignored on load: the published v1.0 scores are raw).
+"""
+import copy
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import transformers
+from torch import nn
+from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                          AutoTokenizer, LlamaConfig, LlamaModel, LlamaPreTrainedModel)
+
+transformers.utils.logging.disable_progress_bar()  # one bar per shard per model is noise in a training log
+log = logging.getLogger(__name__)
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+# The beaver configs have said both over time (safe-rlhf renamed the class); same weights, same forward.
+SCORE_ARCHITECTURES = ("LlamaModelForScore", "LlamaForScore")
+
+
+# ----------------------------------------------------------------------------- devices and loading helpers
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device) -> torch.dtype:
+    # bf16 halves memory on GPUs (the paper trains in bf16); CPUs are slow and imprecise in bf16.
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def _dtype(dtype, device) -> torch.dtype:
+    if dtype is None:
+        return default_dtype(device)
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
+def _from_hub(loader, name_or_path, what, **kwargs):
+    """Call loader(name_or_path, **kwargs); a missing local folder or a hub miss becomes one clear sentence."""
+    name_or_path = str(name_or_path)
+    try:
+        return loader(name_or_path, **kwargs)
+    except OSError as err:  # transformers raises OSError for offline, unknown repo id and malformed path alike
+        if os.path.isdir(name_or_path):
+            raise  # a real folder with a broken file: the original message is the useful one
+        log.debug("loading %s failed: %s", name_or_path, err)
+        raise FileNotFoundError(
+            f"The {what} '{name_or_path}' is not a local folder and could not be downloaded from the Hugging Face "
+            "Hub (offline?); download it first or pass a local path.") from None
+
+
+def _enable_checkpointing(model):
+    # Non-reentrant, so torch.autograd.grad over a subset of parameters (GAPO's last-layer gradients) works.
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # newer transformers renamed it; the old name warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _add_lora(model, r, alpha, dropout, task_type):
+    from peft import LoraConfig, get_peft_model
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(LORA_TARGETS),
+                     task_type=task_type)
+    return get_peft_model(model, cfg)  # freezes the base weights; only the adapters train
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) 0/1 mask -> (B, T) positions counted over real tokens only (pads get 0), as generate() numbers
+    them. A plain forward numbers the pad tokens too: harmless up to rounding for RoPE models (relative), wrong
+    for models with absolute positions. Pass these to every forward on left-padded batches."""
+    assert attention_mask.dim() == 2, attention_mask.shape
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) mask -> (B,) index of the last 1 in each row; right for either padding side."""
+    assert attention_mask.dim() == 2, attention_mask.shape
+    T = attention_mask.shape[1]
+    positions = torch.arange(T, device=attention_mask.device).expand_as(attention_mask)
+    return (positions * attention_mask.long()).argmax(-1)
+
+
+# ----------------------------------------------------------------------------- tokenizer, policy, reference
+
+def load_tokenizer(name_or_path, padding_side="left"):
+    """Left padding for policy prompts (generation appends on the right); right padding for scorers."""
+    tok = _from_hub(AutoTokenizer.from_pretrained, name_or_path, "tokenizer")
+    if tok.pad_token is None:
+        # Reuse an existing token so the embedding matrix keeps its shape; unk first, because eos as pad
+        # would make "last non-pad token" rules (AutoModelForSequenceClassification) skip a real eos.
+        if tok.unk_token is not None:
+            tok.pad_token = tok.unk_token
+        elif tok.eos_token is not None:
+            tok.pad_token = tok.eos_token
+        else:
+            raise ValueError(f"The tokenizer '{name_or_path}' has no pad, unk or eos token; add a pad token to it.")
+    tok.padding_side = padding_side
+    return tok
+
+
+def load_policy(name_or_path, device, dtype=None, gradient_checkpointing=False, lora_r=0, lora_alpha=16,
+                lora_dropout=0.0):
+    """Causal LM in train mode; a peft model with LoRA on q,k,v,o when lora_r > 0."""
+    device = torch.device(device)
+    model = _from_hub(AutoModelForCausalLM.from_pretrained, name_or_path, "policy model",
+                      dtype=_dtype(dtype, device)).to(device)
+    model.config.use_cache = False  # training forwards; rollout passes use_cache=True to generate explicitly
+    if gradient_checkpointing:
+        _enable_checkpointing(model)
+    if lora_r > 0:
+        model = _add_lora(model, lora_r, lora_alpha, lora_dropout, "CAUSAL_LM")
+    return model.train()
+
+
+class AdapterDisabledReference(nn.Module):
+    """The frozen reference as a view of a LoRA policy: same base weights, adapter off, no gradients.
+
+    The policy is kept outside the module tree on purpose, so .eval() / .requires_grad_(False) / .parameters()
+    on the reference never touch the policy being trained.
+    """
+
+    def __init__(self, policy):
+        super().__init__()
+        self._policy = [policy]  # a list hides it from nn.Module registration
+
+    @property
+    def config(self):
+        return self._policy[0].config
+
+    @property
+    def device(self):
+        return next(self._policy[0].parameters()).device
+
+    @torch.no_grad()
+    def forward(self, *args, **kwargs):
+        policy = self._policy[0]
+        was_training = policy.training
+        policy.eval()  # the reference is deterministic (no dropout), whatever mode the policy is in
+        try:
+            with policy.disable_adapter():
+                return policy(*args, **kwargs)
+        finally:
+            policy.train(was_training)
+
+
+def load_reference(name_or_path, device, dtype=None, policy=None):
+    """Frozen eval-mode reference π_ref (SPEC §2). With a peft policy: no second copy of the weights."""
+    if policy is not None and hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config"):
+        return AdapterDisabledReference(policy)
+    device = torch.device(device)
+    model = _from_hub(AutoModelForCausalLM.from_pretrained, name_or_path, "reference model",
+                      dtype=_dtype(dtype, device)).to(device)
+    model.config.use_cache = False
+    return model.eval().requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------- critic
+
+class Critic(nn.Module):
+    """V(s_t) per objective: policy backbone (no LM head) + Linear(hidden, K). SPEC §2: one head per objective.
+
+    The value head stays float32 (tiny; avoids bf16 rounding of values and GAE inputs). Zero-initialised, so
+    the first values are 0 and early advantages are just the returns.
+    """
+
+    def __init__(self, backbone, num_objectives, base_name=None):
+        super().__init__()
+        self.backbone = backbone
+        hidden = backbone.config.get_text_config().hidden_size
+        self.value_head = nn.Linear(hidden, num_objectives, device=next(backbone.parameters()).device)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+        self.num_objectives = num_objectives
+        self.base_name = base_name  # where a LoRA backbone's base weights come from (for load)
+
+    @classmethod
+    def from_policy(cls, name_or_path, num_objectives, device, dtype=None, gradient_checkpointing=False, lora_r=0,
+                    lora_alpha=16):
+        device = torch.device(device)
+        backbone = _from_hub(AutoModel.from_pretrained, name_or_path, "critic base model",
+                             dtype=_dtype(dtype, device)).to(device)
+        backbone.config.use_cache = False
+        if gradient_checkpointing:
+            _enable_checkpointing(backbone)
+        if lora_r > 0:
+            backbone = _add_lora(backbone, lora_r, lora_alpha, 0.0, "FEATURE_EXTRACTION")
+        return cls(backbone, num_objectives, base_name=str(name_or_path)).train()
+
+    def forward(self, input_ids, attention_mask):
+        """(B, T) ids and mask -> (B, T, K) float32 values; positions from the mask, so left padding is safe."""
+        assert input_ids.shape == attention_mask.shape and input_ids.dim() == 2, (input_ids.shape, attention_mask.shape)
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
+        values = self.value_head(hidden.float())  # (B, T, K)
+        assert values.shape == (*input_ids.shape, self.num_objectives), values.shape
+        return values
+
+    def save(self, path):
+        from safetensors.torch import save_file
+        os.makedirs(path, exist_ok=True)
+        self.backbone.save_pretrained(path)  # full backbone, or only the adapter for a LoRA critic
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()},
+                  os.path.join(path, "value_head.safetensors"))
+        lora = hasattr(self.backbone, "peft_config")
+        with open(os.path.join(path, "critic.json"), "w") as f:
+            json.dump({"num_objectives": self.num_objectives, "lora": lora, "base": self.base_name}, f, indent=1)
+
+    @classmethod
+    def load(cls, path, device, dtype=None):
+        from safetensors.torch import load_file
+        meta_file = os.path.join(str(path), "critic.json")
+        if not os.path.isfile(meta_file):
+            raise FileNotFoundError(f"'{path}' holds no saved critic (critic.json is missing); pass a folder written by Critic.save.")
+        with open(meta_file) as f:
+            meta = json.load(f)
+        device = torch.device(device)
+        dtype = _dtype(dtype, device)
+        if meta["lora"]:
+            from peft import PeftModel
+            base = _from_hub(AutoModel.from_pretrained, meta["base"], "critic base model", dtype=dtype)
+            backbone = PeftModel.from_pretrained(base, path, is_trainable=True)
+        else:
+            backbone = AutoModel.from_pretrained(path, dtype=dtype)
+        critic = cls(backbone.to(device), meta["num_objectives"], base_name=meta["base"])
+        critic.value_head.load_state_dict(load_file(os.path.join(path, "value_head.safetensors")))
+        return critic.to(device).train()
+
+
+# ----------------------------------------------------------------------------- score models
+
+class LlamaModelForScore(LlamaPreTrainedModel):
+    """The beaver score model: LlamaModel (`model.*`) + `score_head = Linear(hidden, score_dim, bias)`.
+
+    forward(input_ids, attention_mask) -> end scores, score_head(h) at the last real token: (B,) when
+    score_dim == 1, (B, score_dim) otherwise. Positions come from the mask, so the score of a text does not
+    depend on the padding side or on the other texts in the batch.
+    """
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^normalizer\."]  # training-time extras, not used
+
+    def __init__(self, config):
+        super().__init__(config)
+        if not _is_score_config(config):
+            config.architectures = ["LlamaModelForScore"]
+        config.score_dim = getattr(config, "score_dim", None) or 1
+        config.bias = bool(getattr(config, "bias", False))
+        self.model = LlamaModel(config)
+        self.score_head = nn.Linear(config.hidden_size, config.score_dim, bias=config.bias)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        assert input_ids.dim() == 2, input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                            position_ids=position_ids_from_mask(attention_mask)).last_hidden_state  # (B, T, H)
+        end = hidden[torch.arange(input_ids.shape[0], device=hidden.device), last_token_index(attention_mask)]
+        scores = self.score_head(end).float()  # (B, score_dim)
+        return scores[:, 0] if self.config.score_dim == 1 else scores
+
+
+class SequenceClassifierScore(nn.Module):
+    """Wraps an AutoModelForSequenceClassification with one label so calling it returns (B,) like the beaver."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        # The HF head pools at the last token that is not pad_token_id (its own rule, padding-side robust).
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+
+
+def _is_score_config(config):
+    return any(a in SCORE_ARCHITECTURES for a in (config.architectures or []))
+
+
+def new_score_model(config) -> LlamaModelForScore:
+    """A fresh, randomly initialised LlamaModelForScore from a LlamaConfig or a dict of its fields."""
+    if isinstance(config, dict):
+        config = LlamaConfig(**{"score_dim": 1, "bias": False, **config})
+    return LlamaModelForScore(config)
+
+
+def _check_head(info, name_or_path):
+    missing = [k for k in info["missing_keys"] if "score" in k]
+    if missing:
+        raise ValueError(f"'{name_or_path}' has no trained score head ({', '.join(sorted(missing))} missing); "
+                         "pass a reward or cost model checkpoint, not a plain language model.")
+    unused = [k for k in info["unexpected_keys"] if "score" in k]
+    if unused:  # e.g. score_head.bias in the weights while config.bias is false: scores would be off by it
+        raise ValueError(f"'{name_or_path}' holds {', '.join(sorted(unused))} that its config.json does not declare; "
+                         "fix the config (score_dim / bias) to match the weights.")
+
+
+def load_score_model(name_or_path, device=None, dtype=None):
+    """-> (frozen score model returning (B,) end scores, tokenizer with right padding and a pad token)."""
+    device = torch.device(device) if device is not None else pick_device()
+    dtype = _dtype(dtype, device)
+    config = _from_hub(AutoConfig.from_pretrained, name_or_path, "score model")
+    tokenizer = load_tokenizer(name_or_path, padding_side="right")
+    if _is_score_config(config):
+        model, info = LlamaModelForScore.from_pretrained(str(name_or_path), dtype=dtype, output_loading_info=True)
+        if getattr(config, "do_normalize", False):
+            log.warning("score model '%s' asks for normalised scores (do_normalize); raw scores are returned", name_or_path)
+    else:
+        archs = config.architectures or []
+        if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
+            raise ValueError(f"'{name_or_path}' is a {archs[0]}, not a reward or cost model; pass a beaver "
+                             "LlamaModelForScore checkpoint or an AutoModelForSequenceClassification with one label.")
+        if config.num_labels != 1:
+            raise ValueError(f"The score model '{name_or_path}' has {config.num_labels} labels; pass a reward model "
+                             "with exactly one output (num_labels == 1) or a beaver LlamaModelForScore checkpoint.")
+        model, info = AutoModelForSequenceClassification.from_pretrained(str(name_or_path), dtype=dtype,
+                                                                         output_loading_info=True)
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id  # HF's pooling refuses batches > 1 without it
+        if model.config.pad_token_id == tokenizer.eos_token_id:
+            log.warning("score model '%s' pads with its eos token: HF pools before a trailing eos", name_or_path)
+        model = SequenceClassifierScore(model)
+    _check_head(info, name_or_path)
+    return model.to(device).eval().requires_grad_(False), tokenizer
+
+
+# ----------------------------------------------------------------------------- soups and memory
+
+def interpolate_state_dicts(sd_a, sd_b, lam):
+    """Rewarded Soups (SPEC §4): lam * a + (1 - lam) * b per float tensor (computed in fp32, cast back to a's
+    dtype); integer/bool tensors (buffers) are copied from a."""
+    if sd_a.keys() != sd_b.keys():
+        diff = sorted(set(sd_a) ^ set(sd_b))
+        raise ValueError(f"The two state dicts have different keys (e.g. {diff[:3]}); interpolate checkpoints of the same model.")
+    out = {}
+    for k, a in sd_a.items():
+        b = sd_b[k]
+        if a.shape != b.shape:
+            raise ValueError(f"Parameter '{k}' has shape {tuple(a.shape)} in one state dict and {tuple(b.shape)} in the other; interpolate checkpoints of the same model.")
+        if a.is_floating_point():
+            out[k] = (lam * a.float() + (1.0 - lam) * b.to(a.device).float()).to(a.dtype)
+        else:
+            out[k] = a.clone()
+    return out
+
+
+def param_count_from_config(config, head="causal_lm") -> int:
+    """Parameter count of a model built from `config` (or a hub id / folder) on the meta device: no memory.
+    head: "causal_lm" (policy/reference), "base" (critic backbone, + value head ignored), "score" (score model)."""
+    if not isinstance(config, transformers.PretrainedConfig):
+        config = _from_hub(AutoConfig.from_pretrained, config, "model config")
+    with torch.device("meta"):
+        if head == "score" or _is_score_config(config):
+            model = LlamaModelForScore(copy.deepcopy(config))  # __init__ edits config.architectures
+        elif head == "base":
+            model = AutoModel.from_config(config)
+        elif head == "causal_lm":
+            model = AutoModelForCausalLM.from_config(config)
+        else:
+            raise ValueError(f"Unknown head '{head}'; use 'causal_lm', 'base' or 'score'.")
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass
+class MemoryRow:
+    name: str
+    params: int
+    trainable: int
+    param_bytes: int
+    grad_bytes: int
+    optimizer_bytes: int
+
+    @property
+    def total_bytes(self):
+        return self.param_bytes + self.grad_bytes + self.optimizer_bytes
+
+
+def memory_plan(models, dtype=torch.float32, trainable=None, optimizer="adamw", available_bytes=None):
+    """Bytes for parameters, gradients and optimizer state per model -> (rows, printable table).
+
+    models: {name: nn.Module or int parameter count}. trainable: {name: bool or int} (default: a module's
+    requires_grad parameters; an int count is frozen). Weights shared between entries (a LoRA reference) should
+    be listed once. Gradients and AdamW's two moments are kept in the parameter dtype (plain torch AdamW).
+    Activations and the CUDA context are not counted: leave headroom.
+    """
+    states = {"adamw": 2, "adam": 2, "sgd": 0}
+    if optimizer not in states:
+        raise ValueError(f"Unknown optimizer '{optimizer}' for the memory plan; use one of {sorted(states)}.")
+    trainable = trainable or {}
+    size = torch.tensor([], dtype=dtype).element_size()
+    rows = []
+    for name, m in models.items():
+        if isinstance(m, nn.Module):
+            n = sum(p.numel() for p in m.parameters())
+            n_train = sum(p.numel() for p in m.parameters() if p.requires_grad)
+        else:
+            n, n_train = int(m), 0
+        t = trainable.get(name)
+        if t is not None:
+            n_train = n if t is True else (0 if t is False else int(t))
+        rows.append(MemoryRow(name, n, n_train, n * size, n_train * size, states[optimizer] * n_train * size))
+    gib = lambda b: f"{b / 2**30:8.2f}"
+    lines = [f"{'model':<12}{'params':>14}{'trainable':>14}{'weights GiB':>12}{'grads GiB':>11}{'optim GiB':>11}{'total GiB':>11}"]
+    for r in rows:
+        lines.append(f"{r.name:<12}{r.params:>14,}{r.trainable:>14,}{gib(r.param_bytes):>12}{gib(r.grad_bytes):>11}"
+                     f"{gib(r.optimizer_bytes):>11}{gib(r.total_bytes):>11}")
+    total = sum(r.total_bytes for r in rows)
+    lines.append(f"{'total':<12}{'':>14}{'':>14}{'':>12}{'':>11}{'':>11}{gib(total):>11}"
+                 f"   ({str(dtype).replace('torch.', '')}, {optimizer}; activations not included)")
+    if available_bytes is not None:
+        verdict = "fits" if total < available_bytes else "does NOT fit (try --lora_r or smaller models)"
+        lines.append(f"device memory {available_bytes / 2**30:.2f} GiB: {verdict}")
+    return rows, "\n".join(lines)
