@@ -19,6 +19,7 @@ import copy
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -75,11 +76,17 @@ def _enable_checkpointing(model):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def _peft(fn, *args, **kwargs):
+    with warnings.catch_warnings():  # peft still reads the deprecated is_gradient_checkpointing: noise only
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return fn(*args, **kwargs)
+
+
 def _add_lora(model, r, alpha, dropout, task_type):
     from peft import LoraConfig, get_peft_model
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(LORA_TARGETS),
                      task_type=task_type)
-    return get_peft_model(model, cfg)  # freezes the base weights; only the adapters train
+    return _peft(get_peft_model, model, cfg)  # freezes the base weights; only the adapters train
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -228,7 +235,8 @@ class Critic(nn.Module):
         from safetensors.torch import load_file
         meta_file = os.path.join(str(path), "critic.json")
         if not os.path.isfile(meta_file):
-            raise FileNotFoundError(f"'{path}' holds no saved critic (critic.json is missing); pass a folder written by Critic.save.")
+            raise FileNotFoundError(f"'{path}' holds no saved critic (critic.json is missing); "
+                                    "pass a folder written by Critic.save.")
         with open(meta_file) as f:
             meta = json.load(f)
         device = torch.device(device)
@@ -236,7 +244,7 @@ class Critic(nn.Module):
         if meta["lora"]:
             from peft import PeftModel
             base = _from_hub(AutoModel.from_pretrained, meta["base"], "critic base model", dtype=dtype)
-            backbone = PeftModel.from_pretrained(base, path, is_trainable=True)
+            backbone = _peft(PeftModel.from_pretrained, base, path, is_trainable=True)
         else:
             backbone = AutoModel.from_pretrained(path, dtype=dtype)
         critic = cls(backbone.to(device), meta["num_objectives"], base_name=meta["base"])
@@ -323,7 +331,8 @@ def load_score_model(name_or_path, device=None, dtype=None):
     if _is_score_config(config):
         model, info = LlamaModelForScore.from_pretrained(str(name_or_path), dtype=dtype, output_loading_info=True)
         if getattr(config, "do_normalize", False):
-            log.warning("score model '%s' asks for normalised scores (do_normalize); raw scores are returned", name_or_path)
+            log.warning("score model '%s' asks for normalised scores (do_normalize); raw scores are returned",
+                        name_or_path)
     else:
         archs = config.architectures or []
         if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
@@ -350,12 +359,14 @@ def interpolate_state_dicts(sd_a, sd_b, lam):
     dtype); integer/bool tensors (buffers) are copied from a."""
     if sd_a.keys() != sd_b.keys():
         diff = sorted(set(sd_a) ^ set(sd_b))
-        raise ValueError(f"The two state dicts have different keys (e.g. {diff[:3]}); interpolate checkpoints of the same model.")
+        raise ValueError(f"The two state dicts have different keys (e.g. {diff[:3]}); "
+                         "interpolate checkpoints of the same model.")
     out = {}
     for k, a in sd_a.items():
         b = sd_b[k]
         if a.shape != b.shape:
-            raise ValueError(f"Parameter '{k}' has shape {tuple(a.shape)} in one state dict and {tuple(b.shape)} in the other; interpolate checkpoints of the same model.")
+            raise ValueError(f"Parameter '{k}' has shape {tuple(a.shape)} in one state dict and {tuple(b.shape)} "
+                             "in the other; interpolate checkpoints of the same model.")
         if a.is_floating_point():
             out[k] = (lam * a.float() + (1.0 - lam) * b.to(a.device).float()).to(a.dtype)
         else:
@@ -419,7 +430,8 @@ def memory_plan(models, dtype=torch.float32, trainable=None, optimizer="adamw", 
             n_train = n if t is True else (0 if t is False else int(t))
         rows.append(MemoryRow(name, n, n_train, n * size, n_train * size, states[optimizer] * n_train * size))
     gib = lambda b: f"{b / 2**30:8.2f}"
-    lines = [f"{'model':<12}{'params':>14}{'trainable':>14}{'weights GiB':>12}{'grads GiB':>11}{'optim GiB':>11}{'total GiB':>11}"]
+    lines = [f"{'model':<12}{'params':>14}{'trainable':>14}{'weights GiB':>12}{'grads GiB':>11}{'optim GiB':>11}"
+             f"{'total GiB':>11}"]
     for r in rows:
         lines.append(f"{r.name:<12}{r.params:>14,}{r.trainable:>14,}{gib(r.param_bytes):>12}{gib(r.grad_bytes):>11}"
                      f"{gib(r.optimizer_bytes):>11}{gib(r.total_bytes):>11}")

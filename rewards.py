@@ -50,7 +50,7 @@ def _device(model) -> torch.device:
 
 def _encode(tokenizer, texts, max_length, device):
     """texts -> right-padded (N, T) ids and mask on device; warns with a count when texts get cut."""
-    tokenizer.padding_side = "right"  # the end score is read at the last real token (either side works, right is beaver's)
+    tokenizer.padding_side = "right"  # beaver's convention (our LlamaModelForScore handles either side)
     too_long = sum(len(ids) > max_length for ids in tokenizer(texts)["input_ids"])
     if too_long:
         log.warning("%d of %d scorer texts are longer than %d tokens and were cut at the end; raise max_length",
@@ -78,7 +78,8 @@ def _score_formatted(scorer, texts, batch_size, max_length):
 def score_texts(scorer, prompts, responses, batch_size=16, max_length=512) -> torch.Tensor:
     """Plain-text prompts and decoded responses (no special tokens) -> (B,) float32 CPU scores."""
     if len(prompts) != len(responses):
-        raise ValueError(f"score_texts got {len(prompts)} prompts but {len(responses)} responses; pass one response per prompt.")
+        raise ValueError(f"score_texts got {len(prompts)} prompts but {len(responses)} responses; "
+                         "pass one response per prompt.")
     eos = scorer.tokenizer.eos_token or ""  # beaver was trained on texts ending in </s>
     texts = [format_scorer_text(p, r, eos) for p, r in zip(prompts, responses)]
     scores = _score_formatted(scorer, texts, batch_size, max_length)
@@ -104,7 +105,8 @@ def objective_matrix(reward_scorer, cost_scorer, prompts, responses, batch_size=
 
 def bradley_terry_loss(better_scores, worse_scores) -> torch.Tensor:
     """Reward model: -log σ(r(better) - r(worse)), mean over pairs. (N,), (N,) -> scalar."""
-    assert better_scores.shape == worse_scores.shape and better_scores.dim() == 1, (better_scores.shape, worse_scores.shape)
+    assert better_scores.shape == worse_scores.shape and better_scores.dim() == 1, (better_scores.shape,
+                                                                                    worse_scores.shape)
     return -F.logsigmoid(better_scores - worse_scores).mean()
 
 

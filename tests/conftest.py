@@ -12,7 +12,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # tiny models: one thread is faster than two on a shared 2-core machine
 
 WORDS = ("hello world how do i bake bread steal a car please help me with this step one two three "
          "first then finally sorry i cannot the you to and of is it").split()
