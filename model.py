@@ -67,6 +67,18 @@ def _from_hub(loader, name_or_path, what, **kwargs):
             "Hub (offline?); download it first or pass a local path.") from None
 
 
+def _load_backbone(name_or_path, dtype):
+    """AutoModel (no LM head) from a causal-LM checkpoint; the dropped lm_head is expected, so the
+    load report that lists it as unexpected is silenced."""
+    from transformers.utils import logging as hf_logging
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return _from_hub(AutoModel.from_pretrained, name_or_path, "critic base model", dtype=dtype)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 def _enable_checkpointing(model):
     # Non-reentrant, so torch.autograd.grad over a subset of parameters (GAPO's last-layer gradients) works.
     kwargs = {"use_reentrant": False}
@@ -202,8 +214,7 @@ class Critic(nn.Module):
     def from_policy(cls, name_or_path, num_objectives, device, dtype=None, gradient_checkpointing=False, lora_r=0,
                     lora_alpha=16):
         device = torch.device(device)
-        backbone = _from_hub(AutoModel.from_pretrained, name_or_path, "critic base model",
-                             dtype=_dtype(dtype, device)).to(device)
+        backbone = _load_backbone(name_or_path, _dtype(dtype, device)).to(device)
         backbone.config.use_cache = False
         if gradient_checkpointing:
             _enable_checkpointing(backbone)
@@ -243,7 +254,7 @@ class Critic(nn.Module):
         dtype = _dtype(dtype, device)
         if meta["lora"]:
             from peft import PeftModel
-            base = _from_hub(AutoModel.from_pretrained, meta["base"], "critic base model", dtype=dtype)
+            base = _load_backbone(meta["base"], dtype)
             backbone = _peft(PeftModel.from_pretrained, base, path, is_trainable=True)
         else:
             backbone = AutoModel.from_pretrained(path, dtype=dtype)

@@ -59,6 +59,7 @@ class Config:
     toy_dir: str = "cache/toyworld"  # where the toy world is built and cached
     toy_size: str = "default"  # default | tiny (tests)
     device: str = "auto"  # auto | cpu | cuda
+    num_threads: int = 1  # CPU threads for torch; 0 = torch's default. Tiny models run fastest on one
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16
     gradient_checkpointing: bool = False  # on actor and critic (non-reentrant)
     lora_r: int = 0  # > 0: policy and critic as LoRA adapters; pi_ref = policy with adapter off
@@ -108,7 +109,7 @@ PRESETS = {
                   iterations=0, epochs=2.0, batch_size=16, max_prompt_length=256, max_new_tokens=256,
                   temperature=0.7, top_p=1.0, repetition_penalty=1.05, ppo_epochs=1, minibatch_size=128,
                   micro_batch_size=16, actor_lr=1e-6, critic_lr=5e-7, weight_decay=0.0, warmup_ratio=0.03,
-                  kl_coef=0.05, clip_eps=0.1, gradient_checkpointing=True, save_every=50),
+                  kl_coef=0.05, clip_eps=0.1, gradient_checkpointing=True, save_every=50, num_threads=0),
 }
 
 
@@ -218,7 +219,7 @@ def prepare_out_dir(cfg):
     if cfg.resume:
         with open(config_file) if os.path.isfile(config_file) else open(os.devnull) as f:
             saved = json.loads(f.read() or "{}")
-        volatile = {"resume", "overwrite", "save_every", "stop_after", "device"}
+        volatile = {"resume", "overwrite", "save_every", "stop_after", "device", "num_threads"}
         # Empty model paths are filled from the toy world later, so they match whatever was saved.
         different = sorted(k for k, v in saved.items()
                            if k not in volatile and getattr(cfg, k, v) not in (v, ""))
@@ -377,6 +378,8 @@ def main(argv=None):
         resume_from = prepare_out_dir(cfg)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}")
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
