@@ -100,7 +100,7 @@ def mgda_parameters(policy, which):
     return [p for _, p in chosen]
 
 
-def loss_weights(method, losses, params, p, preference):
+def loss_weights(method, losses, params, p, preference, reduce_grads=None):
     """The weights w (M,) of the single weighted backward, plus diagnostics for the log.
 
     For the gradient methods: g_i = dL_i / d(params) with the graph kept for the backward that
@@ -109,6 +109,8 @@ def loss_weights(method, losses, params, p, preference):
       gapo:      w_i = alpha_i / n_i^p, alpha from Problem 7 on G^N (Eq. 6)
       gapo-eq17: w_i = alpha_i on the raw losses (the paper's Eq. 17 as printed; ablation)
       pgapo:     w_i = lambda_i / n_i                              (Eq. 8, no MGDA)
+    reduce_grads: under data parallelism, distributed.global_gradients (the mean of each g_i over ranks),
+    so every rank builds the same Gram matrix and solves Problem 7 to the same alpha.
     """
     M = losses.shape[0]
     info = {}
@@ -120,6 +122,8 @@ def loss_weights(method, losses, params, p, preference):
         return torch.ones(M), info
     grads = [torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) for loss in losses]
     grads = [[torch.zeros_like(q) if g is None else g for g, q in zip(gs, params)] for gs in grads]
+    if reduce_grads is not None:
+        grads = reduce_grads(grads)
     gram = gram_matrix(grads)  # (K, K) float64
     if not torch.isfinite(gram).all():
         bad = [i for i in range(M) if not torch.isfinite(gram[i, i])]

@@ -29,9 +29,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import distributed
 import gapo
 from data import format_policy_prompt, load_prompts
-from model import Critic, load_policy, load_reference, load_score_model, load_tokenizer, memory_plan, pick_device
+from model import Critic, load_policy, load_reference, load_score_model, load_tokenizer, memory_plan
 from rewards import Scorer, objective_matrix
 from rollout import Rollout, decode_responses, gae, generate, kl_shaped_rewards, response_logprobs, response_values
 
@@ -185,12 +186,16 @@ def save_checkpoint(out_dir, cfg, policy, tokenizer, critic, optimizers, schedul
     """Write out_dir/checkpoint atomically: everything goes to checkpoint.tmp, then two renames.
     A crash at any point leaves a complete checkpoint (or checkpoint.old, which load recovers)."""
     final, tmp, old = (os.path.join(out_dir, n) for n in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
-    shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(os.path.join(tmp, "policy"))  # HF format: from_pretrained loads it alone
-    tokenizer.save_pretrained(os.path.join(tmp, "policy"))
-    critic.save(os.path.join(tmp, "critic"))
+    optimizer_states = [distributed.optimizer_state_dict(m, o) for m, o in zip((policy, critic), optimizers)]
+    with distributed.full_parameters(policy), distributed.full_parameters(critic):  # torchrun: all ranks gather,
+        if not distributed.is_main():                                                # rank 0 writes
+            return
+        shutil.rmtree(tmp, ignore_errors=True)
+        policy.save_pretrained(os.path.join(tmp, "policy"))  # HF format: from_pretrained loads it alone
+        tokenizer.save_pretrained(os.path.join(tmp, "policy"))
+        critic.save(os.path.join(tmp, "critic"))
     torch.save({"iteration": iteration, "method_state": dataclasses.asdict(state),
-                "optimizers": [o.state_dict() for o in optimizers], "schedulers": [s.state_dict() for s in schedulers],
+                "optimizers": optimizer_states, "schedulers": [s.state_dict() for s in schedulers],
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}},
                os.path.join(tmp, "trainer_state.pt"))
@@ -329,7 +334,8 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
                 raise FloatingPointError(f"iteration {iteration}: the PPO loss of objective {bad} is not finite; "
                                          f"the last good checkpoint is kept in {cfg.out_dir}.")
             try:
-                weights, wlog = gapo.loss_weights(cfg.method, losses, mgda_params, cfg.p, pref)
+                weights, wlog = gapo.loss_weights(cfg.method, losses, mgda_params, cfg.p, pref,
+                                                  reduce_grads=distributed.global_gradients)
             except FloatingPointError as err:
                 raise FloatingPointError(f"iteration {iteration}: {err}; the last good checkpoint is kept.") from None
             info.update(wlog)
@@ -346,8 +352,9 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
             if (start // cfg.micro_batch_size + 1) % accumulate == 0:
                 for optimizer, scheduler in zip(optimizers, schedulers):
                     params = [p for group in optimizer.param_groups for p in group["params"]]
+                    distributed.all_reduce_grads(params)  # FSDP reduced the sharded gradients; these are the rest
                     if cfg.max_grad_norm > 0:
-                        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                        distributed.clip_grad_norm_(params, cfg.max_grad_norm)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -375,7 +382,9 @@ def main(argv=None):
         cfg = parse_config(argv)
         pref = check_config(cfg)
         cfg.out_dir = cfg.out_dir or default_out_dir(cfg)
-        resume_from = prepare_out_dir(cfg)
+        rank, world, device = distributed.init_distributed(cfg.device)  # torchrun: one process per GPU
+        with distributed.main_first():  # rank 0 checks and prepares the run folder, then the others find it
+            resume_from = prepare_out_dir(cfg) if rank == 0 else find_checkpoint(cfg.out_dir) if cfg.resume else None
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}")
     if cfg.num_threads > 0:
@@ -383,11 +392,15 @@ def main(argv=None):
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
-    device = pick_device() if cfg.device == "auto" else torch.device(cfg.device)
     dtype = None if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
     try:
-        toyworld_module = resolve_models(cfg)
-        write_config(cfg)  # with the resolved model paths, for evaluate.py
+        with distributed.main_first():
+            toyworld_module = resolve_models(cfg)
+        if rank == 0:
+            write_config(cfg)  # with the resolved model paths, for evaluate.py
+        if device.type == "cuda":  # refuse a plan that cannot fit before loading anything
+            distributed.check_memory(cfg, torch.cuda.get_device_properties(device).total_memory, world,
+                                     dtype or torch.bfloat16)
         policy_path = os.path.join(resume_from, "policy") if resume_from else cfg.policy
         tokenizer = load_tokenizer(cfg.policy, padding_side="left")
         policy = load_policy(cfg.policy, device, dtype, cfg.gradient_checkpointing, cfg.lora_r, cfg.lora_alpha)
@@ -402,6 +415,8 @@ def main(argv=None):
                    for path, name in [(cfg.reward_model, "reward"), (cfg.cost_model, "cost")]]
         raw, formatted = build_prompt_pool(cfg, toyworld_module, tokenizer)
         mgda_params = gapo.mgda_parameters(policy, cfg.mgda_params) if cfg.method in gapo.GRADIENT_METHODS else None
+        distributed.shard_for_training(policy, critic, None if cfg.lora_r else reference, [s.model for s in scorers],
+                                       keep=mgda_params or [], lora=cfg.lora_r > 0)  # FSDP2 under torchrun
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}")
     models = {"policy": policy, "critic": critic, "reward": scorers[0].model, "cost": scorers[1].model}
@@ -409,7 +424,7 @@ def main(argv=None):
         models["reference"] = reference  # with LoRA the reference shares the policy's weights
     print(memory_plan(models, dtype=next(policy.parameters()).dtype, trainable={"reward": False, "cost": False})[1])
 
-    iterations = cfg.iterations or max(1, int(cfg.epochs * len(raw) / cfg.batch_size))
+    iterations = cfg.iterations or max(1, int(cfg.epochs * len(raw) / (cfg.batch_size * world)))
     steps = iterations * cfg.ppo_epochs * (cfg.batch_size // cfg.minibatch_size)
     optimizers = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr, weight_decay=cfg.weight_decay)
                   for m, lr in [(policy, cfg.actor_lr), (critic, cfg.critic_lr)]]
@@ -417,11 +432,11 @@ def main(argv=None):
     state = gapo.MethodState(log_lambda=math.log(cfg.lambda_init))
     start = 0
     if resume_from:
-        saved = torch.load(os.path.join(resume_from, "trainer_state.pt"), weights_only=False)
+        saved = torch.load(os.path.join(resume_from, "trainer_state.pt"), weights_only=False, mmap=world > 1)
         start = saved["iteration"]
         state = gapo.MethodState(**saved["method_state"])
-        for o, s in zip(optimizers, saved["optimizers"]):
-            o.load_state_dict(s)
+        for m, o, s in zip((policy, critic), optimizers, saved["optimizers"]):
+            distributed.load_optimizer_state_dict(m, o, s)
         for sch, s in zip(schedulers, saved["schedulers"]):
             sch.load_state_dict(s)
         torch.set_rng_state(saved["rng"]["torch"])
@@ -431,7 +446,8 @@ def main(argv=None):
             torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
         print(f"resumed {cfg.out_dir} at iteration {start}")
     log_path = os.path.join(cfg.out_dir, "log.jsonl")
-    truncate_log(log_path, start)
+    if rank == 0:
+        truncate_log(log_path, start)
 
     # The data order: a seeded permutation per pass over the prompts, so a resumed run sees the same batches.
     def batch_indices(iteration):
@@ -442,12 +458,14 @@ def main(argv=None):
         offset = position % len(raw)
         return order[offset:offset + cfg.batch_size].tolist()
 
-    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=f"{cfg.method}", dynamic_ncols=True)
+    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=f"{cfg.method}", dynamic_ncols=True,
+               disable=rank > 0)
     for iteration in bar:
-        index = batch_indices(iteration)
-        rollout, timings = collect_rollout(cfg, policy, reference, critic, tokenizer, scorers,
-                                           [raw[i] for i in index], [formatted[i] for i in index])
-        scores = rollout.scores.cpu()
+        index = batch_indices(iteration * world + rank)  # rank r takes the r-th of `world` consecutive batches
+        with distributed.unsharded(policy):  # FSDP: gather the policy once per rollout, not once per token
+            rollout, timings = collect_rollout(cfg, policy, reference, critic, tokenizer, scorers,
+                                               [raw[i] for i in index], [formatted[i] for i in index])
+        scores = distributed.all_gather_rows(rollout.scores).cpu()  # (world * B, K): global lambda, fast-rl, log
         if cfg.method == "safe-rlhf":  # the multiplier is updated after each rollout, from the costs
             gapo.update_lagrange_multiplier(state, (-scores[:, 1]).tolist(), cfg.cost_threshold, cfg.lambda_lr,
                                             cfg.lambda_max, cfg.lambda_window)
@@ -457,14 +475,14 @@ def main(argv=None):
         update = ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state, mgda_params, iteration)
         timings["update"] = time.perf_counter() - t0
         mask = rollout.response_mask
-        kl = ((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1).mean().item()
+        kl = distributed.all_reduce_mean(((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1).mean()).item()
         tokens = (mask.sum() + (rollout.attention_mask.sum() - mask.sum())).item()
         record = {"iteration": iteration + 1, **{f"score_{n}": scores[:, i].mean().item() for i, n in enumerate(OBJECTIVES)},
                   "kl": kl, "response_length": mask.sum(1).mean().item(), **update,
                   "lambda": math.exp(state.log_lambda) if cfg.method == "safe-rlhf" else None,
                   "fastrl_weights": state.fastrl_weights or None,
                   "tokens_per_second": tokens / sum(timings.values()), **{f"time_{k}": v for k, v in timings.items()}}
-        with open(log_path, "a") as f:
+        with open(log_path if rank == 0 else os.devnull, "a") as f:
             f.write(json.dumps(record) + "\n")
         bar.set_postfix(helpful=f"{record['score_helpful']:.2f}", harmless=f"{record['score_harmless']:.2f}", kl=f"{kl:.2f}")
         tqdm.write(format_log_line(record))

@@ -1,0 +1,353 @@
+"""GPU benchmark of GAPO at the paper's scale: one iteration of GAPO next to one of PPO-H, same process.
+
+What it does (SPEC.md §7, DESIGN.md's iteration recipe): builds the paper's architectures from random
+weights (no download) - a Mistral-7B policy and critic, LLaMA-7B reward and cost models
+(model.LlamaModelForScore) - in bf16 on CUDA with non-reentrant gradient checkpointing and, by default,
+the single-GPU recipe of issue 7 (LoRA r=64 on q,k,v,o; the reference = the policy with its adapter off).
+Then it runs the real training pieces with the paper's batch shape (B = 16 prompts, P = 256 prompt
+tokens, R = 256 response tokens: T = 512; min_new_tokens forces R so every iteration has the same shape):
+  generate   rollout.generate (sampling, KV cache)
+  score      reward and cost models on the same token ids (the scorers' tokenizer is not available
+             offline, so no decode / re-tokenise; that costs CPU time the real run also pays)
+  forward    log pi_old, log pi_ref (rollout.response_logprobs), values (rollout.response_values),
+             rollout.kl_shaped_rewards, rollout.gae
+  update     train.ppo_update: gapo.method_advantages, gapo.ppo_losses, gapo.loss_weights (the K
+             last-block gradients, Gram matrix, Frank-Wolfe), the weighted backward, gapo.value_loss,
+             AdamW steps; "loss_weights" is the part of it spent in gapo.loss_weights
+for `gapo` and `ppo-h` alternately (so drift of clocks and caches hits both), and prints a table: time and
+peak memory per phase, generation tokens/s, training tokens/s, the training phase's MFU and the ratio of a
+GAPO iteration to a PPO-H iteration.
+
+MFU of the update phase = ppo_epochs * B * T * F / t_update / peak_flops, F = model FLOPs per token summed
+over the two trained networks (policy, critic), N = their parameters in matmuls (input embeddings excluded):
+  "MFU 6N"     F = 6 N, the usual convention (as if every weight trained);
+  "exact"      F = 4 N + 2 N_trainable: 2N forward, 2N backward to the activations, 2 N_trainable for the
+               weight gradients (= 6N for full fine-tuning; about 4N with LoRA, whose frozen weights get none).
+Not counted: attention's T x T products (about 2% at T = 512), the recomputation of gradient checkpointing,
+and GAPO's extra last-block gradients (overhead, so it shows up as lower MFU for gapo).
+peak_flops defaults to 989e12 (H100 SXM / H200, bf16 dense, no sparsity); set --peak_tflops for others.
+
+Run:
+    python bench.py                 # one 80 GB GPU: LoRA r=64, 3 measured iterations per method
+    python bench.py --lora_r 0      # full fine-tuning (does not fit one 80 GB GPU: see the memory plan)
+    python bench.py --tiny          # 2-layer, hidden-64 versions of the same architectures, CPU, seconds
+Left out on purpose: real weights and tokenizers (throughput does not depend on them), text decoding and
+re-tokenisation for the scorers, multi-GPU (see distributed.py), and any assertion on timings.
+"""
+import argparse
+import contextlib
+import time
+
+import torch
+from transformers import LlamaConfig, MistralConfig, MistralForCausalLM, MistralModel
+
+import gapo
+import train
+from distributed import activation_and_cache_bytes, plan_bytes
+from model import (Critic, _add_lora, _enable_checkpointing, load_reference, memory_plan, new_score_model,
+                   param_count_from_config)
+from rollout import Rollout, gae, generate, kl_shaped_rewards, response_logprobs, response_values
+
+VOCAB = 32000
+# The paper's models (SPEC §7): HuggingFaceH4/mistral-7b-sft-beta (Mistral-7B-v0.1) and the LLaMA-7B
+# backbone of PKU-Alignment/beaver-7b-v1.0-{reward,cost}. Only the sizes matter for speed and memory.
+MISTRAL_7B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                  num_key_value_heads=8, max_position_embeddings=32768, rope_theta=10000.0, sliding_window=4096)
+LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=32, max_position_embeddings=2048)
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+SPECIAL = dict(vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tiny", action="store_true", help="tiny models on CPU (CI smoke test)")
+    ap.add_argument("--methods", default="gapo,ppo-h", help="comma-separated gapo.METHODS, measured in turn")
+    ap.add_argument("--p", type=float, default=2.0, help="GAPO's exponent p (Eq. 6)")
+    ap.add_argument("--mgda_params", default="last_block", help="last_block | lm_head | all")
+    ap.add_argument("--lora_r", type=int, default=None, help="0 = full fine-tuning (default 64; 8 with --tiny)")
+    ap.add_argument("--gradient_checkpointing", type=int, default=1, help="1 (default) or 0")
+    ap.add_argument("--batch_size", type=int, default=None, help="B prompts per rollout (16; 4 with --tiny)")
+    ap.add_argument("--micro_batch_size", type=int, default=None, help="samples per training forward (= B)")
+    ap.add_argument("--prompt_length", type=int, default=None, help="P (256; 16 with --tiny)")
+    ap.add_argument("--new_tokens", type=int, default=None, help="R, forced (256; 16 with --tiny)")
+    ap.add_argument("--iterations", type=int, default=3, help="measured iterations per method")
+    ap.add_argument("--warmup", type=int, default=1, help="unmeasured iterations per method first")
+    ap.add_argument("--peak_tflops", type=float, default=989.0, help="peak bf16 dense TFLOP/s of the GPU")
+    ap.add_argument("--device", default="auto", help="auto | cuda | cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    tiny = args.tiny
+    args.lora_r = (8 if tiny else 64) if args.lora_r is None else args.lora_r
+    args.batch_size = args.batch_size or (4 if tiny else 16)
+    args.micro_batch_size = args.micro_batch_size or args.batch_size
+    args.prompt_length = args.prompt_length or (16 if tiny else 256)
+    args.new_tokens = args.new_tokens or (16 if tiny else 256)
+    args.methods = args.methods.split(",")
+    for m in args.methods:
+        if m not in gapo.METHODS:
+            raise SystemExit(f"error: unknown method {m!r} in --methods; choose from {', '.join(gapo.METHODS)}.")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cpu" and not tiny:
+        raise SystemExit("error: the 7B configurations need a CUDA GPU; pass --tiny to run small versions on CPU.")
+    if args.batch_size % args.micro_batch_size:
+        raise SystemExit(f"error: --batch_size ({args.batch_size}) must be a multiple of --micro_batch_size.")
+    return args
+
+
+# ----------------------------------------------------------------------------- models and data
+
+def configs(tiny):
+    size_m, size_l = (TINY, TINY) if tiny else (MISTRAL_7B, LLAMA_7B)
+    return MistralConfig(**{**size_m, **SPECIAL}), LlamaConfig(**{**size_l, **SPECIAL, "max_position_embeddings": 2048})
+
+
+@contextlib.contextmanager
+def building(device, dtype):
+    """Allocate and initialise straight on the device in the target dtype: a 7B model never passes
+    through CPU float32 (28 GB and minutes of init)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_models(args, device, dtype):
+    """policy, reference, critic, reward, cost: the same classes and wrappers model.py's loaders return."""
+    mistral, llama = configs(args.tiny)
+    torch.manual_seed(args.seed)
+    with building(device, dtype):
+        policy = MistralForCausalLM(mistral)
+        backbone = MistralModel(mistral)
+        scorers = [new_score_model(llama) for _ in range(2)]
+        reference = None if args.lora_r else MistralForCausalLM(mistral)
+    for m in (policy, backbone):
+        m.config.use_cache = False  # as model.load_policy: training forwards; generate asks for the cache
+        if args.gradient_checkpointing:
+            _enable_checkpointing(m)
+    if args.lora_r:
+        policy = _add_lora(policy, args.lora_r, 16, 0.0, "CAUSAL_LM")
+        backbone = _add_lora(backbone, args.lora_r, 16, 0.0, "FEATURE_EXTRACTION")
+        reference = load_reference(None, device, policy=policy)  # adapter disabled: no second copy
+    else:
+        reference.eval().requires_grad_(False)
+    critic = Critic(backbone, len(train.OBJECTIVES)).train()
+    reward, cost = (s.eval().requires_grad_(False) for s in scorers)
+    # Every response has exactly R tokens: generate may not stop before (eos is masked until then).
+    hf_policy = policy.get_base_model() if args.lora_r else policy
+    hf_policy.generation_config.min_new_tokens = args.new_tokens
+    return policy.train(), reference, critic, reward, cost
+
+
+def word_tokenizer():
+    """A word-level tokenizer over VOCAB ids ("w<id>"), ids 0-2 = <unk>/<s>/</s> as in Mistral and LLaMA:
+    rollout.generate takes text prompts, and random words give exactly P tokens each."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, VOCAB)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # pad = unk, as model.load_tokenizer picks for the Mistral tokenizer (which has no pad token)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<unk>")
+
+
+def random_prompts(generator, B, P):
+    ids = torch.randint(3, VOCAB, (B, P), generator=generator)
+    return [" ".join(f"w{i}" for i in row.tolist()) for row in ids]
+
+
+# ----------------------------------------------------------------------------- timing
+
+class Clock:
+    """Wall time and peak memory of each phase; synchronises CUDA so the time is the GPU's, not the launch."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.seconds, self.peak = {}, {}
+        self.running = {}  # open phases -> their peak so far (phases nest: iteration > update > loss_weights)
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def _fold_peak(self):
+        """Fold the allocator's peak counter into every open phase, then restart the counter."""
+        if self.cuda:
+            peak = torch.cuda.max_memory_allocated()
+            for name in self.running:
+                self.running[name] = max(self.running[name], peak)
+            torch.cuda.reset_peak_memory_stats()
+
+    @contextlib.contextmanager
+    def phase(self, name):
+        self.sync()
+        self._fold_peak()
+        self.running[name] = 0
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.sync()
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            self._fold_peak()
+            peak = self.running.pop(name)
+            if self.cuda:
+                self.peak[name] = max(self.peak.get(name, 0), peak)
+
+
+def timed_loss_weights(clock):
+    """gapo.loss_weights, timed: train.ppo_update calls it through the module, so wrapping the attribute
+    measures the GAPO-specific work (K autograd.grad calls, Gram matrix, solver) inside the update phase."""
+    inner = gapo.loss_weights
+
+    def wrapper(*args, **kwargs):
+        with clock.phase("loss_weights"):
+            return inner(*args, **kwargs)
+    return wrapper
+
+
+# ----------------------------------------------------------------------------- one iteration
+
+def iteration(args, cfg, models, tokenizer, optimizers, schedulers, prompts, clock, step):
+    """Recipe steps 1-5 (train.py), each phase timed; returns nothing (the clock keeps the figures)."""
+    policy, reference, critic, reward, cost = models
+    with clock.phase("generate"):
+        input_ids, attention_mask, response_mask, P = generate(policy, tokenizer, prompts, args.prompt_length,
+                                                               args.new_tokens, temperature=0.7,
+                                                               repetition_penalty=1.05)
+    B, T = input_ids.shape
+    R = response_mask.shape[1]
+    assert (B, P, R) == (args.batch_size, args.prompt_length, args.new_tokens), (B, P, R)
+    with clock.phase("score"), torch.no_grad():  # helpful = reward, harmless = -cost (SPEC §1)
+        scores = torch.stack([reward(input_ids=input_ids, attention_mask=attention_mask),
+                              -cost(input_ids=input_ids, attention_mask=attention_mask)], dim=1)  # (B, K)
+    with clock.phase("forward"), torch.no_grad():  # train.collect_rollout's step 3-4
+        policy.eval()
+        logprobs = response_logprobs(policy, input_ids, attention_mask, R)  # (B, R)
+        ref_logprobs = response_logprobs(reference, input_ids, attention_mask, R)
+        values = response_values(critic, input_ids, attention_mask, R)  # (B, R, K)
+        policy.train()
+        rewards = kl_shaped_rewards(scores, logprobs, ref_logprobs, response_mask, cfg.kl_coef, cfg.clip_score)
+        advantages, returns = gae(rewards, values, response_mask, cfg.gamma, cfg.gae_lambda)
+    rollout = Rollout(prompts, [""] * B, input_ids, attention_mask, response_mask, logprobs, ref_logprobs, values,
+                      scores, rewards, advantages, returns)
+    mgda_params = gapo.mgda_parameters(policy, cfg.mgda_params) if cfg.method in gapo.GRADIENT_METHODS else None
+    pref = [1.0 / len(train.OBJECTIVES)] * len(train.OBJECTIVES)
+    with clock.phase("update"):
+        train.ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, gapo.MethodState(), mgda_params,
+                         step)
+
+
+def matmul_params(model):
+    """(N, N_trainable) without the input embeddings (a lookup, no FLOPs); LoRA factors count as matmuls."""
+    n = n_train = 0
+    for name, p in model.named_parameters():
+        if "embed_tokens" in name:
+            continue
+        n += p.numel()
+        n_train += p.numel() if p.requires_grad else 0
+    return n, n_train
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(args.seed)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"bench: {'tiny' if args.tiny else '7B'} models on {name}, {str(dtype)[6:]}, lora_r={args.lora_r}, "
+          f"checkpointing={bool(args.gradient_checkpointing)}, B={args.batch_size} P={args.prompt_length} "
+          f"R={args.new_tokens}, micro-batch {args.micro_batch_size}, methods {args.methods}")
+    cfg = train.Config(batch_size=args.batch_size, minibatch_size=args.batch_size,
+                       micro_batch_size=args.micro_batch_size, ppo_epochs=1, p=args.p, mgda_params=args.mgda_params,
+                       max_prompt_length=args.prompt_length, max_new_tokens=args.new_tokens, actor_lr=1e-6,
+                       critic_lr=5e-7)
+    # The plan train.py checks (distributed.check_memory), from the configs alone, before anything is built.
+    mistral, llama = configs(args.tiny)
+    counts = {"policy": param_count_from_config(mistral, "causal_lm"),
+              "critic": param_count_from_config(mistral, "base"),
+              "reward": param_count_from_config(llama, "score"), "cost": param_count_from_config(llama, "score")}
+    planned = plan_bytes(cfg, mistral, counts, dtype, 1, args.lora_r, bool(args.gradient_checkpointing))
+    extra = activation_and_cache_bytes(mistral, args.micro_batch_size, args.prompt_length + args.new_tokens, dtype,
+                                       bool(args.gradient_checkpointing), args.new_tokens, args.batch_size)
+    print(f"estimate: KV cache {extra.kv_cache / 2**30:.2f} GiB, training activations "
+          f"{(extra.activations + extra.logits) / 2**30:.2f} GiB -> planned peak {planned / 2**30:.2f} GiB")
+    if device.type == "cuda" and planned > torch.cuda.get_device_properties(device).total_memory:
+        total = torch.cuda.get_device_properties(device).total_memory
+        raise SystemExit(f"error: the plan needs about {planned / 2**30:.1f} GiB but {name} has "
+                         f"{total / 2**30:.1f} GiB; use --lora_r 64 and --gradient_checkpointing 1 (the defaults) or a "
+                         "smaller --micro_batch_size.")
+    t0 = time.perf_counter()
+    models = build_models(args, device, dtype)
+    policy, reference, critic, reward, cost = models
+    print(f"built the models in {time.perf_counter() - t0:.1f}s")
+    listed = {"policy": policy, "critic": critic, "reward": reward, "cost": cost}
+    if not args.lora_r:
+        listed["reference"] = reference
+    print(memory_plan(listed, dtype=dtype)[1])
+
+    tokenizer = word_tokenizer()
+    T = args.prompt_length + args.new_tokens
+    optimizers = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+                  for m, lr in [(policy, cfg.actor_lr), (critic, cfg.critic_lr)]]
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda step: 1.0) for o in optimizers]
+    generator = torch.Generator().manual_seed(args.seed)
+    clocks = {m: Clock(device) for m in args.methods}
+    inner = gapo.loss_weights
+    for step in range(args.warmup + args.iterations):
+        for method in args.methods:  # alternate: both methods see the same machine state
+            clock = clocks[method] if step >= args.warmup else Clock(device)
+            gapo.loss_weights = timed_loss_weights(clock)
+            try:
+                cfg.method = method
+                prompts = random_prompts(generator, args.batch_size, args.prompt_length)
+                with clock.phase("iteration"):
+                    iteration(args, cfg, models, tokenizer, optimizers, schedulers, prompts, clock, step)
+            finally:
+                gapo.loss_weights = inner
+    report(args, clocks, policy, critic, T, name, planned)
+    return clocks
+
+
+def report(args, clocks, policy, critic, T, device_name, planned):
+    n = args.iterations
+    phases = ["generate", "score", "forward", "update", "loss_weights", "iteration"]
+    methods = list(clocks)
+    print(f"\nper iteration, mean of {n} after {args.warmup} warm-up ({device_name}):")
+    print(f"{'phase':<14}" + "".join(f"{m + ' s':>12}{m + ' GiB':>12}" for m in methods))
+    for ph in phases:
+        cells = ""
+        for m in methods:
+            c = clocks[m]
+            s = f"{c.seconds[ph] / n:12.3f}" if ph in c.seconds else f"{'-':>12}"
+            g = f"{c.peak[ph] / 2**30:12.2f}" if ph in c.peak else f"{'-':>12}"
+            cells += s + g
+        print(f"{ph:<14}{cells}")
+    N_pol, Nt_pol = matmul_params(policy)
+    N_cri, Nt_cri = matmul_params(critic)
+    N, N_train = N_pol + N_cri, Nt_pol + Nt_cri
+    tokens = args.batch_size * T  # per PPO epoch (1)
+    print(f"\nMFU = B*T*F / t_update / peak with F = 6N (exact: 4N + 2N_trainable), N = {N:,} (policy + critic, "
+          f"no input embeddings), N_trainable = {N_train:,}, peak = {args.peak_tflops:g} TFLOP/s")
+    for m in methods:
+        c = clocks[m]
+        gen = args.batch_size * args.new_tokens * n / c.seconds["generate"]
+        upd = c.seconds["update"] / n
+        mfu = [tokens * f / upd / (args.peak_tflops * 1e12) for f in (6 * N, 4 * N + 2 * N_train)]
+        gpu = (f"MFU 6N {100 * mfu[0]:5.1f}% (exact {100 * mfu[1]:5.1f}%) | peak memory "
+               f"{max(c.peak.values()) / 2**30:.2f} GiB" if c.peak else "MFU n/a (CPU)")
+        print(f"{m:<8} generation {gen:9.1f} tokens/s | training {tokens / upd:9.1f} tokens/s | {gpu}"
+              f" (planned {planned / 2**30:.2f} GiB)")
+    if "gapo" in clocks and "ppo-h" in clocks:
+        g, h = clocks["gapo"].seconds, clocks["ppo-h"].seconds
+        print(f"GAPO / PPO-H: iteration {g['iteration'] / h['iteration']:.3f}x, update {g['update'] / h['update']:.3f}x"
+              f" (GAPO's loss_weights: {g['loss_weights'] / n:.3f}s per iteration)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""bench.py on CPU with the tiny versions of the paper's architectures (the GPU figures come from a GPU run)."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import bench
+from model import param_count_from_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_cli_tiny_runs_both_methods_and_prints_the_table():
+    result = subprocess.run([sys.executable, "bench.py", "--tiny", "--iterations", "1", "--warmup", "0"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for text in ["gapo s", "ppo-h s", "generate", "loss_weights", "GAPO / PPO-H: iteration", "training",
+                 "planned peak", "MFU n/a (CPU)"]:
+        assert text in out, (text, out)
+
+
+def test_full_finetuning_phases_and_shapes_in_process():
+    clocks = bench.main(["--tiny", "--lora_r", "0", "--iterations", "1", "--warmup", "0", "--methods", "gapo,pgapo",
+                         "--batch_size", "4", "--micro_batch_size", "2", "--new_tokens", "8"])
+    for method in ("gapo", "pgapo"):
+        seconds = clocks[method].seconds
+        assert set(seconds) == {"generate", "score", "forward", "update", "loss_weights", "iteration"}
+        assert all(s > 0 for s in seconds.values())
+        assert seconds["loss_weights"] < seconds["update"] < seconds["iteration"]
+    import gapo
+    assert gapo.loss_weights.__name__ == "loss_weights"  # the timing wrapper is taken off again
+
+
+def test_seven_billion_configs_have_the_published_sizes():
+    mistral, llama = bench.configs(tiny=False)
+    assert param_count_from_config(mistral, "causal_lm") == 7_241_732_096  # Mistral-7B-v0.1
+    # LLaMA-7B (6,738,415,616 with its LM head) without the head, plus the beaver score head Linear(4096, 1)
+    assert param_count_from_config(llama, "score") == 6_738_415_616 - 32000 * 4096 + 4096
+
+
+def test_bad_flags_stop_with_one_sentence():
+    with pytest.raises(SystemExit, match="unknown method"):
+        bench.parse_args(["--tiny", "--methods", "gapo,dpo"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="need a CUDA GPU"):
+            bench.parse_args([])

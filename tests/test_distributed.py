@@ -1,0 +1,289 @@
+"""distributed.py: memory arithmetic by hand, and the data-parallel path with 2 gloo processes on CPU.
+
+The 2-process checks run this file as a script under `python -m torch.distributed.run --nproc_per_node 2`
+(one launch for all of them: process start-up is most of the cost); each rank writes what it measured and
+the test compares it with one process doing the same on the union of the two ranks' data.
+"""
+import inspect
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import distributed  # noqa: E402
+import gapo  # noqa: E402
+from conftest import make_tiny_mistral  # noqa: E402
+from mgda import gapo_weights, gram_matrix  # noqa: E402
+from rollout import response_logprobs  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")  # peft's noise
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOCAB, B, T, R, K = 40, 4, 12, 6, 2  # 4 sequences: rank r holds rows 2r, 2r+1
+
+
+# ----------------------------------------------------------------------------- memory arithmetic
+
+def test_activation_and_cache_bytes_by_hand():
+    from transformers import MistralConfig
+    c = MistralConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)  # head dim 16, kv width 32
+    est = distributed.activation_and_cache_bytes(c, 3, 10, torch.bfloat16, True, response_len=4)
+    per_layer = 9 * 64 + 2 * 32 + 4 * 128  # 1152 elements per token and layer
+    assert est.kv_cache == 2 * 2 * 3 * 10 * 2 * 16 * 2 == 7680
+    assert est.activations == 3 * 10 * 2 * (2 * 64 + per_layer) == 76800
+    assert est.logits == 3 * 100 * (10 * 2 + 3 * 4 * 4) == 20400
+    assert est.peak == 76800 + 20400
+    full = distributed.activation_and_cache_bytes(c, 3, 10, torch.bfloat16, False, response_len=4)
+    assert full.activations == 3 * 10 * 2 * 2 * per_layer and full.kv_cache == est.kv_cache
+    f32 = distributed.activation_and_cache_bytes(c, 3, 10, torch.float32, True, response_len=4, generation_batch=6)
+    assert f32.kv_cache == 4 * est.kv_cache  # twice the batch, twice the bytes
+
+
+def mistral_7b():
+    from bench import MISTRAL_7B, SPECIAL
+    from transformers import MistralConfig
+    return MistralConfig(**MISTRAL_7B, **SPECIAL)
+
+
+def test_paper_kv_cache_is_one_gib():
+    # 2 (k, v) * 32 layers * 16 prompts * 512 tokens * 8 kv heads * 128 dims * 2 bytes = 2^30 exactly
+    est = distributed.activation_and_cache_bytes(mistral_7b(), 16, 512, torch.bfloat16, True, response_len=256)
+    assert est.kv_cache == 2**30
+
+
+def test_lora_param_count_matches_peft():
+    from peft import LoraConfig, get_peft_model
+
+    from model import LORA_TARGETS
+    policy = make_tiny_mistral(VOCAB)
+    peft_model = get_peft_model(policy, LoraConfig(r=4, target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM"))
+    counted = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
+    assert distributed.lora_param_count(policy.config, 4) == counted
+
+
+def test_memory_check_refuses_full_finetuning_on_one_80gb_gpu_and_names_the_fix(tmp_path):
+    import train
+    from bench import LLAMA_7B, SPECIAL
+    from transformers import LlamaConfig
+    policy, scorer = tmp_path / "policy", tmp_path / "scorer"
+    mistral_7b().save_pretrained(policy)
+    LlamaConfig(**LLAMA_7B, **SPECIAL, architectures=["LlamaModelForScore"]).save_pretrained(scorer)
+    paths = ["--policy", str(policy), "--reward_model", str(scorer), "--cost_model", str(scorer)]
+    h100 = 79 * 2**30  # what torch reports for an H100 80 GB, about
+    full = train.parse_config(["--preset", "paper"] + paths)  # full fine-tuning, checkpointing on
+    with pytest.raises(ValueError, match="add --lora_r 64 "):
+        distributed.check_memory(full, h100)
+    lora = train.parse_config(["--preset", "paper", "--lora_r", "64"] + paths)
+    need = distributed.check_memory(lora, h100)
+    assert 50 * 2**30 < need < 70 * 2**30  # four 7B models in bf16 (about 51 GiB) + adapters + activations
+    no_ckpt = train.parse_config(["--preset", "paper", "--lora_r", "64", "--gradient_checkpointing", "false"] + paths)
+    with pytest.raises(ValueError, match="add --gradient_checkpointing "):
+        distributed.check_memory(no_ckpt, h100)
+    assert distributed.check_memory(full, h100, world=4) < h100  # FSDP over 4 GPUs: full fine-tuning fits
+    with pytest.raises(ValueError, match="add --lora_r 64 "):  # 2 GPUs: shards + the policy gathered for rollout
+        distributed.check_memory(full, h100, world=2)
+
+
+# ----------------------------------------------------------------------------- shared by ranks and the reference
+
+def make_batch(policy):
+    """Fixed data: ids (B, T), old log-probs a little off the current ones (ratios != 1, some clipped),
+    advantages (B, R, K), full response masks (equal token counts on both ranks)."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, VOCAB, (B, T), generator=g)
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        old = response_logprobs(policy, ids, mask, R) + 0.1 * torch.randn(B, R, generator=g)
+    return ids, mask, old, torch.randn(B, R, K, generator=g), torch.ones(B, R)
+
+
+def losses_on(policy, batch, rows):
+    ids, mask, old, adv, rmask = (t[rows] for t in batch)
+    losses, _ = gapo.ppo_losses(response_logprobs(policy, ids, mask, R), old, adv, rmask, clip_eps=0.1)
+    return losses  # (K,)
+
+
+def objective_grads(losses, params):
+    return [list(torch.autograd.grad(loss, params, retain_graph=True)) for loss in losses]
+
+
+def gapo_step(policy, batch, rows, p=2.0, max_norm=0.05, lr=0.5):
+    """One GAPO step as train.ppo_update does it (global gradients, one weighted backward, gradient
+    all-reduce for whole parameters, clipping), with SGD so the comparison is not Adam's sign-sensitive."""
+    params = gapo.mgda_parameters(policy, "last_block")
+    losses = losses_on(policy, batch, rows)
+    grads = distributed.global_gradients(objective_grads(losses, params))
+    weights = gapo_weights(gram_matrix(grads), p).weights.float()
+    if "reduce_grads" in inspect.signature(gapo.loss_weights).parameters:  # once the train.py patch is in
+        hooked, _ = gapo.loss_weights("gapo", losses, params, p, [0.5, 0.5], reduce_grads=distributed.global_gradients)
+        torch.testing.assert_close(hooked, weights)
+    (weights * losses).sum().backward()
+    distributed.all_reduce_grads(list(policy.parameters()))
+    norm = distributed.clip_grad_norm_(list(policy.parameters()), max_norm)
+    torch.optim.SGD(policy.parameters(), lr=lr).step()
+    return weights, float(norm)
+
+
+def worker(out_dir):
+    """One rank of the 2-process launch. Writes rank0.json (and a saved policy) for the test to check."""
+    torch.set_num_threads(1)
+    rank, world, _ = distributed.init_distributed("cpu")
+    assert world == 2
+    rows = slice(2 * rank, 2 * rank + 2)
+    policy = make_tiny_mistral(VOCAB, seed=0)
+    batch = make_batch(policy)
+    out = {"rank": rank}
+    params = gapo.mgda_parameters(policy, "last_block")
+    grads = objective_grads(losses_on(policy, batch, rows), params)
+    for p in (0.0, 2.0):  # p = 1 with K = 2 always gives (1/2, 1/2): useless for telling data apart
+        out[f"local_alpha_p{p:g}"] = gapo_weights(gram_matrix(grads), p).alpha.tolist()
+        out[f"alpha_p{p:g}"] = gapo_weights(gram_matrix(distributed.global_gradients(grads)), p).alpha.tolist()
+    policy.zero_grad(set_to_none=True)
+
+    # FSDP2: decoder layers and root sharded, the last block (the MGDA parameters) kept whole.
+    distributed.shard_model(policy, keep=params)
+    from torch.distributed.tensor import DTensor
+    out["sharded"] = sum(isinstance(q, DTensor) for q in policy.parameters())
+    out["whole"] = sum(not isinstance(q, DTensor) for q in policy.parameters())
+    weights, norm = gapo_step(policy, batch, rows)
+    out.update(weights=weights.tolist(), norm=norm)
+    with distributed.unsharded(policy):  # generation keeps the gathered weights across new tokens
+        prompt = batch[0][:2, :5]
+        out["generated"] = policy.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                           max_new_tokens=4, pad_token_id=0).tolist()
+    out["resharded"] = all(isinstance(q, DTensor) for n, q in policy.named_parameters() if "layers.0." in n)
+    with distributed.full_parameters(policy):  # a normal Hugging Face folder, written by rank 0
+        if distributed.is_main():
+            policy.save_pretrained(os.path.join(out_dir, "policy"))
+
+    # Full optimizer state dict round trip (what --resume does): Adam moments come back shard by shard.
+    opt = torch.optim.AdamW([q for q in policy.parameters() if q.requires_grad], lr=1e-3)
+    (losses_on(policy, batch, rows).sum()).backward()
+    distributed.all_reduce_grads(list(policy.parameters()))
+    opt.step()
+    state = distributed.optimizer_state_dict(policy, opt)
+    path = os.path.join(out_dir, "optim.pt")
+    if distributed.is_main():
+        torch.save(state, path)
+    distributed.barrier()
+    fresh = torch.optim.AdamW([q for q in policy.parameters() if q.requires_grad], lr=1e-3)
+    distributed.load_optimizer_state_dict(policy, fresh, torch.load(path, weights_only=False, mmap=True))
+    same = [torch.equal(_local(a["exp_avg"]), _local(b["exp_avg"]))
+            for a, b in zip(opt.state.values(), fresh.state.values())]
+    out["optimizer_round_trip"] = bool(same) and all(same)
+    out["gathered_sizes"] = distributed.all_gather_rows(torch.full((2, 3), float(rank))).shape[0]
+    if rank == 0:
+        with open(os.path.join(out_dir, "rank0.json"), "w") as f:
+            json.dump(out, f)
+    torch.distributed.destroy_process_group()
+
+
+def _local(t):
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+# ----------------------------------------------------------------------------- the 2-process test
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ranks")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--standalone", os.path.abspath(__file__), str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    with open(out / "rank0.json") as f:
+        return json.load(f), out
+
+
+def test_alpha_of_two_ranks_equals_alpha_of_one_process_on_the_union(two_ranks):
+    ranks, _ = two_ranks
+    policy = make_tiny_mistral(VOCAB, seed=0)
+    batch = make_batch(policy)
+    grads = objective_grads(losses_on(policy, batch, slice(0, B)), gapo.mgda_parameters(policy, "last_block"))
+    for p in ("0", "2"):
+        union = gapo_weights(gram_matrix(grads), float(p)).alpha
+        torch.testing.assert_close(torch.tensor(ranks[f"alpha_p{p}"], dtype=torch.float64), union, atol=1e-6, rtol=0)
+        # ...and the test can fail: rank 0's own half of the data gives another alpha
+        assert (torch.tensor(ranks[f"local_alpha_p{p}"], dtype=torch.float64) - union).abs().max() > 1e-3
+
+
+def test_fsdp2_step_with_whole_last_block_equals_one_process_step(two_ranks):
+    from transformers import AutoModelForCausalLM
+    ranks, out = two_ranks
+    assert ranks["sharded"] > 0 and ranks["whole"] == 9  # 9 tensors in a Mistral block; all the rest sharded
+    policy = make_tiny_mistral(VOCAB, seed=0)
+    batch = make_batch(policy)
+    weights, norm = gapo_step(policy, batch, slice(0, B))
+    assert norm > 0.05  # the clipping is active, so the mixed sharded/whole norm is tested
+    torch.testing.assert_close(torch.tensor(ranks["weights"]), weights, atol=1e-5, rtol=1e-4)
+    assert abs(ranks["norm"] - norm) < 1e-5 * norm
+    saved = AutoModelForCausalLM.from_pretrained(out / "policy")
+    assert saved.config.architectures == ["MistralForCausalLM"]  # not FSDP's wrapper class
+    for (name, a), b in zip(policy.state_dict().items(), saved.state_dict().values()):
+        torch.testing.assert_close(b, a, atol=2e-6, rtol=1e-5, msg=name)
+    assert any((a - b).abs().max() > 1e-3 for a, b in zip(policy.parameters(),
+                                                           make_tiny_mistral(VOCAB, seed=0).parameters()))
+    prompt = batch[0][:2, :5]
+    expected = policy.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                               max_new_tokens=4, pad_token_id=0)
+    assert ranks["generated"] == expected.tolist() and ranks["resharded"]
+
+
+def test_optimizer_state_round_trip_and_gather(two_ranks):
+    ranks, _ = two_ranks
+    assert ranks["optimizer_round_trip"] and ranks["gathered_sizes"] == 4
+
+
+with open(os.path.join(ROOT, "train.py")) as _f:
+    TRAIN_HOOKED = "distributed.init_distributed" in _f.read()
+
+
+@pytest.mark.skipif(not TRAIN_HOOKED, reason="train.py has no torchrun hooks yet (apply /work/train_distributed.patch)")
+def test_torchrun_train_and_resume_match_an_uninterrupted_run(tiny_toyworld, tmp_path):
+    args = ["--toy_size", "tiny", "--toy_dir", tiny_toyworld, "--method", "gapo", "--p", "2", "--iterations", "2",
+            "--batch_size", "4", "--minibatch_size", "4", "--micro_batch_size", "2", "--max_new_tokens", "8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+    def launch(out, *extra):
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                                 "train.py", *args, "--out_dir", str(out), *extra], cwd=ROOT, capture_output=True,
+                                text=True, timeout=300, env=env)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+        with open(out / "log.jsonl") as f:
+            return [json.loads(line) for line in f], result.stdout
+
+    straight, stdout = launch(tmp_path / "straight")
+    assert stdout.count("iter    1 ") == 1  # rank 0 alone prints and logs
+    assert [r["iteration"] for r in launch(tmp_path / "resumed", "--stop_after", "1")[0]] == [1]
+    resumed, _ = launch(tmp_path / "resumed", "--resume")
+    keys = ["score_helpful", "score_harmless", "kl", "alpha", "weights", "value_loss"]
+    assert [[r[k] for k in keys] for r in straight] == [[r[k] for k in keys] for r in resumed]
+    assert [r["iteration"] for r in resumed] == [1, 2] and all(abs(sum(r["alpha"]) - 1) < 1e-6 for r in resumed)
+    from transformers import AutoConfig, AutoModelForCausalLM
+    policy = tmp_path / "resumed" / "checkpoint" / "policy"
+    assert AutoConfig.from_pretrained(policy).architectures == ["MistralForCausalLM"]
+    AutoModelForCausalLM.from_pretrained(policy)
+
+
+def test_single_process_helpers_are_plain_torch():
+    assert distributed.init_distributed("cpu") == (0, 1, torch.device("cpu"))
+    assert distributed.is_main() and distributed.get_world_size() == 1
+    x = torch.arange(6.0).reshape(3, 2)
+    assert distributed.all_gather_rows(x) is x and torch.equal(distributed.all_reduce_mean(x), x)
+    grads = [[torch.ones(2)], [torch.zeros(2)]]
+    assert distributed.global_gradients(grads) is grads
+    p = torch.nn.Parameter(torch.ones(4))
+    p.grad = torch.full((4,), 3.0)
+    assert abs(float(distributed.clip_grad_norm_([p], 1.0)) - 6.0) < 1e-6
+    torch.testing.assert_close(p.grad.norm(), torch.tensor(1.0), atol=1e-5, rtol=0)
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1])
