@@ -34,7 +34,8 @@ import gapo
 from data import format_policy_prompt, load_prompts
 from model import Critic, load_policy, load_reference, load_score_model, load_tokenizer, memory_plan
 from rewards import Scorer, objective_matrix
-from rollout import Rollout, decode_responses, gae, generate, kl_shaped_rewards, response_logprobs, response_values
+from rollout import (Rollout, concat_chunks, decode_responses, gae, generate, kl_shaped_rewards, response_logprobs,
+                     response_values)
 
 OBJECTIVES = ["helpful", "harmless"]  # K = 2: reward, and minus cost (SPEC section 1)
 
@@ -107,7 +108,8 @@ PRESETS = {
     # SPEC section 7, Table 2 (shared by all methods).
     "paper": dict(policy="HuggingFaceH4/mistral-7b-sft-beta", reward_model="PKU-Alignment/beaver-7b-v1.0-reward",
                   cost_model="PKU-Alignment/beaver-7b-v1.0-cost", prompts="PKU-Alignment/PKU-SafeRLHF",
-                  iterations=0, epochs=2.0, batch_size=16, max_prompt_length=256, max_new_tokens=256,
+                  # 16 prompts per device x gradient accumulation 8 = 128 per update, generated 16 at a time
+                  iterations=0, epochs=2.0, batch_size=128, max_prompt_length=256, max_new_tokens=256,
                   temperature=0.7, top_p=1.0, repetition_penalty=1.05, ppo_epochs=1, minibatch_size=128,
                   micro_batch_size=16, actor_lr=1e-6, critic_lr=5e-7, weight_decay=0.0, warmup_ratio=0.03,
                   kl_coef=0.05, clip_eps=0.1, gradient_checkpointing=True, save_every=50, num_threads=0),
@@ -288,20 +290,25 @@ def cosine_schedule(optimizer, total_steps, warmup_ratio):
 @torch.no_grad()
 def collect_rollout(cfg, policy, reference, critic, tokenizer, scorers, raw, formatted):
     """Steps 1-4 of the recipe. Returns the Rollout and the phase timings."""
+    # Every pass runs in chunks of micro_batch_size prompts (the paper preset rolls out 128 prompts
+    # per update, 16 at a time); chunks are padded to one (B, T) layout by rollout.concat_chunks.
+    chunk = cfg.micro_batch_size
     t0 = time.perf_counter()
-    input_ids, attention_mask, response_mask, P = generate(
-        policy, tokenizer, formatted, cfg.max_prompt_length, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-        cfg.repetition_penalty)
+    input_ids, attention_mask, response_mask, P = concat_chunks([
+        generate(policy, tokenizer, formatted[i:i + chunk], cfg.max_prompt_length, cfg.max_new_tokens,
+                 cfg.temperature, cfg.top_p, cfg.repetition_penalty) for i in range(0, len(formatted), chunk)],
+        tokenizer.pad_token_id)
     responses = decode_responses(tokenizer, input_ids, response_mask)
     t1 = time.perf_counter()
-    scores = objective_matrix(scorers[0], scorers[1], raw, responses)  # (B, K) helpful, harmless = -cost
+    scores = objective_matrix(scorers[0], scorers[1], raw, responses, batch_size=cfg.score_batch_size)  # (B, K)
     t2 = time.perf_counter()
     device = input_ids.device
     R = response_mask.shape[1]
     policy.eval()
-    logprobs = response_logprobs(policy, input_ids, attention_mask, R)
-    ref_logprobs = response_logprobs(reference, input_ids, attention_mask, R)
-    values = response_values(critic, input_ids, attention_mask, R)
+    pieces = [(input_ids[i:i + chunk], attention_mask[i:i + chunk]) for i in range(0, len(formatted), chunk)]
+    logprobs = torch.cat([response_logprobs(policy, ids, mask, R) for ids, mask in pieces])  # (B, R)
+    ref_logprobs = torch.cat([response_logprobs(reference, ids, mask, R) for ids, mask in pieces])  # (B, R)
+    values = torch.cat([response_values(critic, ids, mask, R) for ids, mask in pieces])  # (B, R, K)
     policy.train()
     response_mask, scores = response_mask.to(device), scores.to(device)
     rewards = kl_shaped_rewards(scores, logprobs, ref_logprobs, response_mask, cfg.kl_coef, cfg.clip_score)
