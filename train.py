@@ -479,11 +479,15 @@ def main(argv=None):
         if cfg.method == "fast-rl":
             gapo.update_fastrl_weights(state, scores, cfg.fastrl_eta)
         t0 = time.perf_counter()
-        update = ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state, mgda_params, iteration)
+        try:
+            update = ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state, mgda_params,
+                                iteration + 1)
+        except FloatingPointError as err:  # NaN / inf: stop, the last checkpoint on disk stays as it was
+            raise SystemExit(f"error: {err}")
         timings["update"] = time.perf_counter() - t0
         mask = rollout.response_mask
         kl = distributed.all_reduce_mean(((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1).mean()).item()
-        tokens = (mask.sum() + (rollout.attention_mask.sum() - mask.sum())).item()
+        tokens = rollout.attention_mask.sum().item()  # prompt + response tokens processed
         record = {"iteration": iteration + 1, **{f"score_{n}": scores[:, i].mean().item() for i, n in enumerate(OBJECTIVES)},
                   "kl": kl, "response_length": mask.sum(1).mean().item(), **update,
                   "lambda": math.exp(state.log_lambda) if cfg.method == "safe-rlhf" else None,

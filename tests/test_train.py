@@ -109,3 +109,23 @@ def test_cli_subprocess_smoke(tiny_toyworld, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "iter    1" in result.stdout + result.stderr
     assert (out / "checkpoint" / "policy" / "config.json").exists()
+
+
+def test_nan_loss_stops_with_iteration_and_objective_and_keeps_the_last_checkpoint(tiny_toyworld, tmp_path,
+                                                                                   monkeypatch):
+    real = gapo.ppo_losses
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        losses, info = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] > 2:  # iteration 1 has 2 micro-batches; poison iteration 2
+            losses = losses.clone()
+            losses[1] = float("nan")
+        return losses, info
+
+    monkeypatch.setattr(gapo, "ppo_losses", poisoned)
+    with pytest.raises(SystemExit, match="iteration 2: the PPO loss of objective 1 is not finite"):
+        run(["--method", "gapo", "--save_every", "1"], tiny_toyworld, tmp_path / "run")
+    state = __import__("torch").load(tmp_path / "run" / "checkpoint" / "trainer_state.pt", weights_only=False)
+    assert state["iteration"] == 1 and len(read_log(tmp_path / "run")) == 1
