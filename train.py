@@ -69,18 +69,18 @@ class Config:
     # --- rollout (SPEC section 2)
     iterations: int = 60  # PPO iterations (rollout + update); 0 = `epochs` passes over the prompts
     epochs: float = 2.0  # passes over the prompt set when iterations = 0
-    batch_size: int = 16  # B, prompts per rollout
+    batch_size: int = 32  # B, prompts per rollout
     max_prompt_length: int = 32  # P at most
     max_new_tokens: int = 24  # R at most
     temperature: float = 1.0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     # --- PPO (SPEC sections 2-3, Table 2)
-    ppo_epochs: int = 1  # passes over each rollout
+    ppo_epochs: int = 2  # passes over each rollout
     minibatch_size: int = 16  # samples per optimizer step
     micro_batch_size: int = 16  # samples per forward (gradient accumulation below minibatch_size)
-    actor_lr: float = 1e-4
-    critic_lr: float = 1e-4
+    actor_lr: float = 3e-4  # toy value; the paper preset uses 1e-6
+    critic_lr: float = 1e-3  # toy value; the paper preset uses 5e-7
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03  # cosine schedule with linear warm-up
     max_grad_norm: float = 1.0  # 0 = no clipping

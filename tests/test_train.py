@@ -11,7 +11,7 @@ import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--toy_size", "tiny", "--iterations", "2", "--batch_size", "4", "--minibatch_size", "4",
-         "--micro_batch_size", "2", "--max_new_tokens", "8"]
+         "--micro_batch_size", "2", "--max_new_tokens", "8", "--ppo_epochs", "1"]
 
 
 def run(args, toy, out):
