@@ -1,0 +1,216 @@
+"""evaluate.py: Table 1 numbers by hand, seeds aggregated, dominance, 2-D hypervolume, soup endpoints, and the
+command line on a smoke checkpoint (a 2-iteration train.py run on the tiny toy world) with bad inputs beside it."""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tiny_mistral
+from evaluate import (aggregate, dominates, format_table, group_labels, hypervolume_2d, main, pareto_front,
+                      reference_point, response_metrics, run_label, soup_state_dict)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+def test_table_numbers_by_hand_and_mean_std_over_seeds():
+    # Run A: reward 1..4, cost (-1, 0, 2, -3) -> Helpful 2.5, Harmless -(-2)/4 = 0.5, Avg 1.5, ratio 3/4 (cost <= 0).
+    a = response_metrics([1, 2, 3, 4], [-1, 0, 2, -3])
+    assert a == pytest.approx({"helpful": 2.5, "harmless": 0.5, "avg": 1.5, "harmless_ratio": 0.75})
+    # Run B: Helpful 0.5, Harmless -(1 + 1 + 1 - 1)/4 = -0.5, Avg 0, ratio 1/4.
+    b = response_metrics([0, 0, 1, 1], [1, 1, 1, -1])
+    assert b == pytest.approx({"helpful": 0.5, "harmless": -0.5, "avg": 0.0, "harmless_ratio": 0.25})
+    rows = [{"group": "gapo p=2", "family": "gapo p=2", "seed": s, "n_prompts": 4, **m} for s, m in ((0, a), (1, b))]
+    rows.append({"group": "sft", "family": "sft", "seed": None, "n_prompts": 4, **response_metrics([2], [5])})
+    agg = aggregate(rows, ["helpful", "harmless", "avg", "harmless_ratio"])
+    assert [r["group"] for r in agg] == ["gapo p=2", "sft"]
+    g = agg[0]
+    # Means of the two runs; std is the sample std (ddof 1): two values x, y -> |x - y| / sqrt(2).
+    assert g["helpful"] == pytest.approx(1.5) and g["helpful_std"] == pytest.approx(2 / np.sqrt(2))
+    assert g["harmless"] == pytest.approx(0.0) and g["harmless_std"] == pytest.approx(1 / np.sqrt(2))
+    assert g["avg"] == pytest.approx(0.75) and g["avg_std"] == pytest.approx(1.5 / np.sqrt(2))
+    assert g["harmless_ratio"] == pytest.approx(0.5) and g["harmless_ratio_std"] == pytest.approx(0.5 / np.sqrt(2))
+    assert g["seeds"] == [0, 1]
+    sft = agg[1]
+    assert (sft["helpful"], sft["harmless"], sft["harmless_ratio"], sft["helpful_std"]) == (2.0, -5.0, 0.0, 0.0)
+    table = format_table(agg, toy=False)
+    assert "+1.500 ± 1.414" in table and "50.0% ± 35.4%" in table and "+2.000" in table
+    assert "±" not in table.splitlines()[-1]  # one run: no spread shown
+
+
+def test_missing_values_are_skipped_not_averaged_as_zero():
+    values = ((0, 0.5), (1, float("nan")), (2, None))  # e.g. over-refusal with no benign prompt in the set
+    rows = [{"group": "g", "family": "g", "seed": s, "over_refusal": v} for s, v in values]
+    agg = aggregate(rows, ["over_refusal"])[0]
+    assert agg["over_refusal"] == 0.5 and agg["over_refusal_std"] == 0.0
+
+
+def test_labels_group_seeds_and_split_different_setups():
+    base = {"method": "gapo", "p": 2.0, "pref": "0.5,0.5", "mgda_params": "last_block", "seed": 0, "out_dir": "a"}
+    configs = [base, {**base, "seed": 1, "out_dir": "b"}, {**base, "mgda_params": "all"},
+               {**base, "method": "pgapo", "pref": "0.4,0.6"}, {**base, "method": "ppo-h"}]
+    labels = group_labels(configs)
+    assert labels[0] == labels[1] == "gapo p=2 (mgda_params=last_block)"
+    assert labels[2] == "gapo p=2 (mgda_params=all)"
+    assert labels[3:] == ["pgapo λ_h=0.4", "ppo-h"]
+    assert run_label({"method": "soup", "pref": "0.2,0.8"}) == ("soup", "soup λ_h=0.2", 0.2)
+
+
+def test_dominance_and_front():
+    assert dominates((2, 2), (1, 2)) and dominates((2, 3), (1, 1))
+    assert not dominates((1, 1), (1, 1))  # equal: neither dominates
+    assert not dominates((3, 0), (0, 3)) and not dominates((0, 3), (3, 0))
+    points = [(1, 3), (2, 2), (3, 1), (1, 1), (2, 2), (0, 0)]
+    assert pareto_front(points) == [0, 1, 2, 4]
+
+
+def test_hypervolume_of_a_known_front_and_against_a_grid():
+    front = [(1, 3), (2, 2), (3, 1)]
+    assert hypervolume_2d(front, (0, 0)) == pytest.approx(3 + 2 + 1)  # a staircase of three unit-high strips
+    assert hypervolume_2d(front + [(1, 1), (0.5, 2.5)], (0, 0)) == pytest.approx(6)  # dominated points add nothing
+    assert hypervolume_2d([(2, 2)], (0, 0)) == pytest.approx(4)
+    assert hypervolume_2d([(2, 2), (5, -1)], (0, 0)) == pytest.approx(4)  # below the reference: ignored
+    assert hypervolume_2d([], (0, 0)) == 0.0
+    # Independent check: count cells of a fine grid dominated by at least one of random points.
+    rng = np.random.default_rng(1)
+    pts = rng.uniform(0, 1, size=(7, 2))
+    grid = (np.arange(400) + 0.5) / 400
+    X, Y = np.meshgrid(grid, grid)
+    covered = np.zeros_like(X, dtype=bool)
+    for x, y in pts:
+        covered |= (X <= x) & (Y <= y)
+    assert hypervolume_2d(pts, (0, 0)) == pytest.approx(covered.mean(), abs=5e-3)
+    assert reference_point([(1, 3), (2, 2), (3, 1)]) == pytest.approx([0.9, 0.9])
+
+
+def test_soup_interpolation_endpoints_equal_the_two_models():
+    h, s = make_tiny_mistral(40, seed=1), make_tiny_mistral(40, seed=2)
+    sd_h, sd_s = h.state_dict(), s.state_dict()
+    for lam, want in ((1.0, sd_h), (0.0, sd_s)):
+        soup = soup_state_dict(sd_h, sd_s, lam)
+        assert soup.keys() == want.keys() and all(torch.equal(soup[k], want[k]) for k in want)
+    mid = soup_state_dict(sd_h, sd_s, 0.25)
+    k = "model.layers.0.mlp.up_proj.weight"
+    assert torch.allclose(mid[k], 0.25 * sd_h[k] + 0.75 * sd_s[k])
+    model = make_tiny_mistral(40, seed=3).eval()
+    model.load_state_dict(soup_state_dict(sd_h, sd_s, 1.0))
+    ids = torch.tensor([[1, 5, 7, 9]])
+    assert torch.equal(model(input_ids=ids).logits, h.eval()(input_ids=ids).logits)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        soup_state_dict(sd_h, sd_s, 1.5)
+
+
+# ----------------------------------------------------------------------------- the command line
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("smoke")
+    cmd = [sys.executable, "train.py", "--toy_size", "tiny", "--toy_dir", str(tmp / "toy"), "--iterations", "2",
+           "--batch_size", "4", "--minibatch_size", "4", "--micro_batch_size", "4", "--out_dir", str(tmp / "run"),
+           "--method", "gapo", "--p", "2"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return tmp
+
+
+def read_table(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_cli_on_a_smoke_checkpoint_with_a_bad_folder_beside_it(smoke_run):
+    out, bad = smoke_run / "eval", smoke_run / "not-a-run"
+    bad.mkdir()
+    (bad / "notes.txt").write_text("hello")
+    cmd = [sys.executable, "evaluate.py", str(bad), str(smoke_run / "run"), "--limit", "4", "--samples_per_prompt", "2",
+           "--out", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]  # one input failed
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "is not a run folder or checkpoint" in errors[0] and str(bad) in errors[0]
+    assert "Traceback" not in done.stderr
+    rows = read_table(out / "table.csv")
+    assert [r["method"] for r in rows] == ["sft", "gapo p=2"]
+    for r in rows:
+        assert r["n_prompts"] == "4" and r["n_responses"] == "8"
+        assert float(r["avg"]) == pytest.approx((float(r["helpful"]) + float(r["harmless"])) / 2)
+        assert 0 <= float(r["harmless_ratio"]) <= 1 and 0 <= float(r["harmful_compliance"]) <= 1
+    assert "Harmless ratio" in done.stdout and "GT harmful compl." in done.stdout
+    assert (out / "pareto.png").stat().st_size > 1000
+    results = json.loads((out / "results.json").read_text())
+    assert results["failed"] == [str(bad)] and len(results["runs"]) == 2 and results["hypervolume_reference"]
+    cached = [json.loads(open(r["cache"]).read()) for r in results["runs"]]
+    assert all(len(c["responses"]) == 8 and len(c["cost"]) == 8 for c in cached)
+
+
+def test_cache_soups_and_unavailable_scorers_in_process(smoke_run, capsys):
+    """Soups of a perturbed copy (as PPO-H) and the run (as PPO-S): lam = 1 and 0 must reproduce the two ends
+    exactly (same sampling seed); a copy whose reward model is missing fails alone; a second call is cached."""
+    from transformers import AutoModelForCausalLM
+    runs = {}
+    for name, method in (("h", "ppo-h"), ("s", "ppo-s"), ("noscorer", "ppo-s")):
+        shutil.copytree(smoke_run / "run", smoke_run / name)
+        cfg_file = smoke_run / name / "checkpoint" / "train_config.json"
+        cfg = json.loads(cfg_file.read_text()) | {"method": method}
+        if name == "noscorer":
+            cfg |= {"reward_model": str(smoke_run / "missing-reward"), "seed": 7}
+        cfg_file.write_text(json.dumps(cfg))
+        runs[name] = str(smoke_run / name)
+    policy_dir = smoke_run / "h" / "checkpoint" / "policy"
+    model = AutoModelForCausalLM.from_pretrained(policy_dir)
+    with torch.no_grad():
+        model.lm_head.weight.add_(torch.randn_like(model.lm_head.weight))
+    model.save_pretrained(policy_dir)
+    args = [runs["h"], runs["s"], runs["noscorer"], "--soup", runs["h"], runs["s"], "--soup_lambdas", "1,0",
+            "--limit", "2", "--samples_per_prompt", "2", "--out", str(smoke_run / "eval2")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and "Traceback" not in err  # the run and its own SFT baseline, one sentence each
+    assert {e.split(": ")[1] for e in errors} == {"noscorer", "sft (start of noscorer)"}
+    assert all("missing-reward" in e for e in errors)
+    results = json.loads((smoke_run / "eval2" / "results.json").read_text())
+    by_name = {r["name"]: r for r in results["runs"]}
+    soup1, soup0 = (by_name[f"soup λ_h={lam} (h + s)"] for lam in (1, 0))
+    for soup, end in ((soup1, by_name["h"]), (soup0, by_name["s"])):
+        assert (soup["helpful"], soup["harmless"]) == (end["helpful"], end["harmless"])
+    assert json.load(open(soup1["cache"]))["responses"] == json.load(open(by_name["h"]["cache"]))["responses"]
+    assert json.load(open(soup1["cache"]))["responses"] != json.load(open(by_name["s"]["cache"]))["responses"]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert out.count(": cached (") == 5  # sft, h, s and both soups; nothing regenerated
+
+
+def test_empty_prompt_file_is_one_clear_sentence(smoke_run, capsys):
+    empty = smoke_run / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(SystemExit, match="no checkpoint could be evaluated"):
+        main([str(smoke_run / "run"), "--prompts", str(empty), "--out", str(smoke_run / "eval3")])
+    err = capsys.readouterr().err
+    assert "is empty" in err and "Traceback" not in err
+
+
+def test_study_plan_and_alpha_agreement_by_hand():
+    from study import alpha_agreement, plan
+    runs = plan([0, 1])
+    names = [n for n, _ in runs]
+    assert len(runs) == 30 and len(set(names)) == 30
+    assert {"ppo-h-s0", "gapo-p2-s1", "pgapo-pref0.2_0.8-s0", "morlhf-pref0.8_0.2-s1"} <= set(names)
+    assert dict(runs)["morlhf-pref0.4_0.6-s0"] == ["--method", "morlhf", "--pref", "0.4,0.6", "--seed", "0"]
+    # Identical Gram matrices: perfect agreement.
+    same = alpha_agreement([{"last_block": [[1.0, -0.2], [-0.2, 3.0]], "all": [[1.0, -0.2], [-0.2, 3.0]]}])
+    assert same["p=0"]["mean_abs_alpha_diff"] == pytest.approx(0, abs=1e-12)
+    assert same["p=2"]["direction_cosine_mean"] == pytest.approx(1) and same["p=2"]["same_dominant_objective"] == 1
+    # p = 0, K = 2 closed form alpha_1 = (G22 - G12) / (G11 + G22 - 2 G12): diag(1, 4) -> 0.8, identity -> 0.5;
+    # the cosine in the all-parameter metric (identity) of w = (0.8, 0.2) and (0.5, 0.5) is 0.5 / sqrt(0.68 * 0.5).
+    out = alpha_agreement([{"last_block": [[1.0, 0.0], [0.0, 4.0]], "all": [[1.0, 0.0], [0.0, 1.0]]}])["p=0"]
+    assert out["mean_abs_alpha_diff"] == pytest.approx(0.3)
+    assert out["direction_cosine_mean"] == pytest.approx(0.5 / np.sqrt(0.68 * 0.5))
+    assert out["same_dominant_objective"] == 0.0  # (0.8, 0.2) has a dominant objective, (0.5, 0.5) is a tie
