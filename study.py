@@ -1,6 +1,7 @@
 """The paper's study on the toy world in one command: every method x 3 seeds, evaluation with soups, alpha agreement.
 
-    python study.py                  # seeds 0,1,2: 15 runs each, then evaluate.py (+ Rewarded Soups), then alpha
+    python study.py --jobs 2         # seeds 0,1,2: 15 runs each, then evaluate.py (+ Rewarded Soups), then alpha;
+                                     # about half an hour on a 2-core CPU (about a minute per run, two at a time)
     python study.py --quick          # seed 0, 20 iterations: a few minutes
     python study.py --resume         # continue interrupted runs from their last checkpoint
     python study.py --dry_run        # print the plan and each run's state, train nothing
@@ -301,7 +302,8 @@ def main(argv=None):
     ap.add_argument("--out_root", default=None, help="default runs/study (--quick: runs/study-quick)")
     ap.add_argument("--toy_dir", default="cache/toyworld")
     ap.add_argument("--toy_size", default="default", help="default | tiny (a seconds-long smoke test of the pipeline)")
-    ap.add_argument("--jobs", type=int, default=1, help="runs trained at once (each gets cores / jobs threads)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs trained at once; train.py uses one thread by default, "
+                    "so --jobs 2 fills a 2-core CPU")
     ap.add_argument("--resume", action="store_true", help="continue interrupted runs from their checkpoints")
     ap.add_argument("--dry_run", action="store_true", help="print the plan and run states; train nothing")
     ap.add_argument("--skip_eval", action="store_true", help="train only")
