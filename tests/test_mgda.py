@@ -249,3 +249,13 @@ def test_literal_eq17_ablation_uses_alpha_as_weights(rng):
     decided = gapo_weights(gram, p=2)
     assert torch.equal(literal.weights, literal.alpha)
     assert torch.allclose(decided.weights, decided.alpha / decided.norms ** 2)
+
+
+def test_k2_p2_alpha_is_p0_alpha_swapped(rng):
+    """For K = 2: alpha_1(p=2) = 1 - alpha_1(p=0), clipping included (the README's by-product)."""
+    for _ in range(200):
+        g = rng.standard_normal((2, 4)) * 10.0 ** rng.uniform(-2, 2, size=(2, 1))
+        gram = torch.tensor(g @ g.T)
+        a0 = frank_wolfe(rescale_gram(gram, 0))
+        a2 = frank_wolfe(rescale_gram(gram, 2))
+        assert torch.allclose(a2, a0.flip(0), atol=1e-9)
