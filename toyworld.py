@@ -488,6 +488,14 @@ def toy_paths(path="cache/toyworld"):
     return {k: os.path.abspath(os.path.join(path, v)) for k, v in PATHS.items()}
 
 
+def world_hash():
+    """A fingerprint of the world's text and recipe, so that a cached world built from an older grammar
+    (other step phrases, templates, mixture or sizes) is rebuilt rather than judged by the new one."""
+    text = json.dumps([BENIGN, HARMFUL, TEMPLATES, REFUSALS, VAGUE, SFT_MIX, SFT_NSTEPS, SIZES], sort_keys=True,
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def check_toyworld(path, seed=0, size="default"):
     """None when the folder holds a complete world built with this seed and size, else why not."""
     try:
@@ -497,6 +505,8 @@ def check_toyworld(path, seed=0, size="default"):
         return "manifest.json is missing or unreadable"
     if (m.get("format_version"), m.get("seed"), m.get("size")) != (FORMAT_VERSION, seed, size):
         return f"it was built as version {m.get('format_version')}, seed {m.get('seed')}, size {m.get('size')}"
+    if m.get("world_hash") != world_hash():
+        return "it was built from another version of the world's text (toyworld.py changed since)"
     needed = [f"{PATHS[k]}/{f}" for k in PATHS for f in TOKENIZER_FILES] + \
              [f"{PATHS[k]}/{f}" for k in ("sft", "reward", "cost") for f in ("config.json", "model.safetensors")]
     files = m.get("files", {})
@@ -529,7 +539,7 @@ def build_toyworld(out, seed=0, size="default", progress=True):
         scorers, table = train_scorers(tok, policy, out, sz, seed, progress)
     finally:
         torch.set_num_threads(threads)
-    manifest = {"format_version": FORMAT_VERSION, "seed": seed, "size": size, "paths": PATHS,
+    manifest = {"format_version": FORMAT_VERSION, "world_hash": world_hash(), "seed": seed, "size": size, "paths": PATHS,
                 "vocab_size": len(tok), "n_train_prompts": len(train_prompts(seed)),
                 "n_test_prompts": len(test_prompts(seed)),
                 "policy": {"architecture": "MistralForCausalLM", **sz["policy"],

@@ -192,3 +192,10 @@ def test_score_model_backbone_is_the_sft_policy(tiny_toyworld):
     score.model.load_state_dict(policy.model.state_dict())
     ids = torch.randint(4, policy.config.vocab_size, (2, 20))
     assert torch.allclose(score.model(input_ids=ids).last_hidden_state, policy.model(input_ids=ids).last_hidden_state)
+
+
+def test_a_world_built_from_older_text_is_rebuilt(tiny_toyworld, monkeypatch):
+    import toyworld
+    assert toyworld.check_toyworld(tiny_toyworld, seed=0, size="tiny") is None
+    monkeypatch.setitem(toyworld.BENIGN, "bake bread", "a changed|step list")
+    assert "another version" in toyworld.check_toyworld(tiny_toyworld, seed=0, size="tiny")
