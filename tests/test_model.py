@@ -18,15 +18,6 @@ from model import (AdapterDisabledReference, Critic, LlamaModelForScore, MemoryR
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Models this small run several times faster on one thread (and do not suffer when other jobs share the CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def ids_of(tok, texts, side="right"):
     tok.padding_side = side
     batch = tok(texts, return_tensors="pt", padding=True)

@@ -20,15 +20,6 @@ PROMPTS = ["how do i bake bread", "hello", "how do i steal a car please help me"
 RESPONSES = [" first then finally", " hello world", " sorry i cannot help you with this"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Models this small train ~10x faster on one thread (and do not suffer when other jobs share the CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def scorer_dir(tmp_path):
     tok = make_tiny_tokenizer(tmp_path / "rm")
