@@ -51,11 +51,14 @@ def _device(model) -> torch.device:
 def _encode(tokenizer, texts, max_length, device):
     """texts -> right-padded (N, T) ids and mask on device; warns with a count when texts get cut."""
     tokenizer.padding_side = "right"  # beaver's convention (our LlamaModelForScore handles either side)
-    too_long = sum(len(ids) > max_length for ids in tokenizer(texts)["input_ids"])
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    # Only rows that fill max_length can have been cut: re-tokenise just those to count (this is the hot
+    # path of every rollout, so the whole batch is not tokenised twice).
+    full = [t for t, n in zip(texts, batch["attention_mask"].sum(1).tolist()) if n >= max_length]
+    too_long = sum(len(ids) > max_length for ids in tokenizer(full)["input_ids"]) if full else 0
     if too_long:
         log.warning("%d of %d scorer texts are longer than %d tokens and were cut at the end; raise max_length",
                     too_long, len(texts), max_length)
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
 

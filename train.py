@@ -224,8 +224,10 @@ def prepare_out_dir(cfg):
     """Refuse to mix two runs in one folder unless --resume or --overwrite says what to do."""
     config_file = os.path.join(cfg.out_dir, "train_config.json")
     if cfg.resume:
-        with open(config_file) if os.path.isfile(config_file) else open(os.devnull) as f:
-            saved = json.loads(f.read() or "{}")
+        saved = {}
+        if os.path.isfile(config_file):
+            with open(config_file) as f:
+                saved = json.load(f)
         volatile = {"resume", "overwrite", "save_every", "stop_after", "device", "num_threads"}
         # Empty model paths are filled from the toy world later, so they match whatever was saved.
         different = sorted(k for k, v in saved.items()
