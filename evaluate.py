@@ -140,7 +140,7 @@ def soup_state_dict(sd_h, sd_s, lam):
 
 def toy_metrics(prompts, responses, cost):
     """Ground truth of the toy world beside the learned cost's verdict (cost > 0 = predicted unsafe)."""
-    import toyworld
+    from worlds import toyworld
     gt = toyworld.ground_truth_rates(prompts, responses)
     unsafe = np.array([toyworld.harmful_steps(r) > 0 for r in responses])
     return {"harmful_compliance": gt["harmful_compliance"], "over_refusal": gt["over_refusal"],
@@ -258,7 +258,7 @@ def prompt_set(ctx, cfg):
     key = ("prompts", source, a.prompt_split, a.limit)
     if key not in ctx.cache:
         if source == "toy":
-            import toyworld
+            from worlds import toyworld
             test = toyworld.test_prompts()  # seed 0: the split train.py trains on
             benign, harmful = [p.text for p in test if not p.harmful], [p.text for p in test if p.harmful]
             prompts = [p for pair in zip(benign, harmful) for p in pair] + benign[len(harmful):] + harmful[len(benign):]

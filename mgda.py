@@ -20,7 +20,7 @@ float64 on the CPU. Facts the solution satisfies (SPEC.md section 5, tested in t
 The update direction GAPO applies is sum_i alpha_i g_i / n_i^p (SPEC section 5, step 5), i.e. the
 weighted loss sum_i w_i L_i with w_i = alpha_i / n_i^p: `gapo_weights` returns those w.
 
-Run `python bench_mgda.py` for solver and Gram timings. Left out on purpose: anything that touches
+Run `python -m benchmarks.bench_mgda` for solver and Gram timings. Left out on purpose: anything that touches
 parameters or optimisers (gapo.py), and constrained or preference-conditioned MGDA variants.
 """
 from dataclasses import dataclass

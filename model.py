@@ -79,7 +79,7 @@ def _load_backbone(name_or_path, dtype):
         hf_logging.set_verbosity(verbosity)
 
 
-def _enable_checkpointing(model):
+def enable_checkpointing(model):
     # Non-reentrant, so torch.autograd.grad over a subset of parameters (GAPO's last-layer gradients) works.
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):  # newer transformers renamed it; the old name warns
@@ -94,7 +94,7 @@ def _peft(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-def _add_lora(model, r, alpha, dropout, task_type):
+def add_lora(model, r, alpha, dropout, task_type):
     from peft import LoraConfig, get_peft_model
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(LORA_TARGETS),
                      task_type=task_type)
@@ -143,9 +143,9 @@ def load_policy(name_or_path, device, dtype=None, gradient_checkpointing=False, 
                       dtype=_dtype(dtype, device)).to(device)
     model.config.use_cache = False  # training forwards; rollout passes use_cache=True to generate explicitly
     if gradient_checkpointing:
-        _enable_checkpointing(model)
+        enable_checkpointing(model)
     if lora_r > 0:
-        model = _add_lora(model, lora_r, lora_alpha, lora_dropout, "CAUSAL_LM")
+        model = add_lora(model, lora_r, lora_alpha, lora_dropout, "CAUSAL_LM")
     return model.train()
 
 
@@ -217,9 +217,9 @@ class Critic(nn.Module):
         backbone = _load_backbone(name_or_path, _dtype(dtype, device)).to(device)
         backbone.config.use_cache = False
         if gradient_checkpointing:
-            _enable_checkpointing(backbone)
+            enable_checkpointing(backbone)
         if lora_r > 0:
-            backbone = _add_lora(backbone, lora_r, lora_alpha, 0.0, "FEATURE_EXTRACTION")
+            backbone = add_lora(backbone, lora_r, lora_alpha, 0.0, "FEATURE_EXTRACTION")
         return cls(backbone, num_objectives, base_name=str(name_or_path)).train()
 
     def forward(self, input_ids, attention_mask):

@@ -1,41 +1,39 @@
-"""Train a policy with multi-objective PPO: GAPO and every baseline of the paper, one loop.
+"""Train a policy with multi-objective PPO: GAPO and every baseline of the paper, in one loop.
 
     python train.py --method gapo --p 2              # toy world on a laptop (built on first use)
     python train.py --method pgapo --pref 0.4,0.6    # P-GAPO with a preference vector
-    python train.py --preset paper --method gapo --p 1 --lora_r 64   # Mistral-7B-SFT + beaver-7b, CUDA
+    python train.py --help                           # every flag, its meaning and default
+    python train.py --preset paper --method gapo --p 1 --lora_r 64   # Mistral-7B-SFT + beaver-7b, GPU
 
-One iteration (DESIGN.md's recipe, SPEC.md sections 2-5):
+The file reads top to bottom as the method: the Config, then one iteration, then the loop.
+One iteration (the paper's Sec. 3 and App. B; choices the paper leaves open: docs/decisions.md):
   1. rollout: sample responses for a batch of prompts            (rollout.generate)
   2. score: reward and cost -> objective matrix (B, K)           (rewards.objective_matrix)
-  3. shape: per-token rewards with the KL penalty, per objective  (rollout.kl_shaped_rewards)
+  3. shape: per-token rewards with the KL penalty, per objective  (rollout.kl_shaped_rewards, Eq. 14)
   4. GAE: advantages and returns per objective                    (rollout.gae)
-  5. PPO epochs x minibatches: K losses, the method's weights, one weighted backward, steps
-                                                                  (gapo.py, mgda.py)
-  6. log (log.jsonl, tqdm) and checkpoint (atomic; --resume continues bit-for-bit on CPU)
+  5. PPO epochs x minibatches: K losses (Eq. 15), the method's weights (Eq. 6, Problem 7), one
+     weighted backward, optimizer steps                           (gapo.py, mgda.py)
+  6. log (log.jsonl, tqdm) and checkpoint (atomic; --resume continues bit for bit on CPU)
+The command line, run folder, checkpoints and resume live in runs.py; multi-GPU in scale/.
 
 Left out on purpose: multi-node training, vLLM generation, and evaluation (evaluate.py).
 """
-import dataclasses
-import json
 import math
 import os
-import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-import distributed
 import gapo
-from data import format_policy_prompt, load_prompts
+import runs
 from model import Critic, load_policy, load_reference, load_score_model, load_tokenizer, memory_plan
 from rewards import Scorer, objective_matrix
-from rollout import (Rollout, concat_chunks, decode_responses, gae, generate, kl_shaped_rewards, response_logprobs,
-                     response_values)
+from rollout import (Rollout, concat_chunks, decode_responses, gae, generate, kl_shaped_rewards,
+                     response_logprobs, response_values)
+from scale import distributed
 
 OBJECTIVES = ["helpful", "harmless"]  # K = 2: reward, and minus cost (SPEC section 1)
 
@@ -116,177 +114,6 @@ PRESETS = {
 }
 
 
-# ------------------------------------------------------------------------------------ command line
-
-def _parse_bool(text):
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
-
-
-def parse_config(argv=None):
-    """The command line, generated from Config: --name value, --name=value, bare --flag for booleans.
-    The preset fills defaults first; explicit flags win."""
-    import argparse
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], argument_default=argparse.SUPPRESS)
-    for f in dataclasses.fields(Config):
-        if f.type is bool or f.type == "bool":
-            parser.add_argument(f"--{f.name}", nargs="?", const=True, type=_parse_bool)
-        else:
-            kind = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__)
-            parser.add_argument(f"--{f.name}", type=kind)
-    explicit = vars(parser.parse_args(argv))
-    preset = explicit.get("preset", Config.preset)
-    if preset not in PRESETS:
-        raise SystemExit(f"error: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
-    return Config(**{**PRESETS[preset], **explicit})
-
-
-def check_config(cfg):
-    """Bad input stops here, before any model loads, with one sentence each."""
-    if cfg.method not in gapo.METHODS:
-        raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(gapo.METHODS)}.")
-    if not (cfg.p >= 0 and math.isfinite(cfg.p)):
-        raise ValueError(f"--p must be a finite number >= 0 (got {cfg.p}); p = 0 is plain MGDA.")
-    pref = parse_pref(cfg.pref, len(OBJECTIVES))
-    if cfg.method == "safe-rlhf" and len(OBJECTIVES) != 2:
-        raise ValueError("safe-rlhf needs exactly a reward and a cost objective.")
-    if cfg.minibatch_size % cfg.micro_batch_size or cfg.batch_size % cfg.minibatch_size:
-        raise ValueError(f"batch_size ({cfg.batch_size}) must be a multiple of minibatch_size ({cfg.minibatch_size}), "
-                         f"itself a multiple of micro_batch_size ({cfg.micro_batch_size}).")
-    if cfg.mgda_params not in ("last_block", "lm_head", "all"):
-        raise ValueError(f"unknown mgda_params {cfg.mgda_params!r}; choose last_block, lm_head or all.")
-    if cfg.toy_size not in ("default", "tiny"):
-        raise ValueError(f"unknown toy_size {cfg.toy_size!r}; choose default or tiny.")
-    return pref
-
-
-def parse_pref(text, K):
-    try:
-        pref = [float(x) for x in str(text).split(",")]
-    except ValueError:
-        pref = []
-    if len(pref) != K or any(not math.isfinite(x) or x < 0 for x in pref) or abs(sum(pref) - 1) > 1e-6:
-        raise ValueError(f"--pref must be {K} non-negative numbers summing to 1, such as 0.4,0.6 (got {text!r}).")
-    return pref
-
-
-def default_out_dir(cfg):
-    tag = cfg.method
-    if cfg.method in ("gapo", "gapo-eq17"):
-        tag += f"-p{cfg.p:g}"
-    if cfg.method in ("pgapo", "morlhf"):
-        tag += "-pref" + cfg.pref.replace(",", "_")
-    return os.path.join("runs", f"{tag}-s{cfg.seed}")
-
-
-# ------------------------------------------------------------------------------------ checkpoints
-
-def save_checkpoint(out_dir, cfg, policy, tokenizer, critic, optimizers, schedulers, state, iteration):
-    """Write out_dir/checkpoint atomically: everything goes to checkpoint.tmp, then two renames.
-    A crash at any point leaves a complete checkpoint (or checkpoint.old, which load recovers)."""
-    final, tmp, old = (os.path.join(out_dir, n) for n in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
-    optimizer_states = [distributed.optimizer_state_dict(m, o) for m, o in zip((policy, critic), optimizers)]
-    with distributed.full_parameters(policy), distributed.full_parameters(critic):  # torchrun: all ranks gather,
-        if not distributed.is_main():                                                # rank 0 writes
-            return
-        shutil.rmtree(tmp, ignore_errors=True)
-        policy.save_pretrained(os.path.join(tmp, "policy"))  # HF format: from_pretrained loads it alone
-        tokenizer.save_pretrained(os.path.join(tmp, "policy"))
-        critic.save(os.path.join(tmp, "critic"))
-    torch.save({"iteration": iteration, "method_state": dataclasses.asdict(state),
-                "optimizers": optimizer_states, "schedulers": [s.state_dict() for s in schedulers],
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}},
-               os.path.join(tmp, "trainer_state.pt"))
-    with open(os.path.join(tmp, "train_config.json"), "w") as f:
-        json.dump(dataclasses.asdict(cfg), f, indent=1)
-    if os.path.isdir(final):
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(final, old)
-    os.rename(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def find_checkpoint(out_dir):
-    """The last complete checkpoint folder, recovering from a crash between the two renames."""
-    final, old = os.path.join(out_dir, "checkpoint"), os.path.join(out_dir, "checkpoint.old")
-    if not os.path.isdir(final) and os.path.isdir(old):
-        os.rename(old, final)
-    if not os.path.isfile(os.path.join(final, "trainer_state.pt")):
-        raise FileNotFoundError(f"no checkpoint to resume in {out_dir}; drop --resume to start a new run there.")
-    return final
-
-
-def prepare_out_dir(cfg):
-    """Refuse to mix two runs in one folder unless --resume or --overwrite says what to do."""
-    config_file = os.path.join(cfg.out_dir, "train_config.json")
-    if cfg.resume:
-        saved = {}
-        if os.path.isfile(config_file):
-            with open(config_file) as f:
-                saved = json.load(f)
-        volatile = {"resume", "overwrite", "save_every", "stop_after", "device", "num_threads"}
-        # Empty model paths are filled from the toy world later, so they match whatever was saved.
-        different = sorted(k for k, v in saved.items()
-                           if k not in volatile and getattr(cfg, k, v) not in (v, ""))
-        if different:
-            raise ValueError(f"--resume with a different configuration ({', '.join(different)}) than the run in "
-                             f"{cfg.out_dir}; use the same flags or another --out_dir.")
-        return find_checkpoint(cfg.out_dir)
-    if os.path.isdir(cfg.out_dir) and os.listdir(cfg.out_dir):
-        if not cfg.overwrite:
-            raise ValueError(f"{cfg.out_dir} already holds a run; pass --resume to continue it, --overwrite to "
-                             f"replace it, or another --out_dir.")
-        shutil.rmtree(cfg.out_dir)
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    return None
-
-
-def write_config(cfg):
-    with open(os.path.join(cfg.out_dir, "train_config.json"), "w") as f:
-        json.dump(dataclasses.asdict(cfg), f, indent=1)
-
-
-# ------------------------------------------------------------------------------------ set-up
-
-def resolve_models(cfg):
-    """Fill policy / reward / cost / prompts from the toy world when they are empty."""
-    if cfg.policy and cfg.reward_model and cfg.cost_model and cfg.prompts:
-        return None
-    import toyworld
-    print(f"toy world: using (or building, on first use) the toy helpful-vs-harmless world in {cfg.toy_dir}")
-    toyworld.ensure_toyworld(cfg.toy_dir, size=cfg.toy_size)
-    paths = toyworld.toy_paths(cfg.toy_dir)
-    cfg.policy = cfg.policy or paths["sft"]
-    cfg.reward_model = cfg.reward_model or paths["reward"]
-    cfg.cost_model = cfg.cost_model or paths["cost"]
-    return toyworld
-
-
-def build_prompt_pool(cfg, toyworld_module, tokenizer):
-    """(raw prompts for the scorers, formatted prompts for the policy), same order."""
-    if cfg.prompts:
-        raw = load_prompts(cfg.prompts, split=cfg.prompt_split)
-    else:
-        raw = [p.text for p in toyworld_module.train_prompts()]
-    if not raw:
-        raise ValueError("the prompt set is empty; give --prompts a file or data set with prompts.")
-    return raw, [format_policy_prompt(tokenizer, p) for p in raw]
-
-
-def cosine_schedule(optimizer, total_steps, warmup_ratio):
-    warmup = max(1, int(warmup_ratio * total_steps))
-
-    def factor(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 # ------------------------------------------------------------------------------------ one iteration
 
 @torch.no_grad()
@@ -320,8 +147,11 @@ def collect_rollout(cfg, policy, reference, critic, tokenizer, scorers, raw, for
     return rollout, {"generate": t1 - t0, "score": t2 - t1, "forward": time.perf_counter() - t2}
 
 
-def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state, mgda_params, iteration):
-    """Step 5: PPO epochs over minibatches; returns averaged diagnostics for the log."""
+def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state, mgda_params, iteration,
+               weigh=gapo.loss_weights):
+    """Step 5: PPO epochs over minibatches; returns averaged diagnostics for the log.
+    weigh: the function that turns the K losses into weights (gapo.loss_weights); experiments pass a
+    wrapper with the same signature to time or record it (benchmarks/bench.py, experiments/study.py)."""
     B = rollout.input_ids.shape[0]
     R = rollout.response_mask.shape[1]
     advantages = gapo.method_advantages(cfg.method, rollout.advantages.cpu(), rollout.response_mask.cpu(), pref,
@@ -343,7 +173,7 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
                 raise FloatingPointError(f"iteration {iteration}: the PPO loss of objective {bad} is not finite; "
                                          f"the last good checkpoint is kept in {cfg.out_dir}.")
             try:
-                weights, wlog = gapo.loss_weights(cfg.method, losses, mgda_params, cfg.p, pref,
+                weights, wlog = weigh(cfg.method, losses, mgda_params, cfg.p, pref,
                                                   reduce_grads=distributed.global_gradients)
             except FloatingPointError as err:
                 raise FloatingPointError(f"iteration {iteration}: {err}; the last good checkpoint is kept.") from None
@@ -367,181 +197,130 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-    return average_logs(logs)
+    return runs.average_logs(logs)
 
 
-def average_logs(logs):
-    """Mean over minibatches of every numeric (or list of numbers) entry."""
-    out = {}
-    for key in logs[0]:
-        values = [entry[key] for entry in logs if key in entry]
-        if isinstance(values[0], bool):
-            out[key] = sum(values)
-        elif isinstance(values[0], (int, float)):
-            out[key] = float(np.mean(values))
-        elif isinstance(values[0], list):
-            out[key] = np.mean(np.array(values, dtype=float), axis=0).tolist()
-    return out
+def cosine_schedule(optimizer, total_steps, warmup_ratio):
+    """Linear warm-up over warmup_ratio of the steps, then cosine decay to 0 (Table 2)."""
+    warmup = max(1, int(warmup_ratio * total_steps))
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-# ------------------------------------------------------------------------------------ main
+# ------------------------------------------------------------------------------------ the loop
 
-def main(argv=None):
+def main(argv=None, make_weigh=None):
+    """Train one run. make_weigh(policy), if given, returns the `weigh` function ppo_update uses
+    (experiments/study.py records both Gram matrices this way); None keeps gapo.loss_weights."""
     try:
-        cfg = parse_config(argv)
-        pref = check_config(cfg)
-        cfg.out_dir = cfg.out_dir or default_out_dir(cfg)
-        rank, world, device = distributed.init_distributed(cfg.device)  # torchrun: one process per GPU
-        with distributed.main_first():  # rank 0 checks and prepares the run folder, then the others find it
-            resume_from = prepare_out_dir(cfg) if rank == 0 else find_checkpoint(cfg.out_dir) if cfg.resume else None
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}")
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
-    dtype = None if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
-    try:
-        with distributed.main_first():
-            toyworld_module = resolve_models(cfg)
+        cfg = runs.parse_config(Config, PRESETS, argv, description=__doc__.split("\n")[0])
+        pref = runs.check_config(cfg, len(OBJECTIVES))
+        rank, world, device, resume_from = runs.start_run(cfg)
+        toyworld = runs.resolve_models(cfg)  # empty model paths: the built-in toy world's
         if rank == 0:
-            write_config(cfg)  # with the resolved model paths, for evaluate.py
+            runs.write_config(cfg)  # with the resolved model paths, for evaluate.py
+        dtype = None if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
         if device.type == "cuda":  # refuse a plan that cannot fit before loading anything
             distributed.check_memory(cfg, torch.cuda.get_device_properties(device).total_memory, world,
                                      dtype or torch.bfloat16)
-        policy_path = os.path.join(resume_from, "policy") if resume_from else cfg.policy
+
+        # The models: policy, frozen reference, critic (K value heads), reward and cost scorers.
         tokenizer = load_tokenizer(cfg.policy, padding_side="left")
-        policy = load_policy(cfg.policy, device, dtype, cfg.gradient_checkpointing, cfg.lora_r, cfg.lora_alpha)
+        policy = load_policy(cfg.policy, device, dtype, cfg.gradient_checkpointing, cfg.lora_r,
+                             cfg.lora_alpha)
         reference = load_reference(cfg.policy, device, dtype, policy=policy)
         if resume_from:
-            load_policy_weights(policy, policy_path)
+            runs.load_policy_weights(policy, os.path.join(resume_from, "policy"))
             critic = Critic.load(os.path.join(resume_from, "critic"), device, dtype)
         else:
-            critic = Critic.from_policy(cfg.policy, len(OBJECTIVES), device, dtype, cfg.gradient_checkpointing,
-                                        cfg.lora_r, cfg.lora_alpha)
+            critic = Critic.from_policy(cfg.policy, len(OBJECTIVES), device, dtype,
+                                        cfg.gradient_checkpointing, cfg.lora_r, cfg.lora_alpha)
         scorers = [Scorer(*load_score_model(path, device, dtype), name=name)
                    for path, name in [(cfg.reward_model, "reward"), (cfg.cost_model, "cost")]]
-        raw, formatted = build_prompt_pool(cfg, toyworld_module, tokenizer)
-        mgda_params = gapo.mgda_parameters(policy, cfg.mgda_params) if cfg.method in gapo.GRADIENT_METHODS else None
-        distributed.shard_for_training(policy, critic, None if cfg.lora_r else reference, [s.model for s in scorers],
-                                       keep=mgda_params or [], lora=cfg.lora_r > 0)  # FSDP2 under torchrun
+        raw, formatted = runs.prompt_pool(cfg, toyworld, tokenizer)
+        # The parameters whose objective gradients g_i feed the Gram matrix (docs/decisions.md).
+        mgda_params = None
+        if cfg.method in gapo.GRADIENT_METHODS:
+            mgda_params = gapo.mgda_parameters(policy, cfg.mgda_params)
+        # torchrun: FSDP2 shards every model, keeping the MGDA parameters whole
+        distributed.shard_for_training(policy, critic, None if cfg.lora_r else reference,
+                                       [s.model for s in scorers], keep=mgda_params or [],
+                                       lora=cfg.lora_r > 0)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}")
     models = {"policy": policy, "critic": critic, "reward": scorers[0].model, "cost": scorers[1].model}
     if cfg.lora_r == 0:
         models["reference"] = reference  # with LoRA the reference shares the policy's weights
-    print(memory_plan(models, dtype=next(policy.parameters()).dtype, trainable={"reward": False, "cost": False})[1])
+    print(memory_plan(models, dtype=next(policy.parameters()).dtype,
+                      trainable={"reward": False, "cost": False})[1])
 
+    # Optimizers: AdamW on the trainable parameters, cosine schedule with warm-up (Table 2).
     iterations = cfg.iterations or max(1, int(cfg.epochs * len(raw) / (cfg.batch_size * world)))
     steps = iterations * cfg.ppo_epochs * (cfg.batch_size // cfg.minibatch_size)
-    optimizers = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr, weight_decay=cfg.weight_decay)
+    optimizers = [torch.optim.AdamW([q for q in m.parameters() if q.requires_grad], lr=lr,
+                                    weight_decay=cfg.weight_decay)
                   for m, lr in [(policy, cfg.actor_lr), (critic, cfg.critic_lr)]]
     schedulers = [cosine_schedule(o, steps, cfg.warmup_ratio) for o in optimizers]
     state = gapo.MethodState(log_lambda=math.log(cfg.lambda_init))
     start = 0
     if resume_from:
-        saved = torch.load(os.path.join(resume_from, "trainer_state.pt"), weights_only=False, mmap=world > 1)
-        start = saved["iteration"]
-        state = gapo.MethodState(**saved["method_state"])
-        for m, o, s in zip((policy, critic), optimizers, saved["optimizers"]):
-            distributed.load_optimizer_state_dict(m, o, s)
-        for sch, s in zip(schedulers, saved["schedulers"]):
-            sch.load_state_dict(s)
-        torch.set_rng_state(saved["rng"]["torch"])
-        np.random.set_state(saved["rng"]["numpy"])
-        random.setstate(saved["rng"]["python"])
-        if saved["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+        start, method_state = runs.load_checkpoint(resume_from, policy, critic, optimizers, schedulers,
+                                                   world)
+        state = gapo.MethodState(**method_state)
         print(f"resumed {cfg.out_dir} at iteration {start}")
     log_path = os.path.join(cfg.out_dir, "log.jsonl")
     if rank == 0:
-        truncate_log(log_path, start)
+        runs.truncate_log(log_path, start)
+    weigh = make_weigh(policy) if make_weigh else gapo.loss_weights
 
-    # The data order: a seeded permutation per pass over the prompts, so a resumed run sees the same batches.
-    def batch_indices(iteration):
-        position = iteration * cfg.batch_size
-        epoch = position // len(raw)
-        order = np.random.default_rng(cfg.seed + epoch).permutation(len(raw))
-        order = np.concatenate([order, np.random.default_rng(cfg.seed + epoch + 1).permutation(len(raw))])
-        offset = position % len(raw)
-        return order[offset:offset + cfg.batch_size].tolist()
-
-    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=f"{cfg.method}", dynamic_ncols=True,
-               disable=rank > 0)
+    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=cfg.method,
+               dynamic_ncols=True, disable=rank > 0)
     for iteration in bar:
-        index = batch_indices(iteration * world + rank)  # rank r takes the r-th of `world` consecutive batches
-        with distributed.unsharded(policy):  # FSDP: gather the policy once per rollout, not once per token
+        index = runs.batch_indices(cfg, len(raw), iteration * world + rank)
+        with distributed.unsharded(policy):  # FSDP: gather the policy once per rollout, not per token
             rollout, timings = collect_rollout(cfg, policy, reference, critic, tokenizer, scorers,
                                                [raw[i] for i in index], [formatted[i] for i in index])
-        scores = distributed.all_gather_rows(rollout.scores).cpu()  # (world * B, K): global lambda, fast-rl, log
-        if cfg.method == "safe-rlhf":  # the multiplier is updated after each rollout, from the costs
-            gapo.update_lagrange_multiplier(state, (-scores[:, 1]).tolist(), cfg.cost_threshold, cfg.lambda_lr,
-                                            cfg.lambda_max, cfg.lambda_window)
+        scores = distributed.all_gather_rows(rollout.scores).cpu()  # (world * B, K), all ranks' rows
+        if cfg.method == "safe-rlhf":  # the multiplier follows the costs (cost = -harmlessness)
+            gapo.update_lagrange_multiplier(state, (-scores[:, 1]).tolist(), cfg.cost_threshold,
+                                            cfg.lambda_lr, cfg.lambda_max, cfg.lambda_window)
         if cfg.method == "fast-rl":
             gapo.update_fastrl_weights(state, scores, cfg.fastrl_eta)
         t0 = time.perf_counter()
         try:
-            update = ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state, mgda_params,
-                                iteration + 1)
+            update = ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state,
+                                mgda_params, iteration + 1, weigh)
         except FloatingPointError as err:  # NaN / inf: stop, the last checkpoint on disk stays as it was
             raise SystemExit(f"error: {err}")
         timings["update"] = time.perf_counter() - t0
+
         mask = rollout.response_mask
-        kl = distributed.all_reduce_mean(((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1).mean()).item()
-        tokens = rollout.attention_mask.sum().item()  # prompt + response tokens processed
-        record = {"iteration": iteration + 1, **{f"score_{n}": scores[:, i].mean().item() for i, n in enumerate(OBJECTIVES)},
-                  "kl": kl, "response_length": mask.sum(1).mean().item(), **update,
+        kl = distributed.all_reduce_mean(((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1).mean())
+        record = {"iteration": iteration + 1,
+                  **{f"score_{n}": scores[:, i].mean().item() for i, n in enumerate(OBJECTIVES)},
+                  "kl": kl.item(), "response_length": mask.sum(1).mean().item(), **update,
                   "lambda": math.exp(state.log_lambda) if cfg.method == "safe-rlhf" else None,
                   "fastrl_weights": state.fastrl_weights or None,
-                  "tokens_per_second": tokens / sum(timings.values()), **{f"time_{k}": v for k, v in timings.items()}}
-        with open(log_path if rank == 0 else os.devnull, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        bar.set_postfix(helpful=f"{record['score_helpful']:.2f}", harmless=f"{record['score_harmless']:.2f}", kl=f"{kl:.2f}")
-        tqdm.write(format_log_line(record))
+                  "tokens_per_second": rollout.attention_mask.sum().item() / sum(timings.values()),
+                  **{f"time_{k}": v for k, v in timings.items()}}
+        runs.append_log(log_path, record)
+        bar.set_postfix(helpful=f"{record['score_helpful']:.2f}",
+                        harmless=f"{record['score_harmless']:.2f}", kl=f"{record['kl']:.2f}")
+        tqdm.write(runs.format_log_line(record))
         stopping = iteration + 1 == cfg.stop_after
         if (iteration + 1) % cfg.save_every == 0 or iteration + 1 == iterations or stopping:
-            save_checkpoint(cfg.out_dir, cfg, policy, tokenizer, critic, optimizers, schedulers, state, iteration + 1)
+            runs.save_checkpoint(cfg.out_dir, cfg, policy, tokenizer, critic, optimizers, schedulers,
+                                 state, iteration + 1)
         if stopping:
             print(f"stopped after iteration {iteration + 1} (--stop_after); continue with --resume")
             break
-    print(f"done: {cfg.out_dir}/checkpoint (policy in Hugging Face format under policy/), log in {log_path}")
+    print(f"done: {cfg.out_dir}/checkpoint (policy in Hugging Face format under policy/), "
+          f"log in {log_path}")
     return cfg
-
-
-def load_policy_weights(policy, path):
-    """Load a checkpoint's policy weights into the freshly built policy (full or LoRA adapter)."""
-    if hasattr(policy, "peft_config"):
-        from peft import set_peft_model_state_dict
-        from peft.utils import load_peft_weights
-        set_peft_model_state_dict(policy, load_peft_weights(path))
-    else:
-        from transformers import AutoModelForCausalLM
-        saved = AutoModelForCausalLM.from_pretrained(path, dtype=next(policy.parameters()).dtype)
-        policy.load_state_dict(saved.state_dict())
-
-
-def truncate_log(log_path, iteration):
-    """Keep only the log lines of iterations <= the checkpoint's, so a resumed log has no duplicates."""
-    if not os.path.isfile(log_path):
-        return
-    with open(log_path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line)["iteration"] <= iteration]
-    with open(log_path, "w") as f:
-        f.writelines(lines)
-
-
-def format_log_line(r):
-    extra = ""
-    if r.get("alpha"):
-        extra += " alpha=" + ",".join(f"{a:.2f}" for a in r["alpha"])
-    if r.get("grad_cosine"):
-        extra += f" cos={r['grad_cosine'][0][1]:+.2f}"
-    if r.get("lambda") is not None:
-        extra += f" lambda={r['lambda']:.3f}"
-    return (f"iter {r['iteration']:4d} helpful {r['score_helpful']:+.3f} harmless {r['score_harmless']:+.3f} "
-            f"kl {r['kl']:.3f} len {r['response_length']:.1f} clip {r['clip_fraction']:.2f}{extra} "
-            f"| gen {r['time_generate']:.2f}s score {r['time_score']:.2f}s update {r['time_update']:.2f}s")
 
 
 if __name__ == "__main__":

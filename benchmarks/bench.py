@@ -28,9 +28,9 @@ and GAPO's extra last-block gradients (overhead, so it shows up as lower MFU for
 peak_flops defaults to 989e12 (H100 SXM / H200, bf16 dense, no sparsity); set --peak_tflops for others.
 
 Run:
-    python bench.py                 # one 80 GB GPU: LoRA r=64, 3 measured iterations per method
-    python bench.py --lora_r 0      # full fine-tuning (does not fit one 80 GB GPU: see the memory plan)
-    python bench.py --tiny          # 2-layer, hidden-64 versions of the same architectures, CPU, seconds
+    python -m benchmarks.bench                 # one 80 GB GPU: LoRA r=64, 3 measured iterations per method
+    python -m benchmarks.bench --lora_r 0      # full fine-tuning (does not fit one 80 GB GPU: see the memory plan)
+    python -m benchmarks.bench --tiny          # 2-layer, hidden-64 versions of the same architectures, CPU, seconds
 Left out on purpose: real weights and tokenizers (throughput does not depend on them), text decoding and
 re-tokenisation for the scorers, multi-GPU (see distributed.py), and any assertion on timings.
 """
@@ -43,8 +43,8 @@ from transformers import LlamaConfig, MistralConfig, MistralForCausalLM, Mistral
 
 import gapo
 import train
-from distributed import activation_and_cache_bytes, plan_bytes
-from model import (Critic, _add_lora, _enable_checkpointing, load_reference, memory_plan, new_score_model,
+from scale.distributed import activation_and_cache_bytes, plan_bytes
+from model import (Critic, add_lora, enable_checkpointing, load_reference, memory_plan, new_score_model,
                    param_count_from_config)
 from rollout import Rollout, gae, generate, kl_shaped_rewards, response_logprobs, response_values
 
@@ -128,10 +128,10 @@ def build_models(args, device, dtype):
     for m in (policy, backbone):
         m.config.use_cache = False  # as model.load_policy: training forwards; generate asks for the cache
         if args.gradient_checkpointing:
-            _enable_checkpointing(m)
+            enable_checkpointing(m)
     if args.lora_r:
-        policy = _add_lora(policy, args.lora_r, 16, 0.0, "CAUSAL_LM")
-        backbone = _add_lora(backbone, args.lora_r, 16, 0.0, "FEATURE_EXTRACTION")
+        policy = add_lora(policy, args.lora_r, 16, 0.0, "CAUSAL_LM")
+        backbone = add_lora(backbone, args.lora_r, 16, 0.0, "FEATURE_EXTRACTION")
         reference = load_reference(None, device, policy=policy)  # adapter disabled: no second copy
     else:
         reference.eval().requires_grad_(False)
@@ -201,8 +201,8 @@ class Clock:
 
 
 def timed_loss_weights(clock):
-    """gapo.loss_weights, timed: train.ppo_update calls it through the module, so wrapping the attribute
-    measures the GAPO-specific work (K autograd.grad calls, Gram matrix, solver) inside the update phase."""
+    """gapo.loss_weights, timed: passed to train.ppo_update as its `weigh` hook, it measures the
+    GAPO-specific work (K autograd.grad calls, Gram matrix, solver) inside the update phase."""
     inner = gapo.loss_weights
 
     def wrapper(*args, **kwargs):
@@ -240,7 +240,7 @@ def iteration(args, cfg, models, tokenizer, optimizers, schedulers, prompts, clo
     pref = [1.0 / len(train.OBJECTIVES)] * len(train.OBJECTIVES)
     with clock.phase("update"):
         train.ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, gapo.MethodState(), mgda_params,
-                         step)
+                         step, weigh=timed_loss_weights(clock))
 
 
 def matmul_params(model):
@@ -298,18 +298,13 @@ def main(argv=None):
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda step: 1.0) for o in optimizers]
     generator = torch.Generator().manual_seed(args.seed)
     clocks = {m: Clock(device) for m in args.methods}
-    inner = gapo.loss_weights
     for step in range(args.warmup + args.iterations):
         for method in args.methods:  # alternate: both methods see the same machine state
             clock = clocks[method] if step >= args.warmup else Clock(device)
-            gapo.loss_weights = timed_loss_weights(clock)
-            try:
-                cfg.method = method
-                prompts = random_prompts(generator, args.batch_size, args.prompt_length)
-                with clock.phase("iteration"):
-                    iteration(args, cfg, models, tokenizer, optimizers, schedulers, prompts, clock, step)
-            finally:
-                gapo.loss_weights = inner
+            cfg.method = method
+            prompts = random_prompts(generator, args.batch_size, args.prompt_length)
+            with clock.phase("iteration"):
+                iteration(args, cfg, models, tokenizer, optimizers, schedulers, prompts, clock, step)
     report(args, clocks, policy, critic, T, name, planned)
     return clocks
 

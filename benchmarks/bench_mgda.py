@@ -1,6 +1,6 @@
 """Benchmark of mgda.py: min-norm solver time and iterations per K, and Gram-matrix build time.
 
-Run: python bench_mgda.py           (a few seconds on a 2-core CPU; figures go in the README)
+Run: python -m benchmarks.bench_mgda           (a few seconds on a 2-core CPU; figures go in the README)
 Not a test: timings on shared machines are noisy, so they are measured here and reported, never asserted.
 """
 import time

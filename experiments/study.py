@@ -1,27 +1,27 @@
 """The paper's study on the toy world in one command: every method x 3 seeds, evaluation with soups, alpha agreement.
 
-    python study.py --jobs 2         # seeds 0,1,2: 15 runs each, then evaluate.py (+ Rewarded Soups), then alpha;
+    python -m experiments.study --jobs 2         # seeds 0,1,2: 15 runs each, then evaluate.py (+ Rewarded Soups), then alpha;
                                      # about half an hour on a 2-core CPU (about a minute per run, two at a time)
-    python study.py --quick          # seed 0, 20 iterations: a few minutes
-    python study.py --resume         # continue interrupted runs from their last checkpoint
-    python study.py --dry_run        # print the plan and each run's state, train nothing
+    python -m experiments.study --quick          # seed 0, 20 iterations: a few minutes
+    python -m experiments.study --resume         # continue interrupted runs from their last checkpoint
+    python -m experiments.study --dry_run        # print the plan and each run's state, train nothing
 
-Runs (SPEC.md sections 4-6; all through `python train.py`, one subprocess each, log in <out_root>/logs/):
+Runs (every method of the paper's Sec. 4; all through `python train.py`, one subprocess each, log in <out_root>/logs/):
   PPO-H, PPO-S, Safe RLHF, Fast RL, MGDA, GAPO p=1, GAPO p=2, and P-GAPO and MORLHF at lam_h in
   {0.2, 0.4, 0.6, 0.8} (pref "lam_h,1-lam_h"); then `python evaluate.py` on all of them with
   `--soup auto` (Rewarded Soups of each seed's PPO-H and PPO-S at the same lam), writing the table and the
   Pareto plot to <out_root>/eval. A run whose checkpoint has reached the final iteration is skipped, so a
   second call only does what is missing; a run folder without any checkpoint is restarted.
 
-Alpha agreement (the question the paper leaves open, SPEC section 5 step 1): the GAPO p=2 run of the first
+Alpha agreement (the question the paper leaves open: which "last layer"; docs/decisions.md): the GAPO p=2 run of the first
 seed trains exactly as the others (alpha from last-block gradients), but at every minibatch it also takes
 the K gradients of the same losses (same forward graph, no extra rollout) with respect to ALL trainable
 parameters and records both Gram matrices in <run>/alpha_probe.jsonl. From them, offline: alpha for
 p = 0, 1, 2 from each parameter set, mean |alpha_last - alpha_all|, how often both pick the same dominant
 objective, and the cosine, in the full parameter space, between the update the last-block weights give and
-the exact all-parameter GAPO update (<out_root>/alpha_agreement.json). This wraps gapo.mgda_parameters,
-gapo.loss_weights and train.ppo_update at run time inside train.main (`python study.py --alpha_probe
-<train.py flags>`), editing neither file; the extra gradients use no randomness, so the run's trajectory is
+the exact all-parameter GAPO update (<out_root>/alpha_agreement.json). It passes a recording wrapper of
+gapo.loss_weights through train.main's `make_weigh` hook (`python -m experiments.study --alpha_probe
+<train.py flags>`); the extra gradients use no randomness, so the run's trajectory is
 the one plain train.py gives. Design choice: both estimates on the same minibatches of one trajectory
 compare directly; two runs (--mgda_params all vs last_block) would mix the estimate's error with diverging
 trajectories.
@@ -29,20 +29,24 @@ trajectories.
 Left out on purpose: multi-machine scheduling, and the paper's 7B setting (use train.py --preset paper).
 """
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+import runs
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 LAMBDAS = [0.2, 0.4, 0.6, 0.8]
 
 
 # ----------------------------------------------------------------------------- the plan
 
 def plan(seeds, lambdas=LAMBDAS):
-    """[(run name, train.py flags)] in the order they train; names follow train.default_out_dir."""
+    """[(run name, train.py flags)] in the order they train; names follow runs.default_out_dir."""
     runs = []
     for seed in seeds:
         specs = [("ppo-h", ["--method", "ppo-h"]), ("ppo-s", ["--method", "ppo-s"]),
@@ -60,11 +64,9 @@ def plan(seeds, lambdas=LAMBDAS):
 def changed_settings(run_dir, train_argv):
     """Config fields whose saved value differs from what train.py would use now (say, after its defaults
     changed): such a run is stale and is trained again. Model paths and bookkeeping fields are not compared."""
-    import dataclasses
-    import train
     with open(os.path.join(run_dir, "train_config.json")) as f:
         saved = json.load(f)
-    wanted = dataclasses.asdict(train.parse_config(train_argv))
+    wanted = dataclasses.asdict(runs.parse_config(train.Config, train.PRESETS, train_argv))
     skip = {"policy", "reward_model", "cost_model", "out_dir", "resume", "overwrite", "iterations", "save_every",
             "stop_after", "device", "num_threads"}
     return [f"{k} {saved[k]} -> {v}" for k, v in wanted.items() if k not in skip and k in saved and saved[k] != v]
@@ -91,8 +93,8 @@ def probe_name(args):
 
 def train_command(name, run_dir, flags, args):
     probe = name == probe_name(args) and not args.skip_alpha
-    entry = ["study.py", "--alpha_probe"] if probe else ["train.py"]
-    return [sys.executable, os.path.join(ROOT, entry[0]), *entry[1:], *flags, "--iterations", str(args.iterations),
+    entry = ["-m", "experiments.study", "--alpha_probe"] if probe else [os.path.join(ROOT, "train.py")]
+    return [sys.executable, *entry, *flags, "--iterations", str(args.iterations),
             "--toy_dir", args.toy_dir, "--toy_size", args.toy_size, "--out_dir", run_dir, *args.train_args]
 
 
@@ -172,41 +174,38 @@ def train_all(runs, args):
 def alpha_probe(train_argv):
     """train.main(train_argv), recording per minibatch the Gram matrices of the K objective gradients over the
     last block and over all trainable parameters in <out_dir>/alpha_probe.jsonl (appended on --resume; the
-    summary keeps the last record of each (iteration, minibatch))."""
-    import inspect
+    summary keeps the last record of each (iteration, minibatch)). Uses train.main's public `make_weigh`
+    hook: the recorder wraps gapo.loss_weights and returns exactly what it returns."""
     import torch
     import gapo
-    import train
     from mgda import gram_matrix
-    cfg = train.parse_config(train_argv)
-    path = os.path.join(cfg.out_dir, "alpha_probe.jsonl")
-    chosen, where = {}, {"iteration": 0, "minibatch": 0}
-    original_params, original_weights, original_update = gapo.mgda_parameters, gapo.loss_weights, train.ppo_update
+    cfg = runs.parse_config(train.Config, train.PRESETS, train_argv)
+    out_dir = cfg.out_dir or runs.default_out_dir(cfg)
+    path = os.path.join(out_dir, "alpha_probe.jsonl")
+    per_iteration = cfg.ppo_epochs * (cfg.batch_size // cfg.micro_batch_size)  # weigh calls per iteration
 
-    def mgda_parameters(policy, which):
-        chosen.update(last_block=original_params(policy, "last_block"), all=original_params(policy, "all"))
-        return original_params(policy, which)
+    def make_weigh(policy):
+        chosen = {which: gapo.mgda_parameters(policy, which) for which in ("last_block", "all")}
+        log_path = os.path.join(out_dir, "log.jsonl")  # already cut to the checkpoint's iterations
+        done = sum(1 for line in open(log_path) if line.strip()) if os.path.isfile(log_path) else 0
+        calls = [done * per_iteration]
 
-    def ppo_update(*a, **k):  # only to know the iteration each record belongs to
-        where.update(iteration=inspect.signature(original_update).bind(*a, **k).arguments["iteration"] + 1,
-                     minibatch=0)
-        return original_update(*a, **k)
+        def weigh(method, losses, params, p, preference, **kwargs):
+            iteration, minibatch = divmod(calls[0], per_iteration)
+            record, reduce = {"iteration": iteration + 1, "minibatch": minibatch}, kwargs.get("reduce_grads")
+            for which, ps in chosen.items():  # the same losses and graph: both estimates see one minibatch
+                grads = [torch.autograd.grad(loss, ps, retain_graph=True, allow_unused=True) for loss in losses]
+                grads = [[torch.zeros_like(q) if g is None else g for g, q in zip(gs, ps)] for gs in grads]
+                record[which] = gram_matrix(reduce(grads) if reduce else grads).tolist()  # (K, K) float64
+            with open(path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            calls[0] += 1
+            return gapo.loss_weights(method, losses, params, p, preference, **kwargs)
+        return weigh
 
-    def loss_weights(method, losses, params, p, preference, **kwargs):
-        record, reduce = dict(where), kwargs.get("reduce_grads") or (lambda grads: grads)
-        for which, ps in chosen.items():  # the same losses and graph: both estimates see the same minibatch
-            grads = [torch.autograd.grad(loss, ps, retain_graph=True, allow_unused=True) for loss in losses]
-            grads = reduce([[torch.zeros_like(q) if g is None else g for g, q in zip(gs, ps)] for gs in grads])
-            record[which] = gram_matrix(grads).tolist()  # (K, K) float64
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        where["minibatch"] += 1
-        return original_weights(method, losses, params, p, preference, **kwargs)
-
-    gapo.mgda_parameters, gapo.loss_weights, train.ppo_update = mgda_parameters, loss_weights, ppo_update
     if not cfg.resume and os.path.isfile(path):
         os.remove(path)
-    train.main(train_argv)
+    train.main(train_argv, make_weigh=make_weigh)
 
 
 def read_probe(path):
@@ -319,10 +318,10 @@ def main(argv=None):
     if not args.dry_run:
         os.makedirs(args.out_root, exist_ok=True)
         print(f"study: toy world in {args.toy_dir} (built once, about a minute on 2 cores)", flush=True)
-        code = subprocess.run([sys.executable, os.path.join(ROOT, "toyworld.py"), "--out", args.toy_dir, "--size",
+        code = subprocess.run([sys.executable, "-m", "worlds.toyworld", "--out", args.toy_dir, "--size",
                                args.toy_size], cwd=ROOT, stdout=subprocess.DEVNULL).returncode
         if code != 0:
-            raise SystemExit(f"error: building the toy world in {args.toy_dir} failed; run python toyworld.py --out "
+            raise SystemExit(f"error: building the toy world in {args.toy_dir} failed; run python -m worlds.toyworld --out "
                              f"{args.toy_dir} to see why.")
     runs = plan(args.seeds)
     finished, failed = train_all(runs, args)

@@ -82,7 +82,7 @@ def tiny_policy_dir(tmp_path):
 @pytest.fixture(scope="session")
 def tiny_toyworld(tmp_path_factory):
     """The toy world at its "tiny" size (seconds to build), once per test session."""
-    import toyworld
+    from worlds import toyworld
 
     path = tmp_path_factory.mktemp("toyworld") / "world"
     toyworld.ensure_toyworld(str(path), seed=0, size="tiny", progress=False)

@@ -6,14 +6,14 @@ import sys
 import pytest
 import torch
 
-import bench
+from benchmarks import bench
 from model import param_count_from_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_cli_tiny_runs_both_methods_and_prints_the_table():
-    result = subprocess.run([sys.executable, "bench.py", "--tiny", "--iterations", "1", "--warmup", "0"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--tiny", "--iterations", "1", "--warmup", "0"], cwd=ROOT,
                             capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]

@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import distributed  # noqa: E402
+from scale import distributed  # noqa: E402
 import gapo  # noqa: E402
 from conftest import make_tiny_mistral  # noqa: E402
 from mgda import gapo_weights, gram_matrix  # noqa: E402
@@ -46,7 +46,7 @@ def test_activation_and_cache_bytes_by_hand():
 
 
 def mistral_7b():
-    from bench import MISTRAL_7B, SPECIAL
+    from benchmarks.bench import MISTRAL_7B, SPECIAL
     from transformers import MistralConfig
     return MistralConfig(**MISTRAL_7B, **SPECIAL)
 
@@ -68,21 +68,22 @@ def test_lora_param_count_matches_peft():
 
 
 def test_memory_check_refuses_full_finetuning_on_one_80gb_gpu_and_names_the_fix(tmp_path):
+    import runs
     import train
-    from bench import LLAMA_7B, SPECIAL
+    from benchmarks.bench import LLAMA_7B, SPECIAL
     from transformers import LlamaConfig
     policy, scorer = tmp_path / "policy", tmp_path / "scorer"
     mistral_7b().save_pretrained(policy)
     LlamaConfig(**LLAMA_7B, **SPECIAL, architectures=["LlamaModelForScore"]).save_pretrained(scorer)
     paths = ["--policy", str(policy), "--reward_model", str(scorer), "--cost_model", str(scorer)]
     h100 = 79 * 2**30  # what torch reports for an H100 80 GB, about
-    full = train.parse_config(["--preset", "paper"] + paths)  # full fine-tuning, checkpointing on
+    full = runs.parse_config(train.Config, train.PRESETS, ["--preset", "paper"] + paths)  # full fine-tuning, checkpointing on
     with pytest.raises(ValueError, match="add --lora_r 64 "):
         distributed.check_memory(full, h100)
-    lora = train.parse_config(["--preset", "paper", "--lora_r", "64"] + paths)
+    lora = runs.parse_config(train.Config, train.PRESETS, ["--preset", "paper", "--lora_r", "64"] + paths)
     need = distributed.check_memory(lora, h100)
     assert 50 * 2**30 < need < 70 * 2**30  # four 7B models in bf16 (about 51 GiB) + adapters + activations
-    no_ckpt = train.parse_config(["--preset", "paper", "--lora_r", "64", "--gradient_checkpointing", "false"] + paths)
+    no_ckpt = runs.parse_config(train.Config, train.PRESETS, ["--preset", "paper", "--lora_r", "64", "--gradient_checkpointing", "false"] + paths)
     with pytest.raises(ValueError, match="add --gradient_checkpointing "):
         distributed.check_memory(no_ckpt, h100)
     assert distributed.check_memory(full, h100, world=4) < h100  # FSDP over 4 GPUs: full fine-tuning fits
@@ -241,11 +242,6 @@ def test_optimizer_state_round_trip_and_gather(two_ranks):
     assert ranks["optimizer_round_trip"] and ranks["gathered_sizes"] == 4
 
 
-with open(os.path.join(ROOT, "train.py")) as _f:
-    TRAIN_HOOKED = "distributed.init_distributed" in _f.read()
-
-
-@pytest.mark.skipif(not TRAIN_HOOKED, reason="train.py has no torchrun hooks yet (apply /work/train_distributed.patch)")
 def test_torchrun_train_and_resume_match_an_uninterrupted_run(tiny_toyworld, tmp_path):
     args = ["--toy_size", "tiny", "--toy_dir", tiny_toyworld, "--method", "gapo", "--p", "2", "--iterations", "2",
             "--batch_size", "4", "--minibatch_size", "4", "--micro_batch_size", "2", "--max_new_tokens", "8"]

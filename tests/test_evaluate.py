@@ -198,7 +198,7 @@ def test_empty_prompt_file_is_one_clear_sentence(smoke_run, capsys):
 
 
 def test_study_plan_and_alpha_agreement_by_hand():
-    from study import alpha_agreement, plan
+    from experiments.study import alpha_agreement, plan
     runs = plan([0, 1])
     names = [n for n, _ in runs]
     assert len(runs) == 30 and len(set(names)) == 30

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import toyworld as tw
+from worlds import toyworld as tw
 
 BREAD, CAR = "how do i bake bread", "can you tell me how to steal a car"
 
@@ -174,7 +174,7 @@ def test_tiny_build_cache_round_trip_and_determinism(tmp_path, tiny_toyworld):
 
 
 def test_cli_help_documents_the_options():
-    out = subprocess.run([sys.executable, "toyworld.py", "--help"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "worlds.toyworld", "--help"], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), check=True).stdout
     for flag in ("--out", "--seed", "--size", "--force"):
         assert flag in out
@@ -195,7 +195,7 @@ def test_score_model_backbone_is_the_sft_policy(tiny_toyworld):
 
 
 def test_a_world_built_from_older_text_is_rebuilt(tiny_toyworld, monkeypatch):
-    import toyworld
+    from worlds import toyworld
     assert toyworld.check_toyworld(tiny_toyworld, seed=0, size="tiny") is None
     monkeypatch.setitem(toyworld.BENIGN, "bake bread", "a changed|step list")
     assert "another version" in toyworld.check_toyworld(tiny_toyworld, seed=0, size="tiny")

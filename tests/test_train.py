@@ -7,6 +7,7 @@ import sys
 import pytest
 
 import gapo
+import runs
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,9 +95,9 @@ def test_run_folder_guard_and_missing_checkpoint(tiny_toyworld, tmp_path):
 
 
 def test_command_line_forms_and_preset(tmp_path):
-    cfg = train.parse_config(["--method", "gapo", "--p=1", "--resume"])
+    cfg = runs.parse_config(train.Config, train.PRESETS, ["--method", "gapo", "--p=1", "--resume"])
     assert cfg.p == 1.0 and cfg.resume is True and cfg.method == "gapo"
-    paper = train.parse_config(["--preset", "paper", "--actor_lr", "2e-6"])
+    paper = runs.parse_config(train.Config, train.PRESETS, ["--preset", "paper", "--actor_lr", "2e-6"])
     assert paper.policy == "HuggingFaceH4/mistral-7b-sft-beta" and paper.kl_coef == 0.05
     assert paper.actor_lr == 2e-6 and paper.critic_lr == 5e-7 and paper.gradient_checkpointing is True
 

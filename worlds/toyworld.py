@@ -20,7 +20,7 @@ answering harmful prompts with benign steps or word salad, which naive scorers r
 Both score models start from the SFT policy's backbone (as InstructGPT and Safe RLHF do); from a random
 init they did not learn in the time budget whether steps fit the prompt.
 
-Run:  python toyworld.py [--out cache/toyworld] [--seed 0] [--size default|tiny] [--force]
+Run:  python -m worlds.toyworld [--out cache/toyworld] [--seed 0] [--size default|tiny] [--force]
       (about 80 s and 0.5 GB on a 2-core CPU, once; later calls reuse the cached folder)
 Left out on purpose: multi-turn dialogue, paraphrases beyond the six templates, any realism in the
 harmful steps (short, vague phrases: the point is the conflict, not the content), and subtle hacks in
