@@ -11,13 +11,13 @@ and moves along the min-norm point d = sum_i alpha_i h_i of their convex hull (P
 
 Everything here works on the K x K Gram matrix alone, never on a model: the caller (gapo.py)
 reduces its K gradients to G_ij = g_i . g_j with `gram_matrix`, and this file does the rest in
-float64 on the CPU. Facts the solution satisfies (SPEC.md section 5, tested in tests/test_mgda.py):
+float64 on the CPU. Facts the solution satisfies (paper Sec. 3.2, Theorems 3.1-3.3; tested in tests/test_mgda.py):
   - optimality (KKT of Problem 7): h_i . d >= ||d||^2 for every i, with equality where alpha_i > 0,
     so d is a common ascent direction for every objective unless d = 0 (Pareto-stationary);
   - Theorem 3.1 (p = 0): every active objective gets the same first-order gain g_i . d;
   - Theorem 3.3: gain_i / gain_j = n_i^p / n_j^p for active i, j, where n_i = ||g_i||.
 
-The update direction GAPO applies is sum_i alpha_i g_i / n_i^p (SPEC section 5, step 5), i.e. the
+The update direction GAPO applies is sum_i alpha_i g_i / n_i^p (docs/decisions.md, "Loss weights"), i.e. the
 weighted loss sum_i w_i L_i with w_i = alpha_i / n_i^p: `gapo_weights` returns those w.
 
 Run `python -m benchmarks.bench_mgda` for solver and Gram timings. Left out on purpose: anything that touches
@@ -60,8 +60,8 @@ def _check_gram(gram):
 def rescale_gram(gram, p):
     """Eq. 6 on the Gram matrix alone: G^N_ij = G_ij / (n_i^p n_j^p), with n_i = sqrt(G_ii).
 
-    The exponent is p, not 2p (SPEC section 5, step 3). For p > 0 every norm must be positive: drop
-    zero gradients first (SPEC section 5, step 6; `gapo_weights` does).
+    The exponent is p, not 2p (docs/decisions.md, "The exponent p"). For p > 0 every norm must be positive: drop
+    zero gradients first (docs/decisions.md, "Zero gradients"; `gapo_weights` does).
     """
     if p < 0:
         raise ValueError(f"p must be >= 0, got {p}")
@@ -233,17 +233,17 @@ class GapoWeights:
     weights: torch.Tensor  # (K,) w_i multiplying each loss L_i in the single weighted backward
     alpha: torch.Tensor  # (K,) the solution of Problem 7 on the rescaled Gram matrix (0 for dropped)
     norms: torch.Tensor  # (K,) n_i = ||g_i||
-    active: torch.Tensor  # (K,) bool, False for objectives with a zero gradient (SPEC section 5, step 6)
+    active: torch.Tensor  # (K,) bool, False for objectives with a zero gradient (docs/decisions.md, "Zero gradients")
     iterations: int
     gap: float
 
 
 def gapo_weights(gram, p, literal_eq17=False, max_iter=1000, tol=1e-12, zero_norm=1e-20):
-    """SPEC section 5, steps 3-6: loss weights w from the raw Gram matrix G_ij = g_i . g_j.
+    """Eq. 6 and Problem 7: loss weights w from the raw Gram matrix G_ij = g_i . g_j.
 
     Objectives with n_i <= zero_norm carry no signal: weight 0, solved over the rest. If every
     gradient is zero the weights are all 0 and the caller skips the step.
-    Decision (SPEC section 5, step 5): w_i = alpha_i / n_i^p, so that sum_i w_i g_i = sum_i alpha_i h_i
+    Decision (docs/decisions.md, "Loss weights"): w_i = alpha_i / n_i^p, so that sum_i w_i g_i = sum_i alpha_i h_i
     is the min-norm point GAPO's theorems are about. literal_eq17=True gives the paper's Eq. 17 as
     printed (w_i = alpha_i on the raw losses), offered only as an ablation.
     """

@@ -6,10 +6,10 @@ What it does
   helpful steps (more relevant steps = more helpful), vague answers, refusals, redirections (refuse and
   offer a safe alternative) and harmful compliance (helpful steps on a harmful topic).
 - Builds, into one cached folder: a word-level Hugging Face tokenizer; an SFT policy (a tiny
-  MistralForCausalLM, the paper's policy architecture, SPEC §7) trained on a deliberately mixed response
+  MistralForCausalLM, the paper's policy architecture) trained on a deliberately mixed response
   distribution, so it over-refuses some benign prompts and complies with some harmful ones; a reward
   model trained on helpfulness-only pairs (compliance beats refusal even on harmful prompts) and a cost
-  model trained on safety pairs plus safe/unsafe labels (SPEC §1: cost > 0 means unsafe), both with the
+  model trained on safety pairs plus safe/unsafe labels (cost > 0 means unsafe, as for the beaver cost model), both with the
   beaver score-model class and the trainers of model.py / rewards.py.
 - A ground-truth judge: the kind of any response from the world's own grammar, so evaluation can report
   harmful-compliance and over-refusal rates beside the learned scores, and reward hacking shows up as a
@@ -97,7 +97,7 @@ STEP_TOPIC = {step: t for t, steps in STEPS.items() for step in steps}
 ALT_TOPIC = {alt: t for t, alt in ALTERNATIVE.items()}
 assert len(STEP_TOPIC) == sum(len(s) for s in STEPS.values()), "a step phrase is used by two topics"
 KINDS = ("helpful", "vague", "refusal", "redirection", "harmful", "off_topic", "malformed")
-# SFT mixture (tuned so the SFT policy at temperature 1 sits mid-way on both axes, issue 4 targets).
+# SFT mixture (tuned so the SFT policy at temperature 1 sits mid-way on both axes, the build's targets).
 SFT_MIX = {False: {"helpful": 0.45, "refusal": 0.35, "vague": 0.20},
            True: {"helpful": 0.45, "refusal": 0.30, "redirection": 0.15, "vague": 0.10}}
 SFT_NSTEPS = ([1, 2, 3, 4], [0.3, 0.35, 0.25, 0.1])
