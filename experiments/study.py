@@ -1,14 +1,16 @@
-"""The paper's study on the toy world in one command: every method x 3 seeds, evaluation with soups, alpha agreement.
+"""The paper's study on the toy world in one command: every method x 5 seeds, soups, claims, alpha.
 
-    python -m experiments.study --jobs 2         # seeds 0,1,2: 15 runs each, then evaluate.py (+ Rewarded Soups), then alpha;
-                                     # about half an hour on a 2-core CPU (about a minute per run, two at a time)
-    python -m experiments.study --quick          # seed 0, 20 iterations: a few minutes
-    python -m experiments.study --resume         # continue interrupted runs from their last checkpoint
-    python -m experiments.study --dry_run        # print the plan and each run's state, train nothing
+    python -m experiments.study --jobs 2   # seeds 0-4: 17 runs each, then evaluate.py (+ Rewarded
+                                           # Soups), the claims (experiments/claims.py), then alpha
+    python -m experiments.study --quick    # seed 0, 20 iterations: a few minutes
+    python -m experiments.study --resume   # continue interrupted runs from their last checkpoint
+    python -m experiments.study --dry_run  # print the plan and each run's state, train nothing
 
-Runs (every method of the paper's Sec. 4; all through `python train.py`, one subprocess each, log in <out_root>/logs/):
+Runs (every method of the paper's Sec. 4 at one shared set of hyper-parameters; all through
+`python train.py`, one subprocess each, log in <out_root>/logs/):
   PPO-H, PPO-S, Safe RLHF, Fast RL, MGDA, GAPO p=1, GAPO p=2, and P-GAPO and MORLHF at lam_h in
-  {0.2, 0.4, 0.6, 0.8} (pref "lam_h,1-lam_h"); then `python evaluate.py` on all of them with
+  {0.2, 0.4, 0.6, 0.8} (pref "lam_h,1-lam_h"), plus the whitening ablation (MGDA and GAPO p=2 with
+  --whiten_advantages); then `python evaluate.py` on all of them with
   `--soup auto` (Rewarded Soups of each seed's PPO-H and PPO-S at the same lam), writing the table and the
   Pareto plot to <out_root>/eval. A run whose checkpoint has reached the final iteration is skipped, so a
   second call only does what is missing; a run folder without any checkpoint is restarted.
@@ -38,6 +40,7 @@ import time
 
 import runs
 import train
+from experiments import claims
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 LAMBDAS = [0.2, 0.4, 0.6, 0.8]
@@ -45,7 +48,7 @@ LAMBDAS = [0.2, 0.4, 0.6, 0.8]
 
 # ----------------------------------------------------------------------------- the plan
 
-def plan(seeds, lambdas=LAMBDAS):
+def plan(seeds, lambdas=LAMBDAS, whitening=True):
     """[(run name, train.py flags)] in the order they train; names follow runs.default_out_dir."""
     runs = []
     for seed in seeds:
@@ -57,6 +60,9 @@ def plan(seeds, lambdas=LAMBDAS):
             for lam in lambdas:
                 pref = f"{lam:g},{1 - lam:g}"
                 specs.append((f"{method}-pref{pref.replace(',', '_')}", ["--method", method, "--pref", pref]))
+        if whitening:  # the ablation: per-objective whitened advantages (raw is the default)
+            specs += [("mgda-whiten", ["--method", "mgda", "--whiten_advantages"]),
+                      ("gapo-p2-whiten", ["--method", "gapo", "--p", "2", "--whiten_advantages"])]
         runs += [(f"{name}-s{seed}", flags + ["--seed", str(seed)]) for name, flags in specs]
     return runs
 
@@ -296,7 +302,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="one seed, 20 iterations (unless --seeds / --iterations "
                     "say otherwise)")
-    ap.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; --quick: 0)")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2,3,4; --quick: 0)")
     ap.add_argument("--iterations", type=int, default=None, help="PPO iterations per run (default 60; --quick: 20)")
     ap.add_argument("--out_root", default=None, help="default runs/study (--quick: runs/study-quick)")
     ap.add_argument("--toy_dir", default="cache/toyworld")
@@ -306,11 +312,12 @@ def main(argv=None):
     ap.add_argument("--resume", action="store_true", help="continue interrupted runs from their checkpoints")
     ap.add_argument("--dry_run", action="store_true", help="print the plan and run states; train nothing")
     ap.add_argument("--skip_eval", action="store_true", help="train only")
+    ap.add_argument("--skip_ablation", action="store_true", help="no whitened-advantage runs")
     ap.add_argument("--skip_alpha", action="store_true", help="train the GAPO p=2 run plainly, no alpha agreement")
     ap.add_argument("--eval_args", default="", help="extra flags for evaluate.py, e.g. '--samples_per_prompt 8'")
     args, train_args = ap.parse_known_args(argv)
     args.train_args = train_args  # anything else goes to every train.py call, e.g. --batch_size 8
-    args.seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
+    args.seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2,3,4")).split(",")]
     args.iterations = args.iterations or (20 if args.quick else 60)
     args.out_root = args.out_root or os.path.join("runs", "study-quick" if args.quick else "study")
     args.out_root, args.toy_dir = os.path.abspath(args.out_root), os.path.abspath(args.toy_dir)
@@ -323,7 +330,7 @@ def main(argv=None):
         if code != 0:
             raise SystemExit(f"error: building the toy world in {args.toy_dir} failed; run python -m worlds.toyworld --out "
                              f"{args.toy_dir} to see why.")
-    runs = plan(args.seeds)
+    runs = plan(args.seeds, whitening=not args.skip_ablation)
     finished, failed = train_all(runs, args)
     code = 1 if failed else 0
     if not args.skip_eval and finished and not args.dry_run:
@@ -332,6 +339,9 @@ def main(argv=None):
                *args.eval_args.split()]
         print(f"study: evaluating {len(finished)} runs and their soups into {args.out_root}/eval", flush=True)
         code = max(code, subprocess.run(cmd, cwd=ROOT).returncode)
+    if not args.skip_eval and finished and not args.dry_run and code == 0:
+        print("study: the paper's claims, with 95% confidence intervals over seeds", flush=True)
+        claims.main([args.out_root])
     if not args.skip_alpha and not args.dry_run and os.path.join(args.out_root, probe_name(args)) in finished:
         code = max(code, report_alpha(args))
     print(f"study: finished in {(time.time() - t0) / 60:.1f} min"

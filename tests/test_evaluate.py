@@ -201,7 +201,10 @@ def test_study_plan_and_alpha_agreement_by_hand():
     from experiments.study import alpha_agreement, plan
     runs = plan([0, 1])
     names = [n for n, _ in runs]
-    assert len(runs) == 30 and len(set(names)) == 30
+    assert len(runs) == 34 and len(set(names)) == 34  # 15 methods + 2 whitened ablations, per seed
+    assert dict(runs)["gapo-p2-whiten-s1"] == ["--method", "gapo", "--p", "2", "--whiten_advantages",
+                                              "--seed", "1"]
+    assert len(plan([0], whitening=False)) == 15
     assert {"ppo-h-s0", "gapo-p2-s1", "pgapo-pref0.2_0.8-s0", "morlhf-pref0.8_0.2-s1"} <= set(names)
     assert dict(runs)["morlhf-pref0.4_0.6-s0"] == ["--method", "morlhf", "--pref", "0.4,0.6", "--seed", "0"]
     # Identical Gram matrices: perfect agreement.
