@@ -81,6 +81,11 @@ class Config:
     micro_batch_size: int = 16  # samples per forward (gradient accumulation below minibatch_size)
     actor_lr: float = 3e-4  # toy value; the paper preset uses 1e-6
     critic_lr: float = 1e-3  # toy value; the paper preset uses 5e-7
+    adam_beta1: float = 0.9  # AdamW betas of actor and critic; the paper preset uses (0.9, 0.95)
+    adam_beta2: float = 0.999
+    whiten_advantages: bool = False  # ablation: whiten each objective's advantages (default raw)
+    critic_init: str = "first_rollout"  # value-head bias from the first rollout's mean return | zero
+    weight_scale: str = "sum_one"  # gradient methods' loss weights: sum_one (w / sum w) | raw
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03  # cosine schedule with linear warm-up
     max_grad_norm: float = 1.0  # 0 = no clipping
@@ -112,6 +117,7 @@ PRESETS = {
                   iterations=0, epochs=2.0, batch_size=128, max_prompt_length=256, max_new_tokens=256,
                   temperature=0.7, top_p=1.0, repetition_penalty=1.05, ppo_epochs=1, minibatch_size=128,
                   micro_batch_size=16, actor_lr=1e-6, critic_lr=5e-7, weight_decay=0.0, warmup_ratio=0.03,
+                  adam_beta1=0.9, adam_beta2=0.95,  # Safe RLHF's AdamW betas
                   kl_coef=0.05, clip_eps=0.1, gradient_checkpointing=True, save_every=50, num_threads=0),
 }
 
@@ -158,6 +164,13 @@ def check_config(cfg):
                          f"itself a multiple of micro_batch_size ({cfg.micro_batch_size}).")
     if cfg.mgda_params not in ("last_block", "lm_head", "all"):
         raise ValueError(f"unknown mgda_params {cfg.mgda_params!r}; choose last_block, lm_head or all.")
+    if cfg.critic_init not in ("first_rollout", "zero"):
+        raise ValueError(f"unknown critic_init {cfg.critic_init!r}; choose first_rollout or zero.")
+    if cfg.weight_scale not in ("sum_one", "raw"):
+        raise ValueError(f"unknown weight_scale {cfg.weight_scale!r}; choose sum_one or raw.")
+    if not (0 <= cfg.adam_beta1 < 1 and 0 <= cfg.adam_beta2 < 1):
+        raise ValueError(f"--adam_beta1 and --adam_beta2 must lie in [0, 1) "
+                         f"(got {cfg.adam_beta1}, {cfg.adam_beta2}).")
     if cfg.toy_size not in ("default", "tiny"):
         raise ValueError(f"unknown toy_size {cfg.toy_size!r}; choose default or tiny.")
     return pref
@@ -290,8 +303,9 @@ def cosine_schedule(optimizer, total_steps, warmup_ratio):
 # ------------------------------------------------------------------------------------ one iteration
 
 @torch.no_grad()
-def collect_rollout(cfg, policy, reference, critic, tokenizer, scorers, raw, formatted):
-    """Steps 1-4 of the recipe. Returns the Rollout and the phase timings."""
+def collect_rollout(cfg, policy, reference, critic, tokenizer, scorers, raw, formatted, state=None):
+    """Steps 1-4 of the recipe. Returns the Rollout and the phase timings. With state (MethodState)
+    and critic_init first_rollout, the first call starts the value heads at the mean return."""
     # Every pass runs in chunks of micro_batch_size prompts (the paper preset rolls out 128 prompts
     # per update, 16 at a time); chunks are padded to one (B, T) layout by rollout.concat_chunks.
     chunk = cfg.micro_batch_size
@@ -314,6 +328,11 @@ def collect_rollout(cfg, policy, reference, critic, tokenizer, scorers, raw, for
     policy.train()
     response_mask, scores = response_mask.to(device), scores.to(device)
     rewards = kl_shaped_rewards(scores, logprobs, ref_logprobs, response_mask, cfg.kl_coef, cfg.clip_score)
+    if cfg.critic_init == "first_rollout" and state is not None and not state.value_heads_started:
+        shift = distributed.all_reduce_mean(gapo.mean_returns(rewards, response_mask, cfg.gamma))  # (K,)
+        gapo.shift_value_heads(critic, shift)  # saved with the critic; the flag stops a redo on resume
+        values = values + shift  # exactly what the shifted critic would give (the head is linear)
+        state.value_heads_started = True
     advantages, returns = gae(rewards, values, response_mask, cfg.gamma, cfg.gae_lambda)
     rollout = Rollout(raw, responses, input_ids, attention_mask, response_mask, logprobs, ref_logprobs, values,
                       scores, rewards, advantages, returns)
@@ -324,17 +343,24 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
     """Step 5: PPO epochs over minibatches; returns averaged diagnostics for the log."""
     B = rollout.input_ids.shape[0]
     R = rollout.response_mask.shape[1]
-    advantages = gapo.method_advantages(cfg.method, rollout.advantages.cpu(), rollout.response_mask.cpu(), pref,
-                                        state).to(rollout.input_ids.device)  # (B, R, M)
+    device = rollout.input_ids.device
+    costs = -rollout.scores[:, 1]  # (B,) safe-rlhf: cost = -harmlessness
     # Gradient accumulation: each micro-batch gets its own method weights (its own Gram matrix), and
     # the weighted losses accumulate until the optimizer step. Decision: the paper gives no detail.
     accumulate = cfg.minibatch_size // cfg.micro_batch_size
-    logs = []
-    for _ in range(cfg.ppo_epochs):
+    logs, steps = [], []
+    for epoch in range(cfg.ppo_epochs):
         order = torch.randperm(B)
         for start in range(0, B, cfg.micro_batch_size):
             idx = order[start:start + cfg.micro_batch_size]
             ids, mask, rmask = rollout.input_ids[idx], rollout.attention_mask[idx], rollout.response_mask[idx]
+            if cfg.method == "safe-rlhf":  # lambda at every RL step, as Safe RLHF (docs/decisions.md);
+                new = distributed.all_gather_rows(costs[idx.to(costs.device)]) if epoch == 0 else costs[:0]
+                gapo.update_lagrange_multiplier(state, new.tolist(), cfg.cost_threshold, cfg.lambda_lr,
+                                                cfg.lambda_max, cfg.lambda_window)  # episodes join once
+            # Recomputed per step on the whole rollout (cheap): safe-rlhf's lambda changes every step.
+            advantages = gapo.method_advantages(cfg.method, rollout.advantages.cpu(), rollout.response_mask.cpu(),
+                                                pref, state, cfg.whiten_advantages).to(device)  # (B, R, M)
             # Actor: K losses from one forward pass, the method's weights, one weighted backward.
             logprobs = response_logprobs(policy, ids, mask, R)
             losses, info = gapo.ppo_losses(logprobs, rollout.logprobs[idx], advantages[idx], rmask, cfg.clip_eps)
@@ -344,7 +370,8 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
                                          f"the last good checkpoint is kept in {cfg.out_dir}.")
             try:
                 weights, wlog = gapo.loss_weights(cfg.method, losses, mgda_params, cfg.p, pref,
-                                                  reduce_grads=distributed.global_gradients)
+                                                  reduce_grads=distributed.global_gradients,
+                                                  weight_scale=cfg.weight_scale)
             except FloatingPointError as err:
                 raise FloatingPointError(f"iteration {iteration}: {err}; the last good checkpoint is kept.") from None
             info.update(wlog)
@@ -359,15 +386,25 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
             info["value_loss"] = vloss.item()
             logs.append(info)
             if (start // cfg.micro_batch_size + 1) % accumulate == 0:
+                norms = []
                 for optimizer, scheduler in zip(optimizers, schedulers):
                     params = [p for group in optimizer.param_groups for p in group["params"]]
                     distributed.all_reduce_grads(params)  # FSDP reduced the sharded gradients; these are the rest
-                    if cfg.max_grad_norm > 0:
-                        distributed.clip_grad_norm_(params, cfg.max_grad_norm)
+                    # The norm BEFORE clipping (max_norm inf only measures: the gradients are scaled by 1).
+                    limit = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+                    norms.append(float(distributed.clip_grad_norm_(params, limit)))
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-    return average_logs(logs)
+                steps.append({"actor_grad_norm": norms[0], "critic_grad_norm": norms[1],
+                              "actor_clipped": float(cfg.max_grad_norm > 0 and norms[0] > cfg.max_grad_norm)})
+    update = average_logs(logs)
+    update.update(average_logs(steps) if steps else {})  # actor_clipped: the share of clipped steps
+    # How far the critic was from the Monte Carlo return (gamma, lambda = 1) at rollout time, (K,).
+    mc_returns, _ = gae(rollout.rewards, torch.zeros_like(rollout.values), rollout.response_mask, cfg.gamma, 1.0)
+    update["value_error"] = gapo.masked_sequence_mean((rollout.values - mc_returns).abs(),
+                                                      rollout.response_mask).tolist()
+    return update
 
 
 def average_logs(logs):
@@ -435,7 +472,8 @@ def main(argv=None):
 
     iterations = cfg.iterations or max(1, int(cfg.epochs * len(raw) / (cfg.batch_size * world)))
     steps = iterations * cfg.ppo_epochs * (cfg.batch_size // cfg.minibatch_size)
-    optimizers = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr, weight_decay=cfg.weight_decay)
+    optimizers = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr, weight_decay=cfg.weight_decay,
+                                    betas=(cfg.adam_beta1, cfg.adam_beta2))
                   for m, lr in [(policy, cfg.actor_lr), (critic, cfg.critic_lr)]]
     schedulers = [cosine_schedule(o, steps, cfg.warmup_ratio) for o in optimizers]
     state = gapo.MethodState(log_lambda=math.log(cfg.lambda_init))
@@ -473,11 +511,8 @@ def main(argv=None):
         index = batch_indices(iteration * world + rank)  # rank r takes the r-th of `world` consecutive batches
         with distributed.unsharded(policy):  # FSDP: gather the policy once per rollout, not once per token
             rollout, timings = collect_rollout(cfg, policy, reference, critic, tokenizer, scorers,
-                                               [raw[i] for i in index], [formatted[i] for i in index])
+                                               [raw[i] for i in index], [formatted[i] for i in index], state)
         scores = distributed.all_gather_rows(rollout.scores).cpu()  # (world * B, K): global lambda, fast-rl, log
-        if cfg.method == "safe-rlhf":  # the multiplier is updated after each rollout, from the costs
-            gapo.update_lagrange_multiplier(state, (-scores[:, 1]).tolist(), cfg.cost_threshold, cfg.lambda_lr,
-                                            cfg.lambda_max, cfg.lambda_window)
         if cfg.method == "fast-rl":
             gapo.update_fastrl_weights(state, scores, cfg.fastrl_eta)
         t0 = time.perf_counter()
