@@ -31,8 +31,9 @@ import sys
 from dataclasses import dataclass
 
 SAFE_RLHF_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
-SAFE_RLHF_BEGIN, SAFE_RLHF_USER, SAFE_RLHF_ASSISTANT = "BEGINNING OF CONVERSATION: ", "USER: {} ", "ASSISTANT:"
-TURN_MARKER = re.compile(r"(?:^|\n\n)(Human|Assistant):")  # an HH-RLHF turn, at the start or after a blank line
+SAFE_RLHF_BEGIN = "BEGINNING OF CONVERSATION: "  # Safe RLHF's dialogue pieces (format_prompt)
+SAFE_RLHF_USER, SAFE_RLHF_ASSISTANT = "USER: {} ", "ASSISTANT:"
+TURN_MARKER = re.compile(r"(?:^|\n\n)(Human|Assistant):")  # HH-RLHF turn: at start or after \n\n
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"  # HH-RLHF turn markers
 FILE_SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".json.gz")
 
@@ -258,7 +259,7 @@ def load_preference_pairs(source: str, split: str = "train", kind: str = "helpfu
 
 
 def dialogue_turns(prompt: str) -> list[str]:
-    """The turns of a prompt, user first and alternating: [q1, a1, q2, ...], ending with a user turn.
+    """A prompt's turns, user first, alternating: [q1, a1, q2, ...], ending with a user turn.
 
     An HH-RLHF dialogue ("\n\nHuman: q1\n\nAssistant: a1\n\nHuman: q2\n\nAssistant:") is split
     at its markers, each turn stripped, the empty final assistant slot dropped and consecutive turns
@@ -284,13 +285,15 @@ def dialogue_turns(prompt: str) -> list[str]:
 
 
 def format_safe_rlhf_dialogue(turns: list[str], eos_token: str) -> str:
-    """Safe RLHF's prompt format for a dialogue: BEGINNING OF CONVERSATION: USER: q1 ASSISTANT:a1</s>
-    USER: q2 ASSISTANT: (each earlier reply follows "ASSISTANT:" directly and ends with eos, as
+    """Safe RLHF's prompt format for a dialogue:
+    BEGINNING OF CONVERSATION: USER: q1 ASSISTANT:a1</s>USER: q2 ASSISTANT:
+    (each earlier reply follows "ASSISTANT:" directly and ends with eos, as
     Safe RLHF's format_prompt joins them)."""
     assert len(turns) % 2 == 1, f"a dialogue prompt ends with a user turn, got {len(turns)} turns"
     parts = [SAFE_RLHF_BEGIN]
     for i, turn in enumerate(turns):
-        parts += [SAFE_RLHF_USER.format(turn), SAFE_RLHF_ASSISTANT] if i % 2 == 0 else [turn, eos_token]
+        user = i % 2 == 0
+        parts += [SAFE_RLHF_USER.format(turn), SAFE_RLHF_ASSISTANT] if user else [turn, eos_token]
     return "".join(parts)
 
 
@@ -299,7 +302,8 @@ def format_policy_prompt(tokenizer, prompt: str) -> str:
     alternating user / assistant messages), else the Safe RLHF template."""
     turns = dialogue_turns(prompt)
     if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+        messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": t}
+                    for i, t in enumerate(turns)]
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         assert isinstance(text, str), type(text)
         return text

@@ -129,7 +129,7 @@ def mgda_parameters(policy, which):
     if which == "all":
         chosen = trainable
         if not chosen:
-            raise ValueError("mgda_params='all' selects no parameter: the policy has none trainable")
+            raise ValueError("mgda_params='all' selects no parameter: none is trainable")
     elif which == "last_block":
         text_blocks = [(n, int(m.group(1))) for n, _ in named
                        if (m := BLOCK_NAME.search(n)) and not any(v in n for v in VISION_PARTS)]
@@ -139,8 +139,8 @@ def mgda_parameters(policy, which):
         chosen = [(n, p) for n, p in trainable if n in in_last]
         if not chosen:
             what = "has no trainable parameter" if in_last else "was not found among the parameters"
-            raise ValueError(f"mgda_params='last_block': decoder block {last} {what} (looked for names "
-                             f"like model.layers.{last}. or transformer.h.{last}.); "
+            raise ValueError(f"mgda_params='last_block': decoder block {last} {what} (looked for "
+                             f"names like model.layers.{last}. or transformer.h.{last}.); "
                              f"use --mgda_params all")
     elif which == "lm_head":
         head = policy.get_output_embeddings()
@@ -202,7 +202,8 @@ def loss_weights(method, losses, params, p, preference, reduce_grads=None, weigh
         pref = torch.tensor(preference, dtype=torch.float64)
         weights = torch.where(active, pref / norms.clamp(min=1e-20), 0.0)  # (K,) float64
     else:
-        solved = gapo_weights(gram, p=0.0 if method == "mgda" else p, literal_eq17=method == "gapo-eq17")
+        solved = gapo_weights(gram, p=0.0 if method == "mgda" else p,
+                              literal_eq17=method == "gapo-eq17")
         info["alpha"] = solved.alpha.tolist()
         info["skipped"] = not bool(solved.active.any())
         weights = solved.weights.to(torch.float64)  # (K,)

@@ -12,8 +12,8 @@ What it does (SPEC.md §1, §2, §7):
 
 Run: nothing to run; `python -m pytest -q tests/test_rewards.py` checks it.
 Left out on purpose: Safe RLHF's optional score regulariser (default 0 there), learning-rate schedules,
-multi-GPU training, and clever truncation (over-long texts lose their START, so the response end and eos
-that the score is read at survive; they are counted).
+multi-GPU training, and clever truncation (over-long texts lose their START, so the response end
+and eos that the score is read at survive; they are counted).
 """
 import logging
 import random

@@ -84,7 +84,7 @@ class Config:
     adam_beta1: float = 0.9  # AdamW betas of actor and critic; the paper preset uses (0.9, 0.95)
     adam_beta2: float = 0.999
     whiten_advantages: bool = False  # ablation: whiten each objective's advantages (default raw)
-    critic_init: str = "first_rollout"  # value-head bias from the first rollout's mean return | zero
+    critic_init: str = "first_rollout"  # head bias from the first rollout's mean return | zero
     weight_scale: str = "sum_one"  # gradient methods' loss weights: sum_one (w / sum w) | raw
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03  # cosine schedule with linear warm-up
@@ -329,8 +329,9 @@ def collect_rollout(cfg, policy, reference, critic, tokenizer, scorers, raw, for
     response_mask, scores = response_mask.to(device), scores.to(device)
     rewards = kl_shaped_rewards(scores, logprobs, ref_logprobs, response_mask, cfg.kl_coef, cfg.clip_score)
     if cfg.critic_init == "first_rollout" and state is not None and not state.value_heads_started:
-        shift = distributed.all_reduce_mean(gapo.mean_returns(rewards, response_mask, cfg.gamma))  # (K,)
-        gapo.shift_value_heads(critic, shift)  # saved with the critic; the flag stops a redo on resume
+        shift = gapo.mean_returns(rewards, response_mask, cfg.gamma)  # (K,)
+        shift = distributed.all_reduce_mean(shift)  # every rank's critic moves the same
+        gapo.shift_value_heads(critic, shift)  # saved with the critic; the flag stops a redo
         values = values + shift  # exactly what the shifted critic would give (the head is linear)
         state.value_heads_started = True
     advantages, returns = gae(rewards, values, response_mask, cfg.gamma, cfg.gae_lambda)
@@ -354,13 +355,16 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
         for start in range(0, B, cfg.micro_batch_size):
             idx = order[start:start + cfg.micro_batch_size]
             ids, mask, rmask = rollout.input_ids[idx], rollout.attention_mask[idx], rollout.response_mask[idx]
-            if cfg.method == "safe-rlhf":  # lambda at every RL step, as Safe RLHF (docs/decisions.md);
-                new = distributed.all_gather_rows(costs[idx.to(costs.device)]) if epoch == 0 else costs[:0]
-                gapo.update_lagrange_multiplier(state, new.tolist(), cfg.cost_threshold, cfg.lambda_lr,
-                                                cfg.lambda_max, cfg.lambda_window)  # episodes join once
-            # Recomputed per step on the whole rollout (cheap): safe-rlhf's lambda changes every step.
-            advantages = gapo.method_advantages(cfg.method, rollout.advantages.cpu(), rollout.response_mask.cpu(),
-                                                pref, state, cfg.whiten_advantages).to(device)  # (B, R, M)
+            if cfg.method == "safe-rlhf":  # lambda every RL step, as Safe RLHF (docs/decisions.md)
+                # the step's episodes join the cost window once (first PPO epoch)
+                new = costs[idx.to(costs.device)] if epoch == 0 else costs[:0]
+                gapo.update_lagrange_multiplier(state, distributed.all_gather_rows(new).tolist(),
+                                                cfg.cost_threshold, cfg.lambda_lr, cfg.lambda_max,
+                                                cfg.lambda_window)
+            # Recomputed per step on the whole rollout (cheap): safe-rlhf's lambda moves every step.
+            advantages = gapo.method_advantages(
+                cfg.method, rollout.advantages.cpu(), rollout.response_mask.cpu(), pref, state,
+                cfg.whiten_advantages).to(device)  # (B, R, M)
             # Actor: K losses from one forward pass, the method's weights, one weighted backward.
             logprobs = response_logprobs(policy, ids, mask, R)
             losses, info = gapo.ppo_losses(logprobs, rollout.logprobs[idx], advantages[idx], rmask, cfg.clip_eps)
@@ -390,18 +394,20 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
                 for optimizer, scheduler in zip(optimizers, schedulers):
                     params = [p for group in optimizer.param_groups for p in group["params"]]
                     distributed.all_reduce_grads(params)  # FSDP reduced the sharded gradients; these are the rest
-                    # The norm BEFORE clipping (max_norm inf only measures: the gradients are scaled by 1).
+                    # The norm BEFORE clipping (max_norm inf only measures: gradients scaled by 1).
                     limit = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
                     norms.append(float(distributed.clip_grad_norm_(params, limit)))
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
+                clipped = cfg.max_grad_norm > 0 and norms[0] > cfg.max_grad_norm
                 steps.append({"actor_grad_norm": norms[0], "critic_grad_norm": norms[1],
-                              "actor_clipped": float(cfg.max_grad_norm > 0 and norms[0] > cfg.max_grad_norm)})
+                              "actor_clipped": float(clipped)})
     update = average_logs(logs)
     update.update(average_logs(steps) if steps else {})  # actor_clipped: the share of clipped steps
     # How far the critic was from the Monte Carlo return (gamma, lambda = 1) at rollout time, (K,).
-    mc_returns, _ = gae(rollout.rewards, torch.zeros_like(rollout.values), rollout.response_mask, cfg.gamma, 1.0)
+    mc_returns, _ = gae(rollout.rewards, torch.zeros_like(rollout.values), rollout.response_mask,
+                        cfg.gamma, 1.0)  # (B, R, K)
     update["value_error"] = gapo.masked_sequence_mean((rollout.values - mc_returns).abs(),
                                                       rollout.response_mask).tolist()
     return update
@@ -472,7 +478,8 @@ def main(argv=None):
 
     iterations = cfg.iterations or max(1, int(cfg.epochs * len(raw) / (cfg.batch_size * world)))
     steps = iterations * cfg.ppo_epochs * (cfg.batch_size // cfg.minibatch_size)
-    optimizers = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr, weight_decay=cfg.weight_decay,
+    optimizers = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr,
+                                    weight_decay=cfg.weight_decay,
                                     betas=(cfg.adam_beta1, cfg.adam_beta2))
                   for m, lr in [(policy, cfg.actor_lr), (critic, cfg.critic_lr)]]
     schedulers = [cosine_schedule(o, steps, cfg.warmup_ratio) for o in optimizers]
@@ -511,7 +518,8 @@ def main(argv=None):
         index = batch_indices(iteration * world + rank)  # rank r takes the r-th of `world` consecutive batches
         with distributed.unsharded(policy):  # FSDP: gather the policy once per rollout, not once per token
             rollout, timings = collect_rollout(cfg, policy, reference, critic, tokenizer, scorers,
-                                               [raw[i] for i in index], [formatted[i] for i in index], state)
+                                               [raw[i] for i in index],
+                                               [formatted[i] for i in index], state)
         scores = distributed.all_gather_rows(rollout.scores).cpu()  # (world * B, K): global lambda, fast-rl, log
         if cfg.method == "fast-rl":
             gapo.update_fastrl_weights(state, scores, cfg.fastrl_eta)
@@ -572,6 +580,8 @@ def format_log_line(r):
         extra += " alpha=" + ",".join(f"{a:.2f}" for a in r["alpha"])
     if r.get("grad_cosine"):
         extra += f" cos={r['grad_cosine'][0][1]:+.2f}"
+    if r.get("actor_grad_norm") is not None:
+        extra += f" gnorm={r['actor_grad_norm']:.3g}"
     if r.get("lambda") is not None:
         extra += f" lambda={r['lambda']:.3f}"
     return (f"iter {r['iteration']:4d} helpful {r['score_helpful']:+.3f} harmless {r['score_harmless']:+.3f} "
