@@ -8,7 +8,9 @@ What it does
   by helpfulness, kind="safety" by harmlessness and carries the safe/unsafe labels that the cost
   model's sign term needs (SPEC §1: cost > 0 means unsafe).
 - format_policy_prompt / format_scorer_text: the policy's own chat template, and the Safe RLHF
-  template the beaver reward and cost models were trained on (SPEC §7).
+  template the beaver reward and cost models were trained on (SPEC §7). A multi-turn HH-RLHF
+  prompt ("\n\nHuman: q1\n\nAssistant: a1\n\nHuman: q2\n\nAssistant:") reaches both as
+  alternating turns (dialogue_turns), never as one user message with the markers inside.
 
 Sources: a Hugging Face Hub id ("PKU-Alignment/PKU-SafeRLHF", "Anthropic/hh-rlhf", or
 "Anthropic/hh-rlhf:harmless-base" to pick a data dir), a local folder that load_dataset can read,
@@ -24,10 +26,14 @@ huge data sets, and the split argument is ignored for single local files (a file
 import gzip
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 
 SAFE_RLHF_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
+SAFE_RLHF_BEGIN = "BEGINNING OF CONVERSATION: "  # Safe RLHF's dialogue pieces (format_prompt)
+SAFE_RLHF_USER, SAFE_RLHF_ASSISTANT = "USER: {} ", "ASSISTANT:"
+TURN_MARKER = re.compile(r"(?:^|\n\n)(Human|Assistant):")  # HH-RLHF turn: at start or after \n\n
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"  # HH-RLHF turn markers
 FILE_SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".json.gz")
 
@@ -252,20 +258,62 @@ def load_preference_pairs(source: str, split: str = "train", kind: str = "helpfu
     return pairs
 
 
+def dialogue_turns(prompt: str) -> list[str]:
+    """A prompt's turns, user first, alternating: [q1, a1, q2, ...], ending with a user turn.
+
+    An HH-RLHF dialogue ("\n\nHuman: q1\n\nAssistant: a1\n\nHuman: q2\n\nAssistant:") is split
+    at its markers, each turn stripped, the empty final assistant slot dropped and consecutive turns
+    of one speaker joined. Any other prompt (PKU-SafeRLHF, plain text) is one user turn.
+    """
+    if not TURN_MARKER.match(prompt.lstrip()):
+        return [prompt]
+    pieces = TURN_MARKER.split(prompt.lstrip())  # ["", "Human", " q1", "Assistant", " a1", ...]
+    turns, roles = [], []
+    for role, text in zip(pieces[1::2], pieces[2::2]):
+        text = text.strip()
+        if roles and roles[-1] == role:
+            turns[-1] = f"{turns[-1]}\n\n{text}".strip()
+        else:
+            roles.append(role)
+            turns.append(text)
+    if roles[-1] == "Assistant" and not turns[-1]:  # the slot the response fills
+        roles.pop()
+        turns.pop()
+    if not roles or roles[0] != "Human" or roles[-1] != "Human":
+        return [prompt]  # not a dialogue that ends with a question: keep the text as it is
+    return turns
+
+
+def format_safe_rlhf_dialogue(turns: list[str], eos_token: str) -> str:
+    """Safe RLHF's prompt format for a dialogue:
+    BEGINNING OF CONVERSATION: USER: q1 ASSISTANT:a1</s>USER: q2 ASSISTANT:
+    (each earlier reply follows "ASSISTANT:" directly and ends with eos, as
+    Safe RLHF's format_prompt joins them)."""
+    assert len(turns) % 2 == 1, f"a dialogue prompt ends with a user turn, got {len(turns)} turns"
+    parts = [SAFE_RLHF_BEGIN]
+    for i, turn in enumerate(turns):
+        user = i % 2 == 0
+        parts += [SAFE_RLHF_USER.format(turn), SAFE_RLHF_ASSISTANT] if user else [turn, eos_token]
+    return "".join(parts)
+
+
 def format_policy_prompt(tokenizer, prompt: str) -> str:
-    """The policy's input text: its own chat template when it has one, else the Safe RLHF template."""
+    """The policy's input text: its own chat template when it has one (the dialogue's turns as
+    alternating user / assistant messages), else the Safe RLHF template."""
+    turns = dialogue_turns(prompt)
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                             add_generation_prompt=True, tokenize=False)
+        messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": t}
+                    for i, t in enumerate(turns)]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         assert isinstance(text, str), type(text)
         return text
-    return SAFE_RLHF_TEMPLATE.format(prompt=prompt)
+    return format_safe_rlhf_dialogue(turns, tokenizer.eos_token or "")
 
 
 def format_scorer_text(prompt: str, response: str, eos_token: str) -> str:
-    """Text for the beaver reward/cost models. No space after "ASSISTANT:" (Safe RLHF convention;
-    sampled responses usually start with one)."""
-    return SAFE_RLHF_TEMPLATE.format(prompt=prompt) + response + eos_token
+    """Text for the beaver reward/cost models: the Safe RLHF dialogue, then the response and eos.
+    No space after "ASSISTANT:" (Safe RLHF convention; sampled responses usually start with one)."""
+    return format_safe_rlhf_dialogue(dialogue_turns(prompt), eos_token) + response + eos_token
 
 
 if __name__ == "__main__":

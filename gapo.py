@@ -2,12 +2,14 @@
 
 For one PPO minibatch (SPEC.md sections 3-5):
   1. one forward pass of the policy gives the ratio rho_t = pi_theta(y_t) / pi_old(y_t);
-  2. the method's advantages (`method_advantages`): K whitened per-objective advantages for the
-     gradient-weighted methods, or one combined advantage for the scalarising baselines;
+  2. the method's advantages (`method_advantages`): K raw per-objective GAE advantages for the
+     gradient-weighted methods, or one combined advantage of the raw ones for the scalarising
+     baselines (whitening is an ablation flag; docs/decisions.md says why);
   3. one clipped PPO loss per advantage channel (Eqs. 15-16, `ppo_losses`);
   4. the loss weights w (`loss_weights`): for MGDA / GAPO / P-GAPO the gradients g_i of each loss
      with respect to the "last layer" parameters (torch.autograd.grad, graph kept), their Gram
-     matrix, and mgda.gapo_weights (Eq. 6, Problem 7, w_i = alpha_i / n_i^p);
+     matrix, and mgda.gapo_weights (Eq. 6, Problem 7, w_i = alpha_i / n_i^p), by default scaled to
+     sum 1 so every method's loss is a convex combination of its PPO losses;
   5. ONE weighted backward of sum_i w_i L_i (w detached): no full-size gradient copies.
 The critic's clipped value loss, the Lagrange multiplier (safe-rlhf) and the fast-rl reward
 weights also live here. K is general everywhere except safe-rlhf, which is defined for a
@@ -20,12 +22,13 @@ Left out on purpose: KL control schedules, entropy bonuses, and per-token (rathe
 per-minibatch) MGDA.
 """
 import math
+import re
 from dataclasses import dataclass, field
 
 import torch
 
 from mgda import gapo_weights, gram_matrix
-from rollout import whiten
+from rollout import gae, whiten
 
 METHODS = ("ppo-h", "ppo-s", "morlhf", "safe-rlhf", "fast-rl", "mgda", "gapo", "pgapo", "gapo-eq17")
 GRADIENT_METHODS = ("mgda", "gapo", "pgapo", "gapo-eq17")  # methods that need the K gradients g_i
@@ -34,6 +37,7 @@ GRADIENT_METHODS = ("mgda", "gapo", "pgapo", "gapo-eq17")  # methods that need t
 @dataclass
 class MethodState:
     """What a method carries from one iteration to the next (saved in checkpoints)."""
+    value_heads_started: bool = False  # the critic's head biases were set from the first rollout
     log_lambda: float = 0.0  # safe-rlhf: log of the Lagrange multiplier lambda
     recent_costs: list = field(default_factory=list)  # safe-rlhf: costs of the last `window` episodes
     fastrl_weights: list = field(default_factory=list)  # fast-rl: reward weights w (K,)
@@ -41,15 +45,22 @@ class MethodState:
     fastrl_std: list = field(default_factory=list)  # fast-rl: first rollout's score std per objective
 
 
-def method_advantages(method, advantages, response_mask, preference, state):
+def method_advantages(method, advantages, response_mask, preference, state,
+                      whiten_advantages=False):
     """Advantages per loss channel: (B, R, M), M = K for per-objective methods, 1 for scalarising ones.
 
     advantages (B, R, K) are the raw GAE advantages of rollout.gae; response_mask (B, R).
+    By default every method sees RAW advantages (as Safe RLHF does): whitening each objective
+    equalises the gradient norms that GAPO's rescaling exists to balance (docs/decisions.md).
+    whiten_advantages=True is the ablation: per objective, and for morlhf the combination once.
     """
-    if method == "morlhf":  # linear scalarisation of RAW advantages, whitened once (SPEC section 4)
-        combined = (advantages * torch.tensor(preference, dtype=advantages.dtype)).sum(-1, keepdim=True)
-        return whiten(combined, response_mask)
-    per_objective = whiten(advantages, response_mask)  # SPEC section 2: whitened per objective
+    B, R, K = advantages.shape
+    assert response_mask.shape == (B, R), (response_mask.shape, advantages.shape)
+    if method == "morlhf":  # linear scalarisation of the raw advantages
+        weights = torch.tensor(preference, dtype=advantages.dtype)
+        combined = (advantages * weights).sum(-1, keepdim=True)  # (B, R, 1)
+        return whiten(combined, response_mask) if whiten_advantages else combined
+    per_objective = whiten(advantages, response_mask) if whiten_advantages else advantages
     if method == "safe-rlhf":  # PPO-Lagrangian: (A_h + lambda A_s) / (1 + lambda), A_s = -cost adv.
         lam = math.exp(state.log_lambda)
         return ((per_objective[..., 0] + lam * per_objective[..., 1]) / (1 + lam)).unsqueeze(-1)
@@ -59,8 +70,21 @@ def method_advantages(method, advantages, response_mask, preference, state):
     return per_objective  # ppo-h, ppo-s, mgda, gapo, pgapo, gapo-eq17: one loss per objective
 
 
+def masked_sequence_mean(x, response_mask):
+    """Mean over each response's tokens, then over responses (Eq. 15; Safe RLHF's masked mean).
+
+    x (B, R, M), response_mask (B, R) -> (M,). A long response counts as much as a short one
+    (a token mean over the whole batch would weight responses by their length).
+    """
+    assert x.shape[:2] == response_mask.shape, (x.shape, response_mask.shape)
+    mask = response_mask.unsqueeze(-1).to(x.dtype)  # (B, R, 1)
+    per_sequence = (x * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, M)
+    return per_sequence.mean(0)
+
+
 def ppo_losses(logprobs, old_logprobs, advantages, response_mask, clip_eps):
-    """Clipped PPO surrogate per channel (Eqs. 15-16): L_m = -mean_t min(rho A, clip(rho) A).
+    """Clipped PPO surrogate per channel (Eqs. 15-16): L_m = -mean_x mean_t min(rho A, clip(rho) A),
+    the token mean within each response first, then the mean over responses.
 
     logprobs / old_logprobs / response_mask (B, R), advantages (B, R, M) -> losses (M,), and the
     clip fraction (share of tokens whose ratio left [1 - eps, 1 + eps]) and approx KL for logging.
@@ -68,8 +92,7 @@ def ppo_losses(logprobs, old_logprobs, advantages, response_mask, clip_eps):
     assert logprobs.shape == old_logprobs.shape == response_mask.shape == advantages.shape[:2]
     ratio = torch.exp(logprobs - old_logprobs).unsqueeze(-1)  # (B, R, 1)
     surrogate = torch.min(ratio * advantages, ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
-    mask = response_mask.unsqueeze(-1)
-    losses = -(surrogate * mask).sum(dim=(0, 1)) / mask.sum()  # (M,)
+    losses = -masked_sequence_mean(surrogate, response_mask)  # (M,)
     with torch.no_grad():
         tokens = response_mask.sum()
         clip_fraction = (((ratio.squeeze(-1) - 1).abs() > clip_eps).float() * response_mask).sum() / tokens
@@ -78,29 +101,66 @@ def ppo_losses(logprobs, old_logprobs, advantages, response_mask, clip_eps):
     return losses, {"clip_fraction": clip_fraction.item(), "approx_kl": approx_kl.item()}
 
 
+def _num_layers(config):
+    """Decoder depth from a model config; multimodal configs keep it under text_config."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for cfg in (text, getattr(config, "text_config", None), config):
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            if cfg is not None and isinstance(getattr(cfg, key, None), int):
+                return getattr(cfg, key)
+    return None
+
+
+# A decoder block's parameter name: "...layers.N." (Llama, Mistral, Qwen2, also under peft's
+# "base_model.model." prefix) or "...h.N." (GPT-2 style "transformer.h.N.").
+BLOCK_NAME = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
+VISION_PARTS = ("vision", "visual", "image")  # multimodal towers have their own "layers.N."
+
+
 def mgda_parameters(policy, which):
     """The parameters the objective gradients g_i are taken with respect to (SPEC section 5, step 1).
 
     last_block: the trainable parameters of the last decoder block (the default, the paper's
-    "last layer"); lm_head: the output head; all: every trainable parameter (exact, for small models).
+    "last layer"); lm_head: the output head (the embedding matrix when the head is tied to it);
+    all: every trainable parameter (exact, for small models).
     """
-    trainable = [(n, p) for n, p in policy.named_parameters() if p.requires_grad]
+    named = list(policy.named_parameters())
+    trainable = [(n, p) for n, p in named if p.requires_grad]
     if which == "all":
         chosen = trainable
+        if not chosen:
+            raise ValueError("mgda_params='all' selects no parameter: none is trainable")
     elif which == "last_block":
-        last = policy.config.num_hidden_layers - 1
-        chosen = [(n, p) for n, p in trainable if f"layers.{last}." in n]
+        text_blocks = [(n, int(m.group(1))) for n, _ in named
+                       if (m := BLOCK_NAME.search(n)) and not any(v in n for v in VISION_PARTS)]
+        depth = _num_layers(policy.config)
+        last = depth - 1 if depth else max((i for _, i in text_blocks), default=-1)
+        in_last = {n for n, i in text_blocks if i == last}
+        chosen = [(n, p) for n, p in trainable if n in in_last]
+        if not chosen:
+            what = "has no trainable parameter" if in_last else "was not found among the parameters"
+            raise ValueError(f"mgda_params='last_block': decoder block {last} {what} (looked for "
+                             f"names like model.layers.{last}. or transformer.h.{last}.); "
+                             f"use --mgda_params all")
     elif which == "lm_head":
-        chosen = [(n, p) for n, p in trainable if "lm_head" in n]
+        head = policy.get_output_embeddings()
+        head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+        chosen = [(n, p) for n, p in trainable if id(p) in head_ids or "lm_head" in n]
+        if not chosen:
+            if head is None:
+                why = "the model has no output head"
+            elif hasattr(policy, "peft_config"):
+                why = "with LoRA the output head is frozen"
+            else:
+                why = "the output head is frozen"
+            raise ValueError(f"mgda_params='lm_head' selects no trainable parameter ({why}); "
+                             f"use --mgda_params last_block or all")
     else:
         raise ValueError(f"unknown mgda_params {which!r}; choose last_block, lm_head or all")
-    if not chosen:
-        raise ValueError(f"mgda_params={which!r} selects no trainable parameter (with LoRA the output "
-                         f"head is frozen); use --mgda_params last_block or all")
     return [p for _, p in chosen]
 
 
-def loss_weights(method, losses, params, p, preference, reduce_grads=None):
+def loss_weights(method, losses, params, p, preference, reduce_grads=None, weight_scale="sum_one"):
     """The weights w (M,) of the single weighted backward, plus diagnostics for the log.
 
     For the gradient methods: g_i = dL_i / d(params) with the graph kept for the backward that
@@ -111,7 +171,13 @@ def loss_weights(method, losses, params, p, preference, reduce_grads=None):
       pgapo:     w_i = lambda_i / n_i                              (Eq. 8, no MGDA)
     reduce_grads: under data parallelism, distributed.global_gradients (the mean of each g_i over ranks),
     so every rank builds the same Gram matrix and solves Problem 7 to the same alpha.
+    weight_scale: "sum_one" (default) divides w by sum(w), which keeps the direction and makes
+    the actor loss a convex combination of the K PPO losses, like every baseline's, so one learning
+    rate and one gradient clip serve all methods (raw GAPO p = 2 weights alpha_i / n_i^2 reach 1e5
+    and every step would be clipped; docs/decisions.md). "raw" keeps w as the formulas give it.
     """
+    if weight_scale not in ("sum_one", "raw"):
+        raise ValueError(f"unknown weight_scale {weight_scale!r}; choose sum_one or raw")
     M = losses.shape[0]
     info = {}
     if method == "ppo-h":
@@ -133,28 +199,67 @@ def loss_weights(method, losses, params, p, preference, reduce_grads=None):
     info["grad_cosine"] = (gram / (norms[:, None] * norms[None, :]).clamp(min=1e-30)).tolist()
     if method == "pgapo":
         active = norms > 1e-20
-        weights = torch.where(active, torch.tensor(preference, dtype=torch.float64) / norms.clamp(min=1e-20), 0.0)
-        return weights.float(), info
-    solved = gapo_weights(gram, p=0.0 if method == "mgda" else p, literal_eq17=method == "gapo-eq17")
-    info["alpha"] = solved.alpha.tolist()
-    info["skipped"] = not bool(solved.active.any())
-    return solved.weights.float(), info
+        pref = torch.tensor(preference, dtype=torch.float64)
+        weights = torch.where(active, pref / norms.clamp(min=1e-20), 0.0)  # (K,) float64
+    else:
+        solved = gapo_weights(gram, p=0.0 if method == "mgda" else p,
+                              literal_eq17=method == "gapo-eq17")
+        info["alpha"] = solved.alpha.tolist()
+        info["skipped"] = not bool(solved.active.any())
+        weights = solved.weights.to(torch.float64)  # (K,)
+    info["raw_weight_sum"] = float(weights.sum())
+    if weight_scale == "sum_one" and weights.sum() > 0:
+        weights = weights / weights.sum()  # same direction; mgda and gapo-eq17 already sum to 1
+    return weights.float(), info
 
 
 def value_loss(values, old_values, returns, response_mask, clip_value):
-    """Clipped value loss per head, summed over the K heads (SPEC section 3).
+    """Clipped value loss per head, averaged like the actor loss (token mean within a response,
+    then over responses), summed over the K heads (SPEC section 3).
     values / old_values / returns (B, R, K), response_mask (B, R) -> scalar."""
     assert values.shape == old_values.shape == returns.shape
+    assert values.shape[:2] == response_mask.shape, (values.shape, response_mask.shape)
     clipped = old_values + (values - old_values).clamp(-clip_value, clip_value)
     per_token = 0.5 * torch.max((values - returns) ** 2, (clipped - returns) ** 2)  # (B, R, K)
-    mask = response_mask.unsqueeze(-1)
-    return ((per_token * mask).sum(dim=(0, 1)) / mask.sum()).sum()
+    return masked_sequence_mean(per_token, response_mask).sum()
+
+
+def mean_returns(rewards, response_mask, gamma):
+    """Mean Monte Carlo return per objective: (B, R, K) rewards, (B, R) mask -> (K,).
+
+    The discounted reward-to-go of every response token (GAE with lambda = 1 and V = 0), averaged
+    per response then over responses: the constant that best predicts the return from any state.
+    """
+    assert rewards.shape[:2] == response_mask.shape, (rewards.shape, response_mask.shape)
+    returns, _ = gae(rewards, torch.zeros_like(rewards), response_mask, gamma, 1.0)  # (B, R, K)
+    return masked_sequence_mean(returns, response_mask)
+
+
+@torch.no_grad()
+def shift_value_heads(critic, shift):
+    """Add shift (K,) to the bias of the critic's value heads (every value moves by shift).
+
+    Why: a zero-initialised head at the paper's critic learning rate (5e-7) stays near 0 for
+    hundreds of steps, so with gamma = 1, lambda_GAE = 0.95 the final score reaches early tokens
+    only as 0.95^k; starting the bias at the first rollout's mean return puts the values on the
+    score scale at once (docs/decisions.md). Done once; the checkpoint keeps the weights.
+    """
+    bias = critic.value_head.bias
+    assert shift.shape == bias.shape, (shift.shape, bias.shape)
+    shift = shift.to(device=bias.device, dtype=bias.dtype)
+    if type(bias).__name__ == "DTensor" or type(bias.data).__name__ == "DTensor":  # FSDP2
+        from torch.distributed.tensor import distribute_tensor
+        shift = distribute_tensor(shift, bias.device_mesh, bias.placements)
+    bias.add_(shift)
 
 
 def update_lagrange_multiplier(state, costs, threshold, lr, lambda_max, window):
-    """Safe RLHF's PPO-Lagrangian multiplier, after each rollout (SPEC section 4):
+    """Safe RLHF's PPO-Lagrangian multiplier, at every RL (micro-batch) step as Safe RLHF does:
+    costs (the step's new episodes, possibly none) join the window, then
     log_lambda += lr * lambda * (mean cost over the last `window` episodes - threshold),
     then log_lambda <= log(lambda_max). lambda rises while the policy is unsafe on average."""
+    if not state.recent_costs and not costs:
+        raise ValueError("the Lagrange multiplier needs at least one episode's cost")
     state.recent_costs = (state.recent_costs + [float(c) for c in costs])[-window:]
     mean_cost = sum(state.recent_costs) / len(state.recent_costs)
     state.log_lambda += lr * math.exp(state.log_lambda) * (mean_cost - threshold)

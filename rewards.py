@@ -12,7 +12,8 @@ What it does (SPEC.md §1, §2, §7):
 
 Run: nothing to run; `python -m pytest -q tests/test_rewards.py` checks it.
 Left out on purpose: Safe RLHF's optional score regulariser (default 0 there), learning-rate schedules,
-multi-GPU training, and clever truncation (over-long texts are cut at the end by the tokenizer, and counted).
+multi-GPU training, and clever truncation (over-long texts lose their START, so the response end
+and eos that the score is read at survive; they are counted).
 """
 import logging
 import random
@@ -49,15 +50,19 @@ def _device(model) -> torch.device:
 
 
 def _encode(tokenizer, texts, max_length, device):
-    """texts -> right-padded (N, T) ids and mask on device; warns with a count when texts get cut."""
+    """texts -> right-padded (N, T) ids and mask on device; warns with a count when texts get cut.
+    Over-long texts are cut from the LEFT: the score is read at the last token (the response's eos),
+    so cutting the end would score a response without its ending (a multi-turn prompt is long)."""
     tokenizer.padding_side = "right"  # beaver's convention (our LlamaModelForScore handles either side)
+    tokenizer.truncation_side = "left"
     batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     # Only rows that fill max_length can have been cut: re-tokenise just those to count (this is the hot
     # path of every rollout, so the whole batch is not tokenised twice).
     full = [t for t, n in zip(texts, batch["attention_mask"].sum(1).tolist()) if n >= max_length]
     too_long = sum(len(ids) > max_length for ids in tokenizer(full)["input_ids"]) if full else 0
     if too_long:
-        log.warning("%d of %d scorer texts are longer than %d tokens and were cut at the end; raise max_length",
+        log.warning("%d of %d scorer texts are longer than %d tokens and were cut at the start "
+                    "(the response end and eos are kept); raise max_length",
                     too_long, len(texts), max_length)
     return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 

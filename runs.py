@@ -106,6 +106,13 @@ def check_config(cfg, K):
         raise ValueError(f"unknown mgda_params {cfg.mgda_params!r}; choose last_block, lm_head or all.")
     if cfg.toy_size not in ("default", "tiny"):
         raise ValueError(f"unknown toy_size {cfg.toy_size!r}; choose default or tiny.")
+    if cfg.critic_init not in ("first_rollout", "zero"):
+        raise ValueError(f"unknown critic_init {cfg.critic_init!r}; choose first_rollout or zero.")
+    if cfg.weight_scale not in ("sum_one", "raw"):
+        raise ValueError(f"unknown weight_scale {cfg.weight_scale!r}; choose sum_one or raw.")
+    if not (0 <= cfg.adam_beta1 < 1 and 0 <= cfg.adam_beta2 < 1):
+        raise ValueError(f"--adam_beta1 and --adam_beta2 must lie in [0, 1) "
+                         f"(got {cfg.adam_beta1}, {cfg.adam_beta2}).")
     return pref
 
 
@@ -317,6 +324,8 @@ def format_log_line(r):
         extra += f" cos={r['grad_cosine'][0][1]:+.2f}"
     if r.get("lambda") is not None:
         extra += f" lambda={r['lambda']:.3f}"
+    if r.get("actor_grad_norm") is not None:
+        extra += f" gnorm={r['actor_grad_norm']:.3g}"
     return (f"iter {r['iteration']:4d} helpful {r['score_helpful']:+.3f} "
             f"harmless {r['score_harmless']:+.3f} kl {r['kl']:.3f} len {r['response_length']:.1f} "
             f"clip {r['clip_fraction']:.2f}{extra} | gen {r['time_generate']:.2f}s "

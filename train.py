@@ -79,6 +79,11 @@ class Config:
     micro_batch_size: int = 16  # samples per forward (gradient accumulation below minibatch_size)
     actor_lr: float = 3e-4  # toy value; the paper preset uses 1e-6
     critic_lr: float = 1e-3  # toy value; the paper preset uses 5e-7
+    adam_beta1: float = 0.9  # AdamW betas of actor and critic; the paper preset uses (0.9, 0.95)
+    adam_beta2: float = 0.999
+    whiten_advantages: bool = False  # ablation: whiten each objective's advantages (default raw)
+    critic_init: str = "first_rollout"  # head bias from the first rollout's mean return | zero
+    weight_scale: str = "sum_one"  # gradient methods' loss weights: sum_one (w / sum w) | raw
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03  # cosine schedule with linear warm-up
     max_grad_norm: float = 1.0  # 0 = no clipping
@@ -110,6 +115,7 @@ PRESETS = {
                   iterations=0, epochs=2.0, batch_size=128, max_prompt_length=256, max_new_tokens=256,
                   temperature=0.7, top_p=1.0, repetition_penalty=1.05, ppo_epochs=1, minibatch_size=128,
                   micro_batch_size=16, actor_lr=1e-6, critic_lr=5e-7, weight_decay=0.0, warmup_ratio=0.03,
+                  adam_beta1=0.9, adam_beta2=0.95,  # Safe RLHF's AdamW betas
                   kl_coef=0.05, clip_eps=0.1, gradient_checkpointing=True, save_every=50, num_threads=0),
 }
 
@@ -117,8 +123,9 @@ PRESETS = {
 # ------------------------------------------------------------------------------------ one iteration
 
 @torch.no_grad()
-def collect_rollout(cfg, policy, reference, critic, tokenizer, scorers, raw, formatted):
-    """Steps 1-4 of the recipe. Returns the Rollout and the phase timings."""
+def collect_rollout(cfg, policy, reference, critic, tokenizer, scorers, raw, formatted, state=None):
+    """Steps 1-4 of the recipe. Returns the Rollout and the phase timings. With state (MethodState)
+    and critic_init first_rollout, the first call starts the value heads at the mean return."""
     # Every pass runs in chunks of micro_batch_size prompts (the paper preset rolls out 128 prompts
     # per update, 16 at a time); chunks are padded to one (B, T) layout by rollout.concat_chunks.
     chunk = cfg.micro_batch_size
@@ -141,6 +148,12 @@ def collect_rollout(cfg, policy, reference, critic, tokenizer, scorers, raw, for
     policy.train()
     response_mask, scores = response_mask.to(device), scores.to(device)
     rewards = kl_shaped_rewards(scores, logprobs, ref_logprobs, response_mask, cfg.kl_coef, cfg.clip_score)
+    if cfg.critic_init == "first_rollout" and state is not None and not state.value_heads_started:
+        shift = gapo.mean_returns(rewards, response_mask, cfg.gamma)  # (K,)
+        shift = distributed.all_reduce_mean(shift)  # every rank's critic moves the same
+        gapo.shift_value_heads(critic, shift)  # saved with the critic; the flag stops a redo
+        values = values + shift  # exactly what the shifted critic would give (the head is linear)
+        state.value_heads_started = True
     advantages, returns = gae(rewards, values, response_mask, cfg.gamma, cfg.gae_lambda)
     rollout = Rollout(raw, responses, input_ids, attention_mask, response_mask, logprobs, ref_logprobs, values,
                       scores, rewards, advantages, returns)
@@ -154,17 +167,27 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
     wrapper with the same signature to time or record it (benchmarks/bench.py, experiments/study.py)."""
     B = rollout.input_ids.shape[0]
     R = rollout.response_mask.shape[1]
-    advantages = gapo.method_advantages(cfg.method, rollout.advantages.cpu(), rollout.response_mask.cpu(), pref,
-                                        state).to(rollout.input_ids.device)  # (B, R, M)
+    device = rollout.input_ids.device
+    costs = -rollout.scores[:, 1]  # (B,) safe-rlhf: cost = -harmlessness
     # Gradient accumulation: each micro-batch gets its own method weights (its own Gram matrix), and
     # the weighted losses accumulate until the optimizer step. Decision: the paper gives no detail.
     accumulate = cfg.minibatch_size // cfg.micro_batch_size
-    logs = []
-    for _ in range(cfg.ppo_epochs):
+    logs, steps = [], []
+    for epoch in range(cfg.ppo_epochs):
         order = torch.randperm(B)
         for start in range(0, B, cfg.micro_batch_size):
             idx = order[start:start + cfg.micro_batch_size]
             ids, mask, rmask = rollout.input_ids[idx], rollout.attention_mask[idx], rollout.response_mask[idx]
+            if cfg.method == "safe-rlhf":  # lambda every RL step, as Safe RLHF (docs/decisions.md)
+                # the step's episodes join the cost window once (first PPO epoch)
+                new = costs[idx.to(costs.device)] if epoch == 0 else costs[:0]
+                gapo.update_lagrange_multiplier(state, distributed.all_gather_rows(new).tolist(),
+                                                cfg.cost_threshold, cfg.lambda_lr, cfg.lambda_max,
+                                                cfg.lambda_window)
+            # Recomputed per step on the whole rollout (cheap): safe-rlhf's lambda moves every step.
+            advantages = gapo.method_advantages(
+                cfg.method, rollout.advantages.cpu(), rollout.response_mask.cpu(), pref, state,
+                cfg.whiten_advantages).to(device)  # (B, R, M)
             # Actor: K losses from one forward pass, the method's weights, one weighted backward.
             logprobs = response_logprobs(policy, ids, mask, R)
             losses, info = gapo.ppo_losses(logprobs, rollout.logprobs[idx], advantages[idx], rmask, cfg.clip_eps)
@@ -174,7 +197,8 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
                                          f"the last good checkpoint is kept in {cfg.out_dir}.")
             try:
                 weights, wlog = weigh(cfg.method, losses, mgda_params, cfg.p, pref,
-                                                  reduce_grads=distributed.global_gradients)
+                                                  reduce_grads=distributed.global_gradients,
+                                                  weight_scale=cfg.weight_scale)
             except FloatingPointError as err:
                 raise FloatingPointError(f"iteration {iteration}: {err}; the last good checkpoint is kept.") from None
             info.update(wlog)
@@ -189,15 +213,27 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
             info["value_loss"] = vloss.item()
             logs.append(info)
             if (start // cfg.micro_batch_size + 1) % accumulate == 0:
+                norms = []
                 for optimizer, scheduler in zip(optimizers, schedulers):
                     params = [p for group in optimizer.param_groups for p in group["params"]]
                     distributed.all_reduce_grads(params)  # FSDP reduced the sharded gradients; these are the rest
-                    if cfg.max_grad_norm > 0:
-                        distributed.clip_grad_norm_(params, cfg.max_grad_norm)
+                    # The norm BEFORE clipping (max_norm inf only measures: gradients scaled by 1).
+                    limit = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+                    norms.append(float(distributed.clip_grad_norm_(params, limit)))
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-    return runs.average_logs(logs)
+                clipped = cfg.max_grad_norm > 0 and norms[0] > cfg.max_grad_norm
+                steps.append({"actor_grad_norm": norms[0], "critic_grad_norm": norms[1],
+                              "actor_clipped": float(clipped)})
+    update = runs.average_logs(logs)
+    update.update(runs.average_logs(steps) if steps else {})  # actor_clipped: the share of clipped steps
+    # How far the critic was from the Monte Carlo return (gamma, lambda = 1) at rollout time, (K,).
+    mc_returns, _ = gae(rollout.rewards, torch.zeros_like(rollout.values), rollout.response_mask,
+                        cfg.gamma, 1.0)  # (B, R, K)
+    update["value_error"] = gapo.masked_sequence_mean((rollout.values - mc_returns).abs(),
+                                                      rollout.response_mask).tolist()
+    return update
 
 
 def cosine_schedule(optimizer, total_steps, warmup_ratio):
@@ -262,7 +298,8 @@ def main(argv=None, make_weigh=None):
     iterations = cfg.iterations or max(1, int(cfg.epochs * len(raw) / (cfg.batch_size * world)))
     steps = iterations * cfg.ppo_epochs * (cfg.batch_size // cfg.minibatch_size)
     optimizers = [torch.optim.AdamW([q for q in m.parameters() if q.requires_grad], lr=lr,
-                                    weight_decay=cfg.weight_decay)
+                                    weight_decay=cfg.weight_decay,
+                                    betas=(cfg.adam_beta1, cfg.adam_beta2))
                   for m, lr in [(policy, cfg.actor_lr), (critic, cfg.critic_lr)]]
     schedulers = [cosine_schedule(o, steps, cfg.warmup_ratio) for o in optimizers]
     state = gapo.MethodState(log_lambda=math.log(cfg.lambda_init))
@@ -283,11 +320,9 @@ def main(argv=None, make_weigh=None):
         index = runs.batch_indices(cfg, len(raw), iteration * world + rank)
         with distributed.unsharded(policy):  # FSDP: gather the policy once per rollout, not per token
             rollout, timings = collect_rollout(cfg, policy, reference, critic, tokenizer, scorers,
-                                               [raw[i] for i in index], [formatted[i] for i in index])
+                                               [raw[i] for i in index], [formatted[i] for i in index],
+                                               state)
         scores = distributed.all_gather_rows(rollout.scores).cpu()  # (world * B, K), all ranks' rows
-        if cfg.method == "safe-rlhf":  # the multiplier follows the costs (cost = -harmlessness)
-            gapo.update_lagrange_multiplier(state, (-scores[:, 1]).tolist(), cfg.cost_threshold,
-                                            cfg.lambda_lr, cfg.lambda_max, cfg.lambda_window)
         if cfg.method == "fast-rl":
             gapo.update_fastrl_weights(state, scores, cfg.fastrl_eta)
         t0 = time.perf_counter()

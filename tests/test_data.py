@@ -2,6 +2,7 @@
 real field names and types; error messages; templates; the real HH-RLHF sample when present."""
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,51 @@ def test_real_hh_rlhf_harmless_base_test_sample():
     assert all(p.endswith("\n\nAssistant:") for p in prompts)
     first = data.load_prompts(str(HH_SAMPLE), split="test", hh_first_turn_only=True)
     assert all(p and "\n\nHuman:" not in p and "\n\nAssistant:" not in p for p in first)
+
+
+def test_dialogue_turns_and_both_templates_alternate_turns():
+    hh = "\n\nHuman: how do i bake bread\n\nAssistant: first one\n\nHuman: then what\n\nAssistant:"
+    assert data.dialogue_turns(hh) == ["how do i bake bread", "first one", "then what"]
+    assert data.dialogue_turns("plain prompt") == ["plain prompt"]
+    assert data.dialogue_turns("\n\nHuman: hi\n\nAssistant:") == ["hi"]
+    # Safe RLHF's dialogue format: earlier replies follow ASSISTANT: directly and end with eos.
+    assert data.format_scorer_text(hh, " finally", "</s>") == (
+        "BEGINNING OF CONVERSATION: USER: how do i bake bread ASSISTANT:first one</s>"
+        "USER: then what ASSISTANT: finally</s>")
+    assert data.format_scorer_text("hello", " world", "</s>") == (
+        "BEGINNING OF CONVERSATION: USER: hello ASSISTANT: world</s>")  # single turn: as before
+    tok = make_tiny_tokenizer()
+    assert data.format_policy_prompt(tok, hh) == (
+        "BEGINNING OF CONVERSATION: USER: how do i bake bread ASSISTANT:first one</s>"
+        "USER: then what ASSISTANT:")
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    assert data.format_policy_prompt(tok, hh) == (
+        "<user>how do i bake bread<assistant>first one<user>then what<assistant>")
+
+
+def test_real_hh_rlhf_multi_turn_prompts_reach_the_scorer_as_turns():
+    if not HH_SAMPLE.exists():
+        pytest.skip(f"{HH_SAMPLE} is absent (only the development machine has ../shared/data)")
+    prompts = data.load_prompts(str(HH_SAMPLE), split="test")
+    multi = [p for p in prompts if p.count("\n\nHuman:") > 1]
+    assert len(multi) > 100
+    for prompt in prompts:
+        turns = data.dialogue_turns(prompt)
+        assert len(turns) % 2 == 1 and all(turns), prompt[:200]
+        # Independent check: the turns hold exactly the prompt's words, the markers only removed
+        # (a speaker's consecutive turns, 4 prompts here, are joined into one turn).
+        squash = lambda s: " ".join(s.split())
+        words = re.sub(r"\n\n(Human|Assistant):", " ", "\n\n" + prompt.lstrip())
+        assert squash(" ".join(turns)) == squash(words), prompt[:200]
+        speakers = re.findall(r"\n\n(Human|Assistant):", "\n\n" + prompt.lstrip())[:-1]
+        changes = sum(a != b for a, b in zip(speakers, speakers[1:]))
+        assert len(turns) == changes + 1
+        text = data.format_scorer_text(prompt, " a reply", "</s>")
+        assert text.startswith("BEGINNING OF CONVERSATION: USER: ") and text.endswith("ASSISTANT: a reply</s>")
+        assert text.count("USER: ") >= (len(turns) + 1) // 2
+        assert text.count("</s>") >= len(turns) // 2 + 1
+    sample = multi[0]
+    turns = data.dialogue_turns(sample)
+    assert "\n\nHuman:" not in data.format_scorer_text(sample, "", "</s>")
+    assert data.format_scorer_text(sample, "", "</s>").count(" ASSISTANT:") == (len(turns) + 1) // 2

@@ -122,7 +122,8 @@ def gapo_step(policy, batch, rows, p=2.0, max_norm=0.05, lr=0.5):
     grads = distributed.global_gradients(objective_grads(losses, params))
     weights = gapo_weights(gram_matrix(grads), p).weights.float()
     if "reduce_grads" in inspect.signature(gapo.loss_weights).parameters:  # once the train.py patch is in
-        hooked, _ = gapo.loss_weights("gapo", losses, params, p, [0.5, 0.5], reduce_grads=distributed.global_gradients)
+        hooked, _ = gapo.loss_weights("gapo", losses, params, p, [0.5, 0.5],
+                                      reduce_grads=distributed.global_gradients, weight_scale="raw")
         torch.testing.assert_close(hooked, weights)
     (weights * losses).sum().backward()
     distributed.all_reduce_grads(list(policy.parameters()))

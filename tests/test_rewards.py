@@ -153,3 +153,17 @@ def test_training_is_seeded(tmp_path):
         train_score_model(model, tok, helpful, kind="helpful")
     with pytest.raises(ValueError, match="no preference pairs"):
         train_score_model(model, tok, [])
+
+
+def test_long_texts_are_cut_from_the_left_keeping_the_response_end_and_eos(scorer_dir, caplog):
+    scorer = load_scorer(scorer_dir, "reward", device=CPU)
+    prompt = "how do i bake bread " * 5
+    with caplog.at_level(logging.WARNING, logger="rewards"):
+        scores = score_texts(scorer, [prompt, "hello"], [" first then finally", " world"], max_length=12)
+    assert "1 of 2 scorer texts are longer than 12 tokens and were cut at the start" in caplog.text
+    full = format_scorer_text(prompt, " first then finally", "</s>")
+    ids = scorer.tokenizer(full)["input_ids"]
+    assert ids[-1] == scorer.tokenizer.eos_token_id and len(ids) > 12
+    with torch.no_grad():
+        want = scorer.model(input_ids=torch.tensor([ids[-12:]]), attention_mask=torch.ones(1, 12, dtype=torch.long))
+    torch.testing.assert_close(scores[0], want[0], atol=1e-5, rtol=0)

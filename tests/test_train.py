@@ -130,3 +130,68 @@ def test_nan_loss_stops_with_iteration_and_objective_and_keeps_the_last_checkpoi
         run(["--method", "gapo", "--save_every", "1"], tiny_toyworld, tmp_path / "run")
     state = __import__("torch").load(tmp_path / "run" / "checkpoint" / "trainer_state.pt", weights_only=False)
     assert state["iteration"] == 1 and len(read_log(tmp_path / "run")) == 1
+
+
+def test_value_heads_reach_the_score_scale_at_paper_learning_rates(tiny_toyworld, tmp_path):
+    """With the paper's learning rates (actor 1e-6, critic 5e-7) the critic is on the score scale
+    from the first update: value error (mean |V - Monte Carlo return|) below 0.6 of the mean
+    |score| per objective in iterations 2 and 3 (what is left is the spread of scores between
+    responses). The old zero-initialised heads stay near 0: their error stays above 0.9 of it."""
+    paper = ["--method", "ppo-h", "--iterations", "3", "--actor_lr", "1e-6", "--critic_lr", "5e-7",
+             "--batch_size", "16", "--minibatch_size", "8", "--micro_batch_size", "8"]
+    ratios = {}
+    for init in ("first_rollout", "zero"):
+        run(paper + ["--critic_init", init], tiny_toyworld, tmp_path / init)
+        log = read_log(tmp_path / init)
+        ratios[init] = [[e / abs(s) for e, s in zip(r["value_error"], (r["score_helpful"], r["score_harmless"]))]
+                        for r in log[1:]]  # (iterations 2-3, K) value error / |mean score|
+    assert max(max(r) for r in ratios["first_rollout"]) < 0.6, ratios
+    assert min(min(r) for r in ratios["zero"]) > 0.9, ratios
+    state = __import__("torch").load(tmp_path / "first_rollout" / "checkpoint" / "trainer_state.pt",
+                                     weights_only=False)
+    assert state["method_state"]["value_heads_started"] is True
+
+
+def test_safe_rlhf_multiplier_steps_every_micro_batch_and_flags_reach_the_update(tiny_toyworld, tmp_path,
+                                                                                 monkeypatch):
+    calls, flags = [], []
+    real_update, real_advantages = gapo.update_lagrange_multiplier, gapo.method_advantages
+
+    def update(state, costs, *args):
+        calls.append(len(costs))
+        return real_update(state, costs, *args)
+
+    def advantages(*args):
+        flags.append(args[5])
+        return real_advantages(*args)
+
+    monkeypatch.setattr(gapo, "update_lagrange_multiplier", update)
+    monkeypatch.setattr(gapo, "method_advantages", advantages)
+    run(["--method", "safe-rlhf", "--iterations", "1", "--ppo_epochs", "2", "--whiten_advantages"],
+        tiny_toyworld, tmp_path / "run")
+    # batch 4, micro-batches of 2: each episode joins the window once (first PPO epoch), and every
+    # micro-batch step updates lambda (the second epoch from the window alone).
+    assert calls == [2, 2, 0, 0]
+    assert flags == [True] * 4
+    saved = __import__("torch").load(tmp_path / "run" / "checkpoint" / "trainer_state.pt", weights_only=False)
+    assert len(saved["method_state"]["recent_costs"]) == 4
+
+
+def test_actor_gradient_norm_is_logged_before_clipping_and_betas_reach_adam(tiny_toyworld, tmp_path):
+    import torch
+    one = ["--method", "gapo", "--p", "2", "--iterations", "1"]
+    run(one + ["--max_grad_norm", "1e-9", "--adam_beta2", "0.95"], tiny_toyworld, tmp_path / "tight")
+    run(one + ["--max_grad_norm", "0"], tiny_toyworld, tmp_path / "free")
+    run(one + ["--max_grad_norm", "0", "--weight_scale", "raw"], tiny_toyworld, tmp_path / "raw")
+    tight, free, raw = (read_log(tmp_path / n)[0] for n in ("tight", "free", "raw"))
+    assert tight["actor_clipped"] == 1.0 and free["actor_clipped"] == 0.0
+    assert tight["actor_grad_norm"] == free["actor_grad_norm"] > 0  # measured before clipping
+    # Raw GAPO p = 2 weights (alpha_i / n_i^2) give a far larger gradient than the sum-one scale.
+    assert raw["actor_grad_norm"] > 10 * free["actor_grad_norm"]
+    assert raw["raw_weight_sum"] == free["raw_weight_sum"] > 1
+    saved = torch.load(tmp_path / "tight" / "checkpoint" / "trainer_state.pt", weights_only=False)
+    assert [o["param_groups"][0]["betas"] for o in saved["optimizers"]] == [(0.9, 0.95)] * 2
+    paper = runs.parse_config(train.Config, train.PRESETS, ["--preset", "paper"])
+    assert (paper.adam_beta1, paper.adam_beta2) == (0.9, 0.95)
+    toy = runs.parse_config(train.Config, train.PRESETS, [])
+    assert (toy.adam_beta1, toy.adam_beta2) == (0.9, 0.999) and toy.whiten_advantages is False
