@@ -65,7 +65,10 @@ class Config:
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16
     gradient_checkpointing: bool = False  # on actor and critic (non-reentrant)
     lora_r: int = 0  # > 0: policy and critic as LoRA adapters; pi_ref = policy with adapter off
-    lora_alpha: int = 16
+    # LoRA defaults (docs/decisions.md): lora_alpha 0 means 2 * lora_r (scale 2), and with lora_r > 0 any of
+    # actor_lr / critic_lr not given on the command line becomes LORA_LR[preset], 10x the preset's full
+    # fine-tuning actor lr (paper: 1e-5 for both, toy: 3e-3).
+    lora_alpha: int = 0
     # --- rollout (SPEC section 2)
     iterations: int = 60  # PPO iterations (rollout + update); 0 = `epochs` passes over the prompts
     epochs: float = 2.0  # passes over the prompt set when iterations = 0
@@ -115,6 +118,8 @@ PRESETS = {
                   kl_coef=0.05, clip_eps=0.1, gradient_checkpointing=True, save_every=50, num_threads=0),
 }
 
+LORA_LR = {"toy": 3e-3, "paper": 1e-5}  # actor and critic lr of LoRA runs (see Config.lora_alpha's comment)
+
 
 # ------------------------------------------------------------------------------------ command line
 
@@ -141,7 +146,10 @@ def parse_config(argv=None):
     preset = explicit.get("preset", Config.preset)
     if preset not in PRESETS:
         raise SystemExit(f"error: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
-    return Config(**{**PRESETS[preset], **explicit})
+    lora = {}
+    if explicit.get("lora_r", PRESETS[preset].get("lora_r", Config.lora_r)) > 0:  # LoRA's own learning rates
+        lora = {"actor_lr": LORA_LR[preset], "critic_lr": LORA_LR[preset]}
+    return Config(**{**PRESETS[preset], **lora, **explicit})
 
 
 def check_config(cfg):
@@ -431,11 +439,12 @@ def main(argv=None):
     models = {"policy": policy, "critic": critic, "reward": scorers[0].model, "cost": scorers[1].model}
     if cfg.lora_r == 0:
         models["reference"] = reference  # with LoRA the reference shares the policy's weights
-    print(memory_plan(models, dtype=next(policy.parameters()).dtype, trainable={"reward": False, "cost": False})[1])
+    print(memory_plan(models, dtype=next(scorers[0].model.parameters()).dtype, master_dtype=torch.float32,
+                      trainable={"reward": False, "cost": False})[1])  # trainable weights: float32 masters
 
     iterations = cfg.iterations or max(1, int(cfg.epochs * len(raw) / (cfg.batch_size * world)))
     steps = iterations * cfg.ppo_epochs * (cfg.batch_size // cfg.minibatch_size)
-    optimizers = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr, weight_decay=cfg.weight_decay)
+    optimizers = [distributed.adamw(m, lr, cfg.weight_decay)  # sharded and whole parameters: separate groups
                   for m, lr in [(policy, cfg.actor_lr), (critic, cfg.critic_lr)]]
     schedulers = [cosine_schedule(o, steps, cfg.warmup_ratio) for o in optimizers]
     state = gapo.MethodState(log_lambda=math.log(cfg.lambda_init))

@@ -85,9 +85,28 @@ def test_memory_check_refuses_full_finetuning_on_one_80gb_gpu_and_names_the_fix(
     no_ckpt = train.parse_config(["--preset", "paper", "--lora_r", "64", "--gradient_checkpointing", "false"] + paths)
     with pytest.raises(ValueError, match="add --gradient_checkpointing "):
         distributed.check_memory(no_ckpt, h100)
-    assert distributed.check_memory(full, h100, world=4) < h100  # FSDP over 4 GPUs: full fine-tuning fits
-    with pytest.raises(ValueError, match="add --lora_r 64 "):  # 2 GPUs: shards + the policy gathered for rollout
-        distributed.check_memory(full, h100, world=2)
+    # FSDP over 8 GPUs: full fine-tuning with float32 master weights (16 bytes per trainable parameter) fits
+    assert distributed.check_memory(full, h100, world=8) < h100
+    for world in (2, 4):  # shards + the whole last block + the policy gathered for rollout: too much
+        with pytest.raises(ValueError, match="add --lora_r 64 "):
+            distributed.check_memory(full, h100, world=world)
+
+
+def test_plan_counts_float32_master_weights_and_the_kept_block():
+    """Full fine-tuning in bf16: trainable parameters cost 16 bytes (fp32 weight, gradient, two moments),
+    frozen ones 2; the last block is whole on every rank."""
+    import train
+    from transformers import MistralConfig
+    c = MistralConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+    assert distributed.block_param_count(c) == 64 * 64 * 2 + 2 * 64 * 32 + 3 * 64 * 128 + 2 * 64
+    cfg = train.Config(micro_batch_size=1, batch_size=1, max_prompt_length=1, max_new_tokens=1)
+    counts = {"policy": 1000, "critic": 900, "reward": 500, "cost": 500}
+    one = distributed.plan_bytes(cfg, c, counts, torch.bfloat16, 1, 0, True)
+    extra = distributed.activation_and_cache_bytes(c, 1, 2, torch.bfloat16, True, 1, 1).peak
+    assert one - extra == 16 * (1000 + 900) + 2 * (1000 + 500 + 500)  # reference and scorers frozen in bf16
+    two = distributed.plan_bytes(cfg, c, counts, torch.bfloat16, 2, 0, True)
+    assert two > (one - extra) / 2 + 16 * distributed.block_param_count(c) / 2
 
 
 # ----------------------------------------------------------------------------- shared by ranks and the reference
