@@ -291,6 +291,35 @@ def test_torchrun_train_and_resume_match_an_uninterrupted_run(tiny_toyworld, tmp
     AutoModelForCausalLM.from_pretrained(policy)
 
 
+@pytest.mark.skipif(not TRAIN_HOOKED, reason="train.py has no torchrun hooks yet")
+def test_torchrun_bf16_checkpointing_two_iterations_checkpoint_and_resume(tiny_toyworld, tmp_path):
+    """bf16 + gradient checkpointing + the last block kept whole: the critic's float32 value head next to its
+    backbone, and AdamW's foreach kernels (asked for under torchrun, CUDA's default) over sharded and whole
+    parameters. Iteration 1 and a checkpoint, then --resume for iteration 2."""
+    args = ["--toy_size", "tiny", "--toy_dir", tiny_toyworld, "--method", "gapo", "--iterations", "2",
+            "--batch_size", "4", "--minibatch_size", "4", "--micro_batch_size", "2", "--max_new_tokens", "8",
+            "--dtype", "bfloat16", "--gradient_checkpointing", "--out_dir", str(tmp_path / "run")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    for extra in (["--stop_after", "1"], ["--resume"]):
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                                 "2", "train.py", *args, *extra], cwd=ROOT, capture_output=True, text=True,
+                                timeout=300, env=env)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    with open(tmp_path / "run" / "log.jsonl") as f:
+        log = [json.loads(line) for line in f]
+    assert [r["iteration"] for r in log] == [1, 2] and all(abs(sum(r["alpha"]) - 1) < 1e-6 for r in log)
+    from transformers import AutoModelForCausalLM
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "checkpoint" / "policy")
+    assert next(saved.parameters()).dtype == torch.float32  # the master weights, exported in HF format
+
+
+def test_adamw_groups_split_sharded_and_whole():
+    from torch.distributed.tensor import DTensor
+    layer = torch.nn.Linear(2, 2)
+    assert len(distributed.adamw(layer, 1e-3, 0.0).param_groups) == 1  # one process: nothing sharded
+    assert not any(isinstance(p, DTensor) for p in layer.parameters())
+
+
 def test_single_process_helpers_are_plain_torch():
     assert distributed.init_distributed("cpu") == (0, 1, torch.device("cpu"))
     assert distributed.is_main() and distributed.get_world_size() == 1
