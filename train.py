@@ -34,7 +34,7 @@ import gapo
 from data import format_policy_prompt, load_prompts
 from model import Critic, load_policy, load_reference, load_score_model, load_tokenizer, memory_plan
 from rewards import Scorer, objective_matrix
-from rollout import (Rollout, concat_chunks, decode_responses, gae, generate, kl_shaped_rewards, response_logprobs,
+from rollout import (Rollout, decode_responses, gae, generate, kl_shaped_rewards, response_logprobs,
                      response_values)
 
 OBJECTIVES = ["helpful", "harmless"]  # K = 2: reward, and minus cost (SPEC section 1)
@@ -300,14 +300,13 @@ def cosine_schedule(optimizer, total_steps, warmup_ratio):
 @torch.no_grad()
 def collect_rollout(cfg, policy, reference, critic, tokenizer, scorers, raw, formatted):
     """Steps 1-4 of the recipe. Returns the Rollout and the phase timings."""
-    # Every pass runs in chunks of micro_batch_size prompts (the paper preset rolls out 128 prompts
-    # per update, 16 at a time); chunks are padded to one (B, T) layout by rollout.concat_chunks.
+    # Generation: the whole rollout batch in one call (decoding is memory-bound, so B rows cost about
+    # what one row does). The forward passes below run in chunks of micro_batch_size (activation memory).
     chunk = cfg.micro_batch_size
     t0 = time.perf_counter()
-    input_ids, attention_mask, response_mask, P = concat_chunks([
-        generate(policy, tokenizer, formatted[i:i + chunk], cfg.max_prompt_length, cfg.max_new_tokens,
-                 cfg.temperature, cfg.top_p, cfg.repetition_penalty) for i in range(0, len(formatted), chunk)],
-        tokenizer.pad_token_id)
+    input_ids, attention_mask, response_mask, P = generate(
+        policy, tokenizer, formatted, cfg.max_prompt_length, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+        cfg.repetition_penalty)
     responses = decode_responses(tokenizer, input_ids, response_mask)
     t1 = time.perf_counter()
     scores = objective_matrix(scorers[0], scorers[1], raw, responses, batch_size=cfg.score_batch_size)  # (B, K)
