@@ -265,9 +265,14 @@ def matmul_params(model):
 def old_response_logprobs(model, input_ids, attention_mask, R):
     """The previous rollout.response_logprobs: LM head on all T positions, then the last R rows kept."""
     from model import position_ids_from_mask
-    logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids_from_mask(attention_mask), use_cache=False).logits  # (B, T, V)
-    logits = logits[:, -R - 1:-1].float()
+
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    ).logits  # (B, T, V)
+    logits = logits[:, -R - 1 : -1].float()
     return torch.log_softmax(logits, -1).gather(-1, input_ids[:, -R:, None])[..., 0]  # (B, R)
 
 
@@ -276,6 +281,7 @@ def compare_paths(args, models, tokenizer, device, repeats=3):
     prompts (old train.collect_rollout) vs the whole batch in one call; response_logprobs with the LM head on
     all T positions (old) vs the last R + 1 (new). Prints seconds (best of `repeats`) and the old / new ratios."""
     from rollout import concat_chunks
+
     policy = models[0]
     generator = torch.Generator().manual_seed(args.seed)
     prompts = random_prompts(generator, args.batch_size, args.prompt_length)
@@ -291,23 +297,52 @@ def compare_paths(args, models, tokenizer, device, repeats=3):
         return out
 
     for _ in range(repeats):
-        timed("generate, chunks", lambda: concat_chunks(
-            [generate(policy, tokenizer, prompts[i:i + chunk], args.prompt_length, args.new_tokens)
-             for i in range(0, len(prompts), chunk)], tokenizer.pad_token_id))
-        ids, mask, rmask, _ = timed("generate, one call", lambda: generate(policy, tokenizer, prompts,
-                                                                            args.prompt_length, args.new_tokens))
+        timed(
+            "generate, chunks",
+            lambda: concat_chunks(
+                [
+                    generate(
+                        policy,
+                        tokenizer,
+                        prompts[i : i + chunk],
+                        args.prompt_length,
+                        args.new_tokens,
+                    )
+                    for i in range(0, len(prompts), chunk)
+                ],
+                tokenizer.pad_token_id,
+            ),
+        )
+        ids, mask, rmask, _ = timed(
+            "generate, one call",
+            lambda: generate(policy, tokenizer, prompts, args.prompt_length, args.new_tokens),
+        )
         R = rmask.shape[1]
         with torch.no_grad():
-            timed("logprobs, all T", lambda: [old_response_logprobs(policy, ids[i:i + chunk], mask[i:i + chunk], R)
-                                              for i in range(0, len(ids), chunk)])
-            timed("logprobs, R + 1", lambda: [response_logprobs(policy, ids[i:i + chunk], mask[i:i + chunk], R)
-                                              for i in range(0, len(ids), chunk)])
-    print(f"\nrollout paths, best of {repeats} (B={args.batch_size}, micro-batch {chunk}, P={args.prompt_length}, "
-          f"R={args.new_tokens}):")
+            timed(
+                "logprobs, all T",
+                lambda: [
+                    old_response_logprobs(policy, ids[i : i + chunk], mask[i : i + chunk], R)
+                    for i in range(0, len(ids), chunk)
+                ],
+            )
+            timed(
+                "logprobs, R + 1",
+                lambda: [
+                    response_logprobs(policy, ids[i : i + chunk], mask[i : i + chunk], R)
+                    for i in range(0, len(ids), chunk)
+                ],
+            )
+    print(
+        f"\nrollout paths, best of {repeats} (B={args.batch_size}, micro-batch {chunk}, P={args.prompt_length}, "
+        f"R={args.new_tokens}):"
+    )
     for name, sec in best.items():
         print(f"  {name:<20}{sec:10.3f} s")
-    ratios = {"generate": best["generate, chunks"] / best["generate, one call"],
-              "logprobs": best["logprobs, all T"] / best["logprobs, R + 1"]}
+    ratios = {
+        "generate": best["generate, chunks"] / best["generate, one call"],
+        "logprobs": best["logprobs, all T"] / best["logprobs, R + 1"],
+    }
     print(f"old / new: generation {ratios['generate']:.2f}x, log-probs {ratios['logprobs']:.2f}x")
     return ratios
 
@@ -317,6 +352,7 @@ def save_random_models(args, root):
     format with the word tokenizer, and a prompt file: what train.py loads, without a network."""
     import json
     import os
+
     mistral, llama = configs(args.tiny)
     device = torch.device(args.device)
     tokenizer = word_tokenizer()
@@ -342,27 +378,82 @@ def check(args):
     random models saved first (LoRA r=64 on a GPU: full fine-tuning of 7B does not fit one)."""
     import os
     import train as train_module
+
     tiny = ["--tiny"] if args.tiny else []
     batch, micro = (8, 4) if args.tiny else (128, 16)
     print(f"check 1/2: bench, gapo and ppo-h, B={batch}, micro-batch {micro}")
-    main(tiny + ["--device", args.device, "--batch_size", str(batch), "--micro_batch_size", str(micro),
-                 "--iterations", "1", "--warmup", "0", "--methods", "gapo,ppo-h"])
+    main(
+        tiny
+        + [
+            "--device",
+            args.device,
+            "--batch_size",
+            str(batch),
+            "--micro_batch_size",
+            str(micro),
+            "--iterations",
+            "1",
+            "--warmup",
+            "0",
+            "--methods",
+            "gapo,ppo-h",
+        ]
+    )
     if args.device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     paths = save_random_models(args, args.check_dir)
-    print(f"check 2/2: train.py, 2 iterations, bf16, gradient checkpointing, models in {args.check_dir}")
+    print(
+        f"check 2/2: train.py, 2 iterations, bf16, gradient checkpointing, models in {args.check_dir}"
+    )
     t0 = time.perf_counter()
     out = os.path.join(args.check_dir, "run")
-    train_module.main(["--policy", paths["policy"], "--reward_model", paths["reward"], "--cost_model", paths["cost"],
-                       "--prompts", paths["prompts"], "--dtype", "bfloat16", "--gradient_checkpointing",
-                       "--device", args.device, "--iterations", "2", "--batch_size", str(micro),
-                       "--minibatch_size", str(micro), "--micro_batch_size", str(micro // 2 if args.tiny else 4),
-                       "--max_prompt_length", str(args.prompt_length), "--max_new_tokens", str(args.new_tokens),
-                       "--ppo_epochs", "1", "--lora_r", "8" if args.tiny else "64", "--out_dir", out,
-                       "--overwrite", "--num_threads", "1" if args.tiny else "0"])
-    peak = f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if args.device == "cuda" else ""
-    print(f"check done: train.py 2 iterations in {time.perf_counter() - t0:.1f}s (with loading){peak}")
+    train_module.main(
+        [
+            "--policy",
+            paths["policy"],
+            "--reward_model",
+            paths["reward"],
+            "--cost_model",
+            paths["cost"],
+            "--prompts",
+            paths["prompts"],
+            "--dtype",
+            "bfloat16",
+            "--gradient_checkpointing",
+            "--device",
+            args.device,
+            "--iterations",
+            "2",
+            "--batch_size",
+            str(micro),
+            "--minibatch_size",
+            str(micro),
+            "--micro_batch_size",
+            str(micro // 2 if args.tiny else 4),
+            "--max_prompt_length",
+            str(args.prompt_length),
+            "--max_new_tokens",
+            str(args.new_tokens),
+            "--ppo_epochs",
+            "1",
+            "--lora_r",
+            "8" if args.tiny else "64",
+            "--out_dir",
+            out,
+            "--overwrite",
+            "--num_threads",
+            "1" if args.tiny else "0",
+        ]
+    )
+    peak = (
+        f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+        if args.device == "cuda"
+        else ""
+    )
+    print(
+        f"check done: train.py 2 iterations in {time.perf_counter() - t0:.1f}s (with loading){peak}"
+    )
     return out
 
 

@@ -196,8 +196,11 @@ def _mixed_precision(model):
     `compute_dtype` on it or on its backbone): all-gather in bf16, reduce gradients in float32. None
     (FSDP's default: gather and reduce in the parameter dtype) for a model stored in its compute dtype."""
     from torch.distributed.fsdp import MixedPrecisionPolicy
+
     compute = next((m.compute_dtype for m in model.modules() if hasattr(m, "compute_dtype")), None)
-    return MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32) if compute else None
+    return (
+        MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32) if compute else None
+    )
 
 
 def shard_model(model, keep=(), own_group=()):
@@ -207,8 +210,11 @@ def shard_model(model, keep=(), own_group=()):
     would otherwise share the root group with a bf16 backbone (FSDP requires one parameter dtype per group)
     or be cast to bf16 by the root's policy. Returns the model."""
     from torch.distributed.fsdp import fully_shard
+
     keep = set(keep)
-    if not set(model.parameters()) - keep:  # everything kept whole (mgda_params=all): plain replication
+    if (
+        not set(model.parameters()) - keep
+    ):  # everything kept whole (mgda_params=all): plain replication
         return model
     mp = _mixed_precision(model)
     extra = {"mp_policy": mp} if mp else {}
@@ -216,7 +222,9 @@ def shard_model(model, keep=(), own_group=()):
         fully_shard(module)
     for layer in _decoder_layers(model):
         own = set(layer.parameters())
-        if own - keep:  # a layer kept whole entirely (the last block) is left to the root, which ignores it
+        if (
+            own - keep
+        ):  # a layer kept whole entirely (the last block) is left to the root, which ignores it
             fully_shard(layer, ignored_params=own & keep or None, **extra)
     fully_shard(model, ignored_params=keep or None, **extra)
     return model
@@ -240,9 +248,14 @@ def adamw(model, lr, weight_decay):
     tensors ("got mixed torch.Tensor and DTensor"), and the kept last block is plain. Under torchrun the
     foreach path is asked for explicitly, so CPU (gloo) runs take the same path as CUDA."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if _is_sharded(p)]}, {"params": [p for p in params if not _is_sharded(p)]}]
+    groups = [
+        {"params": [p for p in params if _is_sharded(p)]},
+        {"params": [p for p in params if not _is_sharded(p)]},
+    ]
     groups = [g for g in groups if g["params"]]
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, foreach=True if is_distributed() else None)
+    return torch.optim.AdamW(
+        groups, lr=lr, weight_decay=weight_decay, foreach=True if is_distributed() else None
+    )
 
 
 def _fsdp_modules(model):
@@ -377,6 +390,7 @@ def plan_bytes(cfg, policy_config, counts, dtype, world, lora_r, checkpointing):
     16 bytes a parameter), and gathers the whole policy in `dtype` for the rollout (`unsharded`); LoRA
     replicates everything. Not counted: the CUDA context, fragmentation."""
     from model import memory_plan
+
     models, trainable = dict(counts), {"reward": 0, "cost": 0}
     if lora_r:
         adapter = lora_param_count(policy_config, lora_r)
@@ -387,13 +401,24 @@ def plan_bytes(cfg, policy_config, counts, dtype, world, lora_r, checkpointing):
         trainable.update(policy=True, critic=True, reference=0)
     rows, _ = memory_plan(models, dtype=dtype, trainable=trainable, master_dtype=torch.float32)
     states = sum(r.total_bytes for r in rows) / (1 if lora_r else world)
-    extra = activation_and_cache_bytes(policy_config, cfg.micro_batch_size, cfg.max_prompt_length + cfg.max_new_tokens,
-                                       dtype, checkpointing, cfg.max_new_tokens, cfg.batch_size)
+    extra = activation_and_cache_bytes(
+        policy_config,
+        cfg.micro_batch_size,
+        cfg.max_prompt_length + cfg.max_new_tokens,
+        dtype,
+        checkpointing,
+        cfg.max_new_tokens,
+        cfg.batch_size,
+    )
     sharded = world > 1 and not lora_r
     size = torch.tensor([], dtype=dtype).element_size()
     gathered_policy = counts["policy"] * size if sharded else 0
     kept_block = 16 * block_param_count(policy_config) * (1 - 1 / world) if sharded else 0
-    return int(states + kept_block + max(extra.kv_cache + gathered_policy, extra.activations + extra.logits))
+    return int(
+        states
+        + kept_block
+        + max(extra.kv_cache + gathered_policy, extra.activations + extra.logits)
+    )
 
 
 def check_memory(cfg, device_bytes, world=1, dtype=torch.bfloat16):

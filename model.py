@@ -93,10 +93,12 @@ def _enable_checkpointing(model):
 def _autocast_forward(compute_dtype):
     """A forward method that runs the class's forward under autocast(compute_dtype). A function bound with
     MethodType (not a closure over the model), so copy.deepcopy rebinds it to the copy."""
+
     def forward(self, *args, **kwargs):
         device_type = next(self.parameters()).device.type
         with torch.autocast(device_type, dtype=compute_dtype):
             return type(self).forward(self, *args, **kwargs)
+
     return forward
 
 
@@ -173,16 +175,30 @@ def _weights_dtype(compute_dtype, lora_r, master):
     return torch.float32 if master and lora_r == 0 else compute_dtype
 
 
-def load_policy(name_or_path, device, dtype=None, gradient_checkpointing=False, lora_r=0, lora_alpha=0,
-                lora_dropout=0.0, master=True):
+def load_policy(
+    name_or_path,
+    device,
+    dtype=None,
+    gradient_checkpointing=False,
+    lora_r=0,
+    lora_alpha=0,
+    lora_dropout=0.0,
+    master=True,
+):
     """Causal LM in train mode; a peft model with LoRA on q,k,v,o when lora_r > 0 (lora_alpha 0 = 2 r).
     Full fine-tuning in bf16 gets float32 master weights and bf16 autocast (master_weights); master=False
     loads plain `dtype` weights (evaluation)."""
     device = torch.device(device)
     compute = _dtype(dtype, device)
-    model = _from_hub(AutoModelForCausalLM.from_pretrained, name_or_path, "policy model",
-                      dtype=_weights_dtype(compute, lora_r, master)).to(device)
-    model.config.use_cache = False  # training forwards; rollout passes use_cache=True to generate explicitly
+    model = _from_hub(
+        AutoModelForCausalLM.from_pretrained,
+        name_or_path,
+        "policy model",
+        dtype=_weights_dtype(compute, lora_r, master),
+    ).to(device)
+    model.config.use_cache = (
+        False  # training forwards; rollout passes use_cache=True to generate explicitly
+    )
     if gradient_checkpointing:
         _enable_checkpointing(model)
     if lora_r > 0:
