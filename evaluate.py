@@ -282,16 +282,22 @@ def fingerprint(path):
     return [os.path.abspath(path)] + [(f, stat(f).st_size, stat(f).st_mtime) for f in files]
 
 
-def load_eval_policy(cfg, checkpoint, ctx):
-    """(policy in eval mode, tokenizer): the checkpoint's policy (or the SFT start), merged if LoRA."""
-    from model import load_policy, load_tokenizer
+def load_eval_policy(cfg, checkpoint, ctx, merged=False):
+    """(policy in eval mode, tokenizer): the checkpoint's policy (or the SFT start).
+
+    A LoRA checkpoint is evaluated UNMERGED, as training ran it: bf16 base plus float32 adapters. Merging
+    into a bf16 base rounds W + s B A back to bf16 and loses the small updates (docs/decisions.md).
+    merged=True (soups, which interpolate whole weights): float32 weights, LoRA merged in float32, computing
+    in ctx.dtype under autocast (model.master_weights), so the interpolation is not rounded either."""
+    from model import _peft, load_policy, load_tokenizer
     path = os.path.join(checkpoint, "policy") if checkpoint else cfg["policy"]
     if os.path.isfile(os.path.join(path, "adapter_config.json")):
         from peft import PeftModel
-        base = load_policy(cfg["policy"], ctx.device, ctx.dtype)
-        policy = PeftModel.from_pretrained(base, path).merge_and_unload()  # W + BA: a plain model again
+        base = load_policy(cfg["policy"], ctx.device, ctx.dtype, master=merged)
+        policy = _peft(PeftModel.from_pretrained, base, path)
+        policy = policy.merge_and_unload() if merged else policy
     else:
-        policy = load_policy(path, ctx.device, ctx.dtype)
+        policy = load_policy(path, ctx.device, ctx.dtype, master=merged)
     tokenizer = load_tokenizer(path if os.path.isfile(os.path.join(path, "tokenizer_config.json")) else cfg["policy"])
     return policy.eval().requires_grad_(False), tokenizer
 
@@ -365,9 +371,9 @@ def evaluate_targets(ctx, targets, loader):
 def soup_loader(ctx):
     """Loads both ends once, keeps their (merged) weights on the CPU, and reuses the PPO-H model for every lam."""
     def load(t):
-        policy, tokenizer = load_eval_policy(t.config, t.soup[0], ctx)
+        policy, tokenizer = load_eval_policy(t.config, t.soup[0], ctx, merged=True)
         cpu = lambda m: {k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()}
-        return policy, tokenizer, cpu(policy), cpu(load_eval_policy(t.config, t.soup[1], ctx)[0])
+        return policy, tokenizer, cpu(policy), cpu(load_eval_policy(t.config, t.soup[1], ctx, merged=True)[0])
     return load
 
 

@@ -16,9 +16,11 @@ Left out on purpose: multi-GPU sharding / DeepSpeed, quantisation, value-head no
 score models' training-time `normalizer` buffers (ignored on load: the published v1.0 scores are raw).
 """
 import copy
+import inspect
 import json
 import logging
 import os
+import types
 import warnings
 from dataclasses import dataclass
 
@@ -88,6 +90,36 @@ def enable_checkpointing(model):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def _autocast_forward(compute_dtype):
+    """A forward method that runs the class's forward under autocast(compute_dtype). A function bound with
+    MethodType (not a closure over the model), so copy.deepcopy rebinds it to the copy."""
+
+    def forward(self, *args, **kwargs):
+        device_type = next(self.parameters()).device.type
+        with torch.autocast(device_type, dtype=compute_dtype):
+            return type(self).forward(self, *args, **kwargs)
+
+    return forward
+
+
+def master_weights(model, compute_dtype):
+    """Keep `model`'s weights in float32 and compute in `compute_dtype` (bf16): mixed precision with fp32
+    master weights. AdamW then updates float32 numbers; updating bf16 weights in place rounds a 1e-6 step
+    away (bf16 keeps 8 bits of mantissa: a step smaller than |w| / 256 is lost; docs/decisions.md).
+    Every forward runs under torch.autocast, so matmuls read bf16 copies; FSDP2 (distributed.shard_model)
+    all-gathers bf16 directly (MixedPrecisionPolicy) and reduces gradients in float32.
+    Sets `model.compute_dtype`, which distributed.shard_model reads. No-op for float32. Returns the model."""
+    if compute_dtype == torch.float32:
+        return model
+    model.float()
+    forward = _autocast_forward(compute_dtype)
+    # HF generate inspects the forward's signature (logits_to_keep, cache arguments): keep the class's one.
+    forward.__signature__ = inspect.signature(type(model).forward)
+    model.forward = types.MethodType(forward, model)
+    model.compute_dtype = compute_dtype
+    return model
+
+
 def _peft(fn, *args, **kwargs):
     with warnings.catch_warnings():  # peft still reads the deprecated is_gradient_checkpointing: noise only
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -95,7 +127,9 @@ def _peft(fn, *args, **kwargs):
 
 
 def add_lora(model, r, alpha, dropout, task_type):
+    """LoRA on LORA_TARGETS; alpha 0 means 2 r (scale alpha / r = 2, docs/decisions.md)."""
     from peft import LoraConfig, get_peft_model
+    alpha = alpha or 2 * r
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(LORA_TARGETS),
                      task_type=task_type)
     return _peft(get_peft_model, model, cfg)  # freezes the base weights; only the adapters train
@@ -135,17 +169,42 @@ def load_tokenizer(name_or_path, padding_side="left"):
     return tok
 
 
-def load_policy(name_or_path, device, dtype=None, gradient_checkpointing=False, lora_r=0, lora_alpha=16,
-                lora_dropout=0.0):
-    """Causal LM in train mode; a peft model with LoRA on q,k,v,o when lora_r > 0."""
+def _weights_dtype(compute_dtype, lora_r, master):
+    """Full fine-tuning in bf16 loads float32 master weights (see master_weights); LoRA keeps the frozen base in
+    the compute dtype (peft already keeps the adapters in float32), and so does evaluation (master=False)."""
+    return torch.float32 if master and lora_r == 0 else compute_dtype
+
+
+def load_policy(
+    name_or_path,
+    device,
+    dtype=None,
+    gradient_checkpointing=False,
+    lora_r=0,
+    lora_alpha=0,
+    lora_dropout=0.0,
+    master=True,
+):
+    """Causal LM in train mode; a peft model with LoRA on q,k,v,o when lora_r > 0 (lora_alpha 0 = 2 r).
+    Full fine-tuning in bf16 gets float32 master weights and bf16 autocast (master_weights); master=False
+    loads plain `dtype` weights (evaluation)."""
     device = torch.device(device)
-    model = _from_hub(AutoModelForCausalLM.from_pretrained, name_or_path, "policy model",
-                      dtype=_dtype(dtype, device)).to(device)
-    model.config.use_cache = False  # training forwards; rollout passes use_cache=True to generate explicitly
+    compute = _dtype(dtype, device)
+    model = _from_hub(
+        AutoModelForCausalLM.from_pretrained,
+        name_or_path,
+        "policy model",
+        dtype=_weights_dtype(compute, lora_r, master),
+    ).to(device)
+    model.config.use_cache = (
+        False  # training forwards; rollout passes use_cache=True to generate explicitly
+    )
     if gradient_checkpointing:
         enable_checkpointing(model)
     if lora_r > 0:
         model = add_lora(model, lora_r, lora_alpha, lora_dropout, "CAUSAL_LM")
+    elif master:
+        master_weights(model, compute)
     return model.train()
 
 
@@ -212,14 +271,18 @@ class Critic(nn.Module):
 
     @classmethod
     def from_policy(cls, name_or_path, num_objectives, device, dtype=None, gradient_checkpointing=False, lora_r=0,
-                    lora_alpha=16):
+                    lora_alpha=0):
+        """The policy's backbone + a zero value head; float32 master weights as load_policy's."""
         device = torch.device(device)
-        backbone = _load_backbone(name_or_path, _dtype(dtype, device)).to(device)
+        compute = _dtype(dtype, device)
+        backbone = _load_backbone(name_or_path, _weights_dtype(compute, lora_r, True)).to(device)
         backbone.config.use_cache = False
         if gradient_checkpointing:
             enable_checkpointing(backbone)
         if lora_r > 0:
             backbone = add_lora(backbone, lora_r, lora_alpha, 0.0, "FEATURE_EXTRACTION")
+        else:
+            master_weights(backbone, compute)
         return cls(backbone, num_objectives, base_name=str(name_or_path)).train()
 
     def forward(self, input_ids, attention_mask):
@@ -227,7 +290,8 @@ class Critic(nn.Module):
         assert input_ids.shape == attention_mask.shape and input_ids.dim() == 2, (input_ids.shape, attention_mask.shape)
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
-        values = self.value_head(hidden.float())  # (B, T, K)
+        with torch.autocast(hidden.device.type, enabled=False):  # the head computes in float32 (see class doc)
+            values = self.value_head(hidden.float())  # (B, T, K)
         assert values.shape == (*input_ids.shape, self.num_objectives), values.shape
         return values
 
@@ -256,8 +320,8 @@ class Critic(nn.Module):
             from peft import PeftModel
             base = _load_backbone(meta["base"], dtype)
             backbone = _peft(PeftModel.from_pretrained, base, path, is_trainable=True)
-        else:
-            backbone = AutoModel.from_pretrained(path, dtype=dtype)
+        else:  # float32 master weights, as saved (from_policy)
+            backbone = master_weights(AutoModel.from_pretrained(path, dtype=torch.float32).to(device), dtype)
         critic = cls(backbone.to(device), meta["num_objectives"], base_name=meta["base"])
         critic.value_head.load_state_dict(load_file(os.path.join(path, "value_head.safetensors")))
         return critic.to(device).train()
@@ -416,12 +480,15 @@ class MemoryRow:
         return self.param_bytes + self.grad_bytes + self.optimizer_bytes
 
 
-def memory_plan(models, dtype=torch.float32, trainable=None, optimizer="adamw", available_bytes=None):
+def memory_plan(models, dtype=torch.float32, trainable=None, optimizer="adamw", available_bytes=None,
+                master_dtype=None):
     """Bytes for parameters, gradients and optimizer state per model -> (rows, printable table).
 
     models: {name: nn.Module or int parameter count}. trainable: {name: bool or int} (default: a module's
     requires_grad parameters; an int count is frozen). Weights shared between entries (a LoRA reference) should
     be listed once. Gradients and AdamW's two moments are kept in the parameter dtype (plain torch AdamW).
+    master_dtype (float32 for train.py, see master_weights): the dtype of trainable parameters, their gradients
+    and moments, while frozen ones stay in `dtype`; default `dtype` for all.
     Activations and the CUDA context are not counted: leave headroom.
     """
     states = {"adamw": 2, "adam": 2, "sgd": 0}
@@ -429,6 +496,7 @@ def memory_plan(models, dtype=torch.float32, trainable=None, optimizer="adamw", 
         raise ValueError(f"Unknown optimizer '{optimizer}' for the memory plan; use one of {sorted(states)}.")
     trainable = trainable or {}
     size = torch.tensor([], dtype=dtype).element_size()
+    master = torch.tensor([], dtype=master_dtype or dtype).element_size()
     rows = []
     for name, m in models.items():
         if isinstance(m, nn.Module):
@@ -439,7 +507,8 @@ def memory_plan(models, dtype=torch.float32, trainable=None, optimizer="adamw", 
         t = trainable.get(name)
         if t is not None:
             n_train = n if t is True else (0 if t is False else int(t))
-        rows.append(MemoryRow(name, n, n_train, n * size, n_train * size, states[optimizer] * n_train * size))
+        rows.append(MemoryRow(name, n, n_train, (n - n_train) * size + n_train * master, n_train * master,
+                              states[optimizer] * n_train * master))
     gib = lambda b: f"{b / 2**30:8.2f}"
     lines = [f"{'model':<12}{'params':>14}{'trainable':>14}{'weights GiB':>12}{'grads GiB':>11}{'optim GiB':>11}"
              f"{'total GiB':>11}"]
@@ -448,7 +517,9 @@ def memory_plan(models, dtype=torch.float32, trainable=None, optimizer="adamw", 
                      f"{gib(r.optimizer_bytes):>11}{gib(r.total_bytes):>11}")
     total = sum(r.total_bytes for r in rows)
     lines.append(f"{'total':<12}{'':>14}{'':>14}{'':>12}{'':>11}{'':>11}{gib(total):>11}"
-                 f"   ({str(dtype).replace('torch.', '')}, {optimizer}; activations not included)")
+                 f"   ({str(dtype).replace('torch.', '')}"
+                 f"{', trainable ' + str(master_dtype).replace('torch.', '') if master_dtype else ''}, {optimizer}; "
+                 "activations not included)")
     if available_bytes is not None:
         verdict = "fits" if total < available_bytes else "does NOT fit (try --lora_r or smaller models)"
         lines.append(f"device memory {available_bytes / 2**30:.2f} GiB: {verdict}")

@@ -74,13 +74,17 @@ def _scores(model, ids, mask):
 
 
 def _score_formatted(scorer, texts, batch_size, max_length):
-    out = []
+    """(N,) scores. Batches are formed over the texts sorted by length (characters, a cheap proxy for tokens),
+    so each batch pads to a similar length instead of to the longest text of a random group."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = torch.zeros(len(texts))
     device = _device(scorer.model)
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
-            ids, mask = _encode(scorer.tokenizer, texts[i:i + batch_size], max_length, device)
-            out.append(_scores(scorer.model, ids, mask).cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+            rows = order[i:i + batch_size]
+            ids, mask = _encode(scorer.tokenizer, [texts[j] for j in rows], max_length, device)
+            out[rows] = _scores(scorer.model, ids, mask).cpu()
+    return out
 
 
 def score_texts(scorer, prompts, responses, batch_size=16, max_length=512) -> torch.Tensor:

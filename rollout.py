@@ -124,11 +124,12 @@ def response_logprobs(model, input_ids, attention_mask, R):
 
     Positions come from the attention mask so left padding does not shift them (HF computes them
     the same way inside generate). Only the R logit rows that predict response tokens are
-    normalised, which keeps the (B, R, V) float32 tensor as small as it can be."""
+    normalised, which keeps the (B, R, V) float32 tensor as small as it can be; the LM head itself only runs on
+    the last R + 1 positions (`logits_to_keep`), not on the prompt's."""
     position_ids = position_ids_from_mask(attention_mask)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   use_cache=False).logits  # (B, T, V)
-    logits = logits[:, -R - 1:-1].float()  # (B, R, V): row P + t - 1 predicts token P + t
+                   use_cache=False, logits_to_keep=R + 1).logits  # (B, R + 1, V): positions T - R - 1 .. T - 1
+    logits = logits[:, :-1].float()  # (B, R, V): row P + t - 1 predicts token P + t
     targets = input_ids[:, -R:]  # (B, R)
     logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     assert logprobs.shape == targets.shape

@@ -56,9 +56,10 @@ def field_comments(config_class):
     return comments
 
 
-def parse_config(config_class, presets, argv=None, description=""):
+def parse_config(config_class, presets, argv=None, description="", lora_lr=None):
     """The command line, generated from the Config dataclass: --name value, --name=value, a bare
-    --flag for booleans. The preset fills defaults first; explicit flags win."""
+    --flag for booleans. The preset fills defaults first; explicit flags win. lora_lr: {preset: lr}
+    that replaces actor_lr and critic_lr when lora_r > 0 and they were not given explicitly."""
     comments = field_comments(config_class)
     parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS,
                                      usage="%(prog)s [--field value ...]  (every field of Config)")
@@ -75,7 +76,10 @@ def parse_config(config_class, presets, argv=None, description=""):
     preset = explicit.get("preset", config_class.preset)
     if preset not in presets:
         raise SystemExit(f"error: unknown preset {preset!r}; choose one of {', '.join(presets)}.")
-    return config_class(**{**presets[preset], **explicit})
+    lora = {}
+    if lora_lr and explicit.get("lora_r", presets[preset].get("lora_r", config_class.lora_r)) > 0:
+        lora = {"actor_lr": lora_lr[preset], "critic_lr": lora_lr[preset]}  # LoRA's own rates
+    return config_class(**{**presets[preset], **lora, **explicit})
 
 
 def parse_pref(text, K):
@@ -232,16 +236,23 @@ def batch_indices(cfg, n_prompts, position):
 def save_checkpoint(out_dir, cfg, policy, tokenizer, critic, optimizers, schedulers, state, iteration):
     """Write out_dir/checkpoint atomically: everything goes to checkpoint.tmp, then two renames.
     A crash at any point leaves a complete checkpoint (or checkpoint.old, which load recovers)."""
-    final, tmp, old = (os.path.join(out_dir, n) for n in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
     optimizer_states = [distributed.optimizer_state_dict(m, o) for m, o in zip((policy, critic), optimizers)]
-    # torchrun: every rank gathers the full weights, rank 0 writes them
+    # torchrun: every rank gathers the full weights, rank 0 writes them, and the others wait for it,
+    # so no rank runs ahead (or exits and tears the process group down) while the write goes on.
     with distributed.full_parameters(policy), distributed.full_parameters(critic):
-        if not distributed.is_main():
-            return
-        shutil.rmtree(tmp, ignore_errors=True)
-        policy.save_pretrained(os.path.join(tmp, "policy"))  # HF format: from_pretrained loads it alone
-        tokenizer.save_pretrained(os.path.join(tmp, "policy"))
-        critic.save(os.path.join(tmp, "critic"))
+        if distributed.is_main():
+            _write_checkpoint(out_dir, cfg, policy, tokenizer, critic, optimizer_states, schedulers, state,
+                              iteration)
+    distributed.barrier()
+
+
+def _write_checkpoint(out_dir, cfg, policy, tokenizer, critic, optimizer_states, schedulers, state,
+                      iteration):
+    final, tmp, old = (os.path.join(out_dir, n) for n in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(os.path.join(tmp, "policy"))  # HF format: from_pretrained loads it alone
+    tokenizer.save_pretrained(os.path.join(tmp, "policy"))
+    critic.save(os.path.join(tmp, "critic"))
     rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     torch.save({"iteration": iteration, "method_state": dataclasses.asdict(state),

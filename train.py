@@ -31,7 +31,7 @@ import gapo
 import runs
 from model import Critic, load_policy, load_reference, load_score_model, load_tokenizer, memory_plan
 from rewards import Scorer, objective_matrix
-from rollout import (Rollout, concat_chunks, decode_responses, gae, generate, kl_shaped_rewards,
+from rollout import (Rollout, decode_responses, gae, generate, kl_shaped_rewards,
                      response_logprobs, response_values)
 from scale import distributed
 
@@ -63,7 +63,10 @@ class Config:
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16
     gradient_checkpointing: bool = False  # on actor and critic (non-reentrant)
     lora_r: int = 0  # > 0: policy and critic as LoRA adapters; pi_ref = policy with adapter off
-    lora_alpha: int = 16
+    # LoRA defaults (docs/decisions.md): lora_alpha 0 means 2 * lora_r (scale 2), and with lora_r > 0 any of
+    # actor_lr / critic_lr not given on the command line becomes LORA_LR[preset], 10x the preset's full
+    # fine-tuning actor lr (paper: 1e-5 for both, toy: 3e-3).
+    lora_alpha: int = 0
     # --- rollout (SPEC section 2)
     iterations: int = 60  # PPO iterations (rollout + update); 0 = `epochs` passes over the prompts
     epochs: float = 2.0  # passes over the prompt set when iterations = 0
@@ -119,6 +122,8 @@ PRESETS = {
                   kl_coef=0.05, clip_eps=0.1, gradient_checkpointing=True, save_every=50, num_threads=0),
 }
 
+LORA_LR = {"toy": 3e-3, "paper": 1e-5}  # actor and critic lr of LoRA runs (see Config.lora_alpha's comment)
+
 
 # ------------------------------------------------------------------------------------ one iteration
 
@@ -126,14 +131,13 @@ PRESETS = {
 def collect_rollout(cfg, policy, reference, critic, tokenizer, scorers, raw, formatted, state=None):
     """Steps 1-4 of the recipe. Returns the Rollout and the phase timings. With state (MethodState)
     and critic_init first_rollout, the first call starts the value heads at the mean return."""
-    # Every pass runs in chunks of micro_batch_size prompts (the paper preset rolls out 128 prompts
-    # per update, 16 at a time); chunks are padded to one (B, T) layout by rollout.concat_chunks.
+    # Generation: the whole rollout batch in one call (decoding is memory-bound, so B rows cost about
+    # what one row does). The forward passes below run in chunks of micro_batch_size (activation memory).
     chunk = cfg.micro_batch_size
     t0 = time.perf_counter()
-    input_ids, attention_mask, response_mask, P = concat_chunks([
-        generate(policy, tokenizer, formatted[i:i + chunk], cfg.max_prompt_length, cfg.max_new_tokens,
-                 cfg.temperature, cfg.top_p, cfg.repetition_penalty) for i in range(0, len(formatted), chunk)],
-        tokenizer.pad_token_id)
+    input_ids, attention_mask, response_mask, P = generate(
+        policy, tokenizer, formatted, cfg.max_prompt_length, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+        cfg.repetition_penalty)
     responses = decode_responses(tokenizer, input_ids, response_mask)
     t1 = time.perf_counter()
     scores = objective_matrix(scorers[0], scorers[1], raw, responses, batch_size=cfg.score_batch_size)  # (B, K)
@@ -253,7 +257,7 @@ def main(argv=None, make_weigh=None):
     """Train one run. make_weigh(policy), if given, returns the `weigh` function ppo_update uses
     (experiments/study.py records both Gram matrices this way); None keeps gapo.loss_weights."""
     try:
-        cfg = runs.parse_config(Config, PRESETS, argv, description=__doc__.split("\n")[0])
+        cfg = runs.parse_config(Config, PRESETS, argv, __doc__.split("\n")[0], lora_lr=LORA_LR)
         pref = runs.check_config(cfg, len(OBJECTIVES))
         rank, world, device, resume_from = runs.start_run(cfg)
         toyworld = runs.resolve_models(cfg)  # empty model paths: the built-in toy world's
@@ -291,15 +295,14 @@ def main(argv=None, make_weigh=None):
     models = {"policy": policy, "critic": critic, "reward": scorers[0].model, "cost": scorers[1].model}
     if cfg.lora_r == 0:
         models["reference"] = reference  # with LoRA the reference shares the policy's weights
-    print(memory_plan(models, dtype=next(policy.parameters()).dtype,
-                      trainable={"reward": False, "cost": False})[1])
+    print(memory_plan(models, dtype=next(scorers[0].model.parameters()).dtype, master_dtype=torch.float32,
+                      trainable={"reward": False, "cost": False})[1])  # trainable weights: float32 masters
 
     # Optimizers: AdamW on the trainable parameters, cosine schedule with warm-up (Table 2).
     iterations = cfg.iterations or max(1, int(cfg.epochs * len(raw) / (cfg.batch_size * world)))
     steps = iterations * cfg.ppo_epochs * (cfg.batch_size // cfg.minibatch_size)
-    optimizers = [torch.optim.AdamW([q for q in m.parameters() if q.requires_grad], lr=lr,
-                                    weight_decay=cfg.weight_decay,
-                                    betas=(cfg.adam_beta1, cfg.adam_beta2))
+    # Sharded (FSDP) and whole parameters sit in separate groups: foreach AdamW refuses a mix.
+    optimizers = [distributed.adamw(m, lr, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2))
                   for m, lr in [(policy, cfg.actor_lr), (critic, cfg.critic_lr)]]
     schedulers = [cosine_schedule(o, steps, cfg.warmup_ratio) for o in optimizers]
     state = gapo.MethodState(log_lambda=math.log(cfg.lambda_init))

@@ -76,6 +76,14 @@ def parse_args(argv=None):
     ap.add_argument("--peak_tflops", type=float, default=989.0, help="peak bf16 dense TFLOP/s of the GPU")
     ap.add_argument("--device", default="auto", help="auto | cuda | cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compare_paths", action="store_true",
+                    help="rollout paths side by side: generation in micro-batch chunks vs one call, LM head on all "
+                         "T positions vs the last R + 1")
+    ap.add_argument("--check", action="store_true",
+                    help="the GPU check: gapo and ppo-h at the paper's rollout batch (128 prompts, micro-batch 16), "
+                         "then two train.py iterations in bf16 with checkpointing on 7B-shaped random models saved "
+                         "locally (--tiny: the same on CPU in seconds)")
+    ap.add_argument("--check_dir", default="cache/bench_check", help="where --check saves its random models")
     args = ap.parse_args(argv)
     tiny = args.tiny
     args.lora_r = (8 if tiny else 64) if args.lora_r is None else args.lora_r
@@ -130,8 +138,8 @@ def build_models(args, device, dtype):
         if args.gradient_checkpointing:
             enable_checkpointing(m)
     if args.lora_r:
-        policy = add_lora(policy, args.lora_r, 16, 0.0, "CAUSAL_LM")
-        backbone = add_lora(backbone, args.lora_r, 16, 0.0, "FEATURE_EXTRACTION")
+        policy = add_lora(policy, args.lora_r, 0, 0.0, "CAUSAL_LM")  # alpha 0 = 2 r, train.py's default
+        backbone = add_lora(backbone, args.lora_r, 0, 0.0, "FEATURE_EXTRACTION")
         reference = load_reference(None, device, policy=policy)  # adapter disabled: no second copy
     else:
         reference.eval().requires_grad_(False)
@@ -254,8 +262,205 @@ def matmul_params(model):
     return n, n_train
 
 
+def old_response_logprobs(model, input_ids, attention_mask, R):
+    """The previous rollout.response_logprobs: LM head on all T positions, then the last R rows kept."""
+    from model import position_ids_from_mask
+
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    ).logits  # (B, T, V)
+    logits = logits[:, -R - 1 : -1].float()
+    return torch.log_softmax(logits, -1).gather(-1, input_ids[:, -R:, None])[..., 0]  # (B, R)
+
+
+def compare_paths(args, models, tokenizer, device, repeats=3):
+    """Old and new rollout paths on the same prompts, alternately: generation in chunks of micro_batch_size
+    prompts (old train.collect_rollout) vs the whole batch in one call; response_logprobs with the LM head on
+    all T positions (old) vs the last R + 1 (new). Prints seconds (best of `repeats`) and the old / new ratios."""
+    from rollout import concat_chunks
+
+    policy = models[0]
+    generator = torch.Generator().manual_seed(args.seed)
+    prompts = random_prompts(generator, args.batch_size, args.prompt_length)
+    clock = Clock(device)
+    chunk = args.micro_batch_size
+    best = {}
+
+    def timed(name, fn):
+        clock.seconds.pop(name, None)
+        with clock.phase(name):
+            out = fn()
+        best[name] = min(best.get(name, float("inf")), clock.seconds[name])
+        return out
+
+    for _ in range(repeats):
+        timed(
+            "generate, chunks",
+            lambda: concat_chunks(
+                [
+                    generate(
+                        policy,
+                        tokenizer,
+                        prompts[i : i + chunk],
+                        args.prompt_length,
+                        args.new_tokens,
+                    )
+                    for i in range(0, len(prompts), chunk)
+                ],
+                tokenizer.pad_token_id,
+            ),
+        )
+        ids, mask, rmask, _ = timed(
+            "generate, one call",
+            lambda: generate(policy, tokenizer, prompts, args.prompt_length, args.new_tokens),
+        )
+        R = rmask.shape[1]
+        with torch.no_grad():
+            timed(
+                "logprobs, all T",
+                lambda: [
+                    old_response_logprobs(policy, ids[i : i + chunk], mask[i : i + chunk], R)
+                    for i in range(0, len(ids), chunk)
+                ],
+            )
+            timed(
+                "logprobs, R + 1",
+                lambda: [
+                    response_logprobs(policy, ids[i : i + chunk], mask[i : i + chunk], R)
+                    for i in range(0, len(ids), chunk)
+                ],
+            )
+    print(
+        f"\nrollout paths, best of {repeats} (B={args.batch_size}, micro-batch {chunk}, P={args.prompt_length}, "
+        f"R={args.new_tokens}):"
+    )
+    for name, sec in best.items():
+        print(f"  {name:<20}{sec:10.3f} s")
+    ratios = {
+        "generate": best["generate, chunks"] / best["generate, one call"],
+        "logprobs": best["logprobs, all T"] / best["logprobs, R + 1"],
+    }
+    print(f"old / new: generation {ratios['generate']:.2f}x, log-probs {ratios['logprobs']:.2f}x")
+    return ratios
+
+
+def save_random_models(args, root):
+    """Random-weight policy (Mistral) and reward / cost (beaver LlamaModelForScore) models in Hugging Face
+    format with the word tokenizer, and a prompt file: what train.py loads, without a network."""
+    import json
+    import os
+
+    mistral, llama = configs(args.tiny)
+    device = torch.device(args.device)
+    tokenizer = word_tokenizer()
+    paths = {name: os.path.join(root, name) for name in ("policy", "reward", "cost")}
+    for name, path in paths.items():
+        with building(device, torch.bfloat16):
+            torch.manual_seed(args.seed)
+            model = MistralForCausalLM(mistral) if name == "policy" else new_score_model(llama)
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        del model
+    paths["prompts"] = os.path.join(root, "prompts.jsonl")
+    generator = torch.Generator().manual_seed(args.seed)
+    with open(paths["prompts"], "w") as f:
+        for text in random_prompts(generator, 64, args.prompt_length // 2):
+            f.write(json.dumps({"prompt": text}) + "\n")
+    return paths
+
+
+def check(args):
+    """The GPU check (about 8 minutes on one H100 / H200; --tiny: CPU, seconds): bench's gapo and ppo-h side by
+    side at the paper's rollout batch, then two iterations of train.py in bf16 with gradient checkpointing on
+    random models saved first (LoRA r=64 on a GPU: full fine-tuning of 7B does not fit one)."""
+    import os
+    import train as train_module
+
+    tiny = ["--tiny"] if args.tiny else []
+    batch, micro = (8, 4) if args.tiny else (128, 16)
+    print(f"check 1/2: bench, gapo and ppo-h, B={batch}, micro-batch {micro}")
+    main(
+        tiny
+        + [
+            "--device",
+            args.device,
+            "--batch_size",
+            str(batch),
+            "--micro_batch_size",
+            str(micro),
+            "--iterations",
+            "1",
+            "--warmup",
+            "0",
+            "--methods",
+            "gapo,ppo-h",
+        ]
+    )
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    paths = save_random_models(args, args.check_dir)
+    print(
+        f"check 2/2: train.py, 2 iterations, bf16, gradient checkpointing, models in {args.check_dir}"
+    )
+    t0 = time.perf_counter()
+    out = os.path.join(args.check_dir, "run")
+    train_module.main(
+        [
+            "--policy",
+            paths["policy"],
+            "--reward_model",
+            paths["reward"],
+            "--cost_model",
+            paths["cost"],
+            "--prompts",
+            paths["prompts"],
+            "--dtype",
+            "bfloat16",
+            "--gradient_checkpointing",
+            "--device",
+            args.device,
+            "--iterations",
+            "2",
+            "--batch_size",
+            str(micro),
+            "--minibatch_size",
+            str(micro),
+            "--micro_batch_size",
+            str(micro // 2 if args.tiny else 4),
+            "--max_prompt_length",
+            str(args.prompt_length),
+            "--max_new_tokens",
+            str(args.new_tokens),
+            "--ppo_epochs",
+            "1",
+            "--lora_r",
+            "8" if args.tiny else "64",
+            "--out_dir",
+            out,
+            "--overwrite",
+            "--num_threads",
+            "1" if args.tiny else "0",
+        ]
+    )
+    peak = (
+        f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+        if args.device == "cuda"
+        else ""
+    )
+    print(
+        f"check done: train.py 2 iterations in {time.perf_counter() - t0:.1f}s (with loading){peak}"
+    )
+    return out
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.check:
+        return check(args)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(args.seed)
@@ -265,8 +470,9 @@ def main(argv=None):
           f"R={args.new_tokens}, micro-batch {args.micro_batch_size}, methods {args.methods}")
     cfg = train.Config(batch_size=args.batch_size, minibatch_size=args.batch_size,
                        micro_batch_size=args.micro_batch_size, ppo_epochs=1, p=args.p, mgda_params=args.mgda_params,
-                       max_prompt_length=args.prompt_length, max_new_tokens=args.new_tokens, actor_lr=1e-6,
-                       critic_lr=5e-7)
+                       max_prompt_length=args.prompt_length, max_new_tokens=args.new_tokens,
+                       actor_lr=train.LORA_LR["paper"] if args.lora_r else 1e-6,
+                       critic_lr=train.LORA_LR["paper"] if args.lora_r else 5e-7)
     # The plan train.py checks (distributed.check_memory), from the configs alone, before anything is built.
     mistral, llama = configs(args.tiny)
     counts = {"policy": param_count_from_config(mistral, "causal_lm"),
@@ -292,6 +498,8 @@ def main(argv=None):
     print(memory_plan(listed, dtype=dtype)[1])
 
     tokenizer = word_tokenizer()
+    if args.compare_paths:
+        return compare_paths(args, models, tokenizer, device)
     T = args.prompt_length + args.new_tokens
     optimizers = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
                   for m, lr in [(policy, cfg.actor_lr), (critic, cfg.critic_lr)]]

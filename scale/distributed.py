@@ -191,18 +191,42 @@ def _decoder_layers(model):
     return [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
 
 
-def shard_model(model, keep=()):
+def _mixed_precision(model):
+    """FSDP2's MixedPrecisionPolicy for a model with float32 master weights (model.master_weights sets
+    `compute_dtype` on it or on its backbone): all-gather in bf16, reduce gradients in float32. None
+    (FSDP's default: gather and reduce in the parameter dtype) for a model stored in its compute dtype."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    compute = next((m.compute_dtype for m in model.modules() if hasattr(m, "compute_dtype")), None)
+    return (
+        MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32) if compute else None
+    )
+
+
+def shard_model(model, keep=(), own_group=()):
     """FSDP2 in place: each decoder layer, then the root (embeddings, final norm, heads), sharded over all
-    ranks; parameters in `keep` stay whole on every rank (gradients: all_reduce_grads). Returns the model."""
+    ranks; parameters in `keep` stay whole on every rank (gradients: all_reduce_grads). Modules in
+    `own_group` get their own FSDP group without mixed precision: a float32 head (the critic's value head)
+    would otherwise share the root group with a bf16 backbone (FSDP requires one parameter dtype per group)
+    or be cast to bf16 by the root's policy. Returns the model."""
     from torch.distributed.fsdp import fully_shard
+
     keep = set(keep)
-    if not set(model.parameters()) - keep:  # everything kept whole (mgda_params=all): plain replication
+    if (
+        not set(model.parameters()) - keep
+    ):  # everything kept whole (mgda_params=all): plain replication
         return model
+    mp = _mixed_precision(model)
+    extra = {"mp_policy": mp} if mp else {}
+    for module in own_group:
+        fully_shard(module)
     for layer in _decoder_layers(model):
         own = set(layer.parameters())
-        if own - keep:  # a layer kept whole entirely (the last block) is left to the root, which ignores it
-            fully_shard(layer, ignored_params=own & keep or None)
-    fully_shard(model, ignored_params=keep or None)
+        if (
+            own - keep
+        ):  # a layer kept whole entirely (the last block) is left to the root, which ignores it
+            fully_shard(layer, ignored_params=own & keep or None, **extra)
+    fully_shard(model, ignored_params=keep or None, **extra)
     return model
 
 
@@ -213,9 +237,24 @@ def shard_for_training(policy, critic, reference, scorers, keep, lora):
     if not is_distributed() or lora:
         return
     shard_model(policy, keep)
-    shard_model(critic)
+    shard_model(critic, own_group=[critic.value_head])
     for model in [reference, *scorers]:
         shard_model(model)
+
+
+def adamw(model, lr, weight_decay, betas=(0.9, 0.999)):
+    """torch.optim.AdamW over the trainable parameters of `model`, sharded (DTensor) and whole parameters in
+    separate param groups: the foreach kernels (CUDA's default) refuse a list mixing DTensors and plain
+    tensors ("got mixed torch.Tensor and DTensor"), and the kept last block is plain. Under torchrun the
+    foreach path is asked for explicitly, so CPU (gloo) runs take the same path as CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if _is_sharded(p)]},
+        {"params": [p for p in params if not _is_sharded(p)]},
+    ]
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=betas,
+                             foreach=True if is_distributed() else None)
 
 
 def _fsdp_modules(model):
@@ -332,12 +371,25 @@ def lora_param_count(config, r):
     return config.num_hidden_layers * r * ((h + q_out) + 2 * (h + kv) + (q_out + h))
 
 
+def block_param_count(config):
+    """Parameters of one decoder block (q, k, v, o, the gated MLP, two RMSNorms): the last block, which
+    full fine-tuning under FSDP keeps whole on every rank (GAPO's objective gradients need it unsharded)."""
+    h, i = config.hidden_size, config.intermediate_size
+    d = getattr(config, "head_dim", None) or h // config.num_attention_heads
+    q = config.num_attention_heads * d
+    kv = (config.num_key_value_heads or config.num_attention_heads) * d
+    return h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h
+
+
 def plan_bytes(cfg, policy_config, counts, dtype, world, lora_r, checkpointing):
-    """Peak bytes per GPU of a configuration: weights, gradients and AdamW state (model.memory_plan's rule),
-    plus activation_and_cache_bytes. counts: parameter counts {policy, critic, reward, cost}. Full fine-tuning
-    on N ranks shards all of it N ways (FSDP) but gathers the whole policy for the rollout (`unsharded`);
-    LoRA replicates everything. Not counted: the CUDA context, fragmentation, the replicated last block."""
+    """Peak bytes per GPU of a configuration: weights, gradients and AdamW state (model.memory_plan's rule, with
+    float32 master weights: trainable parameters, their gradients and moments 16 bytes each, frozen ones in
+    `dtype`), plus activation_and_cache_bytes. counts: parameter counts {policy, critic, reward, cost}. Full
+    fine-tuning on N ranks shards all of it N ways (FSDP) except the policy's last block (whole on every rank,
+    16 bytes a parameter), and gathers the whole policy in `dtype` for the rollout (`unsharded`); LoRA
+    replicates everything. Not counted: the CUDA context, fragmentation."""
     from model import memory_plan
+
     models, trainable = dict(counts), {"reward": 0, "cost": 0}
     if lora_r:
         adapter = lora_param_count(policy_config, lora_r)
@@ -346,13 +398,26 @@ def plan_bytes(cfg, policy_config, counts, dtype, world, lora_r, checkpointing):
     else:
         models["reference"] = counts["policy"]
         trainable.update(policy=True, critic=True, reference=0)
-    rows, _ = memory_plan(models, dtype=dtype, trainable=trainable)
+    rows, _ = memory_plan(models, dtype=dtype, trainable=trainable, master_dtype=torch.float32)
     states = sum(r.total_bytes for r in rows) / (1 if lora_r else world)
-    extra = activation_and_cache_bytes(policy_config, cfg.micro_batch_size, cfg.max_prompt_length + cfg.max_new_tokens,
-                                       dtype, checkpointing, cfg.max_new_tokens, cfg.batch_size)
+    extra = activation_and_cache_bytes(
+        policy_config,
+        cfg.micro_batch_size,
+        cfg.max_prompt_length + cfg.max_new_tokens,
+        dtype,
+        checkpointing,
+        cfg.max_new_tokens,
+        cfg.batch_size,
+    )
     sharded = world > 1 and not lora_r
-    gathered_policy = counts["policy"] * torch.tensor([], dtype=dtype).element_size() if sharded else 0
-    return int(states + max(extra.kv_cache + gathered_policy, extra.activations + extra.logits))
+    size = torch.tensor([], dtype=dtype).element_size()
+    gathered_policy = counts["policy"] * size if sharded else 0
+    kept_block = 16 * block_param_count(policy_config) * (1 - 1 / world) if sharded else 0
+    return int(
+        states
+        + kept_block
+        + max(extra.kv_cache + gathered_policy, extra.activations + extra.logits)
+    )
 
 
 def check_memory(cfg, device_bytes, world=1, dtype=torch.bfloat16):

@@ -48,3 +48,16 @@ def test_bad_flags_stop_with_one_sentence():
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="need a CUDA GPU"):
             bench.parse_args([])
+
+
+def test_check_tiny_runs_bench_and_two_train_iterations(tmp_path):
+    out = bench.main(["--check", "--tiny", "--check_dir", str(tmp_path / "check")])
+    with open(os.path.join(out, "log.jsonl")) as f:
+        assert len(f.readlines()) == 2
+    assert os.path.isdir(os.path.join(out, "checkpoint", "policy"))
+
+
+def test_compare_paths_reports_old_over_new_ratios():
+    ratios = bench.main(["--tiny", "--compare_paths", "--lora_r", "0", "--batch_size", "4", "--micro_batch_size", "2",
+                         "--new_tokens", "4", "--prompt_length", "4"])
+    assert set(ratios) == {"generate", "logprobs"} and all(r > 0 for r in ratios.values())

@@ -86,9 +86,28 @@ def test_memory_check_refuses_full_finetuning_on_one_80gb_gpu_and_names_the_fix(
     no_ckpt = runs.parse_config(train.Config, train.PRESETS, ["--preset", "paper", "--lora_r", "64", "--gradient_checkpointing", "false"] + paths)
     with pytest.raises(ValueError, match="add --gradient_checkpointing "):
         distributed.check_memory(no_ckpt, h100)
-    assert distributed.check_memory(full, h100, world=4) < h100  # FSDP over 4 GPUs: full fine-tuning fits
-    with pytest.raises(ValueError, match="add --lora_r 64 "):  # 2 GPUs: shards + the policy gathered for rollout
-        distributed.check_memory(full, h100, world=2)
+    # FSDP over 8 GPUs: full fine-tuning with float32 master weights (16 bytes per trainable parameter) fits
+    assert distributed.check_memory(full, h100, world=8) < h100
+    for world in (2, 4):  # shards + the whole last block + the policy gathered for rollout: too much
+        with pytest.raises(ValueError, match="add --lora_r 64 "):
+            distributed.check_memory(full, h100, world=world)
+
+
+def test_plan_counts_float32_master_weights_and_the_kept_block():
+    """Full fine-tuning in bf16: trainable parameters cost 16 bytes (fp32 weight, gradient, two moments),
+    frozen ones 2; the last block is whole on every rank."""
+    import train
+    from transformers import MistralConfig
+    c = MistralConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+    assert distributed.block_param_count(c) == 64 * 64 * 2 + 2 * 64 * 32 + 3 * 64 * 128 + 2 * 64
+    cfg = train.Config(micro_batch_size=1, batch_size=1, max_prompt_length=1, max_new_tokens=1)
+    counts = {"policy": 1000, "critic": 900, "reward": 500, "cost": 500}
+    one = distributed.plan_bytes(cfg, c, counts, torch.bfloat16, 1, 0, True)
+    extra = distributed.activation_and_cache_bytes(c, 1, 2, torch.bfloat16, True, 1, 1).peak
+    assert one - extra == 16 * (1000 + 900) + 2 * (1000 + 500 + 500)  # reference and scorers frozen in bf16
+    two = distributed.plan_bytes(cfg, c, counts, torch.bfloat16, 2, 0, True)
+    assert two > (one - extra) / 2 + 16 * distributed.block_param_count(c) / 2
 
 
 # ----------------------------------------------------------------------------- shared by ranks and the reference
@@ -267,6 +286,34 @@ def test_torchrun_train_and_resume_match_an_uninterrupted_run(tiny_toyworld, tmp
     policy = tmp_path / "resumed" / "checkpoint" / "policy"
     assert AutoConfig.from_pretrained(policy).architectures == ["MistralForCausalLM"]
     AutoModelForCausalLM.from_pretrained(policy)
+
+
+def test_torchrun_bf16_checkpointing_two_iterations_checkpoint_and_resume(tiny_toyworld, tmp_path):
+    """bf16 + gradient checkpointing + the last block kept whole: the critic's float32 value head next to its
+    backbone, and AdamW's foreach kernels (asked for under torchrun, CUDA's default) over sharded and whole
+    parameters. Iteration 1 and a checkpoint, then --resume for iteration 2."""
+    args = ["--toy_size", "tiny", "--toy_dir", tiny_toyworld, "--method", "gapo", "--iterations", "2",
+            "--batch_size", "4", "--minibatch_size", "4", "--micro_batch_size", "2", "--max_new_tokens", "8",
+            "--dtype", "bfloat16", "--gradient_checkpointing", "--out_dir", str(tmp_path / "run")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    for extra in (["--stop_after", "1"], ["--resume"]):
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                                 "2", "train.py", *args, *extra], cwd=ROOT, capture_output=True, text=True,
+                                timeout=300, env=env)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    with open(tmp_path / "run" / "log.jsonl") as f:
+        log = [json.loads(line) for line in f]
+    assert [r["iteration"] for r in log] == [1, 2] and all(abs(sum(r["alpha"]) - 1) < 1e-6 for r in log)
+    from transformers import AutoModelForCausalLM
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "checkpoint" / "policy")
+    assert next(saved.parameters()).dtype == torch.float32  # the master weights, exported in HF format
+
+
+def test_adamw_groups_split_sharded_and_whole():
+    from torch.distributed.tensor import DTensor
+    layer = torch.nn.Linear(2, 2)
+    assert len(distributed.adamw(layer, 1e-3, 0.0).param_groups) == 1  # one process: nothing sharded
+    assert not any(isinstance(p, DTensor) for p in layer.parameters())
 
 
 def test_single_process_helpers_are_plain_torch():

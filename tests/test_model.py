@@ -59,7 +59,9 @@ def test_policy_cpu_float32_train_mode_no_cache(tiny_policy_dir):
     policy = load_policy(tiny_policy_dir, CPU)
     assert policy.training and policy.config.use_cache is False
     assert next(policy.parameters()).dtype == torch.float32
-    assert next(load_policy(tiny_policy_dir, CPU, dtype="bfloat16").parameters()).dtype == torch.bfloat16
+    trained = load_policy(tiny_policy_dir, CPU, dtype="bfloat16")  # float32 master weights, bf16 compute
+    assert next(trained.parameters()).dtype == torch.float32 and trained.compute_dtype == torch.bfloat16
+    assert next(load_policy(tiny_policy_dir, CPU, dtype="bfloat16", master=False).parameters()).dtype == torch.bfloat16
     ref = load_reference(tiny_policy_dir, CPU)
     assert not ref.training and not any(p.requires_grad for p in ref.parameters())
 

@@ -114,3 +114,34 @@ def test_chunks_of_different_lengths_join_without_changing_logprobs(tiny_policy_
     joined = response_logprobs(model, ids, attn, R) * rmask
     alone = response_logprobs(model, b[0], b[1], b[2].shape[1]) * b[2]
     assert torch.allclose(joined[2, :alone.shape[1]], alone[0], atol=1e-5)
+
+
+def test_lm_head_runs_on_response_positions_only(tiny_policy_dir):
+    from model import load_policy
+    policy = load_policy(tiny_policy_dir, "cpu").eval()
+    rows = []
+    policy.lm_head.register_forward_hook(lambda m, inp, out: rows.append(inp[0].shape[1]))
+    ids = torch.randint(3, 20, (2, 10))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        got = response_logprobs(policy, ids, mask, 4)
+        full = torch.log_softmax(policy(input_ids=ids).logits[:, -5:-1].float(), -1)
+    assert rows[0] == 5  # R + 1 positions, not T
+    torch.testing.assert_close(got, full.gather(-1, ids[:, -4:, None])[..., 0], atol=1e-6, rtol=0)
+
+
+def test_rollout_generates_the_batch_in_one_call_and_scores_sorted_batches(tiny_toyworld, tmp_path,
+                                                                             monkeypatch):
+    import rewards
+    import train
+    calls, lengths = [], []
+    inner, encode = train.generate, rewards._encode
+    monkeypatch.setattr(train, "generate", lambda *a, **k: calls.append(len(a[2])) or inner(*a, **k))
+    monkeypatch.setattr(rewards, "_encode", lambda tok, texts, *a: lengths.append([len(t) for t in texts])
+                        or encode(tok, texts, *a))
+    train.main(["--toy_size", "tiny", "--toy_dir", tiny_toyworld, "--out_dir", str(tmp_path / "run"),
+                "--iterations", "1", "--batch_size", "8", "--minibatch_size", "4", "--micro_batch_size", "2",
+                "--max_new_tokens", "8", "--score_batch_size", "2", "--ppo_epochs", "1"])
+    assert calls == [8]  # one generate call for the rollout batch, not 4 of micro_batch_size
+    for batches in (lengths[:4], lengths[4:8]):  # reward then cost: batches in increasing length
+        assert all(max(a) <= min(b) for a, b in zip(batches, batches[1:]))
