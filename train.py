@@ -29,11 +29,11 @@ from tqdm import tqdm
 
 import gapo
 import runs
-from model import Critic, load_policy, load_reference, load_score_model, load_tokenizer, memory_plan
+from model import Critic, load_policy, load_reference, load_score_model, load_tokenizer
 from rewards import Scorer, objective_matrix
 from rollout import (Rollout, decode_responses, gae, generate, kl_shaped_rewards,
                      response_logprobs, response_values)
-from scale import distributed
+from scale import distributed, memory
 
 OBJECTIVES = ["helpful", "harmless"]  # K = 2: reward, and minus cost (SPEC section 1)
 
@@ -265,7 +265,7 @@ def main(argv=None, make_weigh=None):
             runs.write_config(cfg)  # with the resolved model paths, for evaluate.py
         dtype = None if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
         if device.type == "cuda":  # refuse a plan that cannot fit before loading anything
-            distributed.check_memory(cfg, torch.cuda.get_device_properties(device).total_memory, world,
+            memory.check_memory(cfg, torch.cuda.get_device_properties(device).total_memory, world,
                                      dtype or torch.bfloat16)
 
         # The models: policy, frozen reference, critic (K value heads), reward and cost scorers.
@@ -295,7 +295,7 @@ def main(argv=None, make_weigh=None):
     models = {"policy": policy, "critic": critic, "reward": scorers[0].model, "cost": scorers[1].model}
     if cfg.lora_r == 0:
         models["reference"] = reference  # with LoRA the reference shares the policy's weights
-    print(memory_plan(models, dtype=next(scorers[0].model.parameters()).dtype, master_dtype=torch.float32,
+    print(memory.memory_plan(models, dtype=next(scorers[0].model.parameters()).dtype, master_dtype=torch.float32,
                       trainable={"reward": False, "cost": False})[1])  # trainable weights: float32 masters
 
     # Optimizers: AdamW on the trainable parameters, cosine schedule with warm-up (Table 2).

@@ -43,8 +43,8 @@ from transformers import LlamaConfig, MistralConfig, MistralForCausalLM, Mistral
 
 import gapo
 import train
-from scale.distributed import activation_and_cache_bytes, plan_bytes
-from model import (Critic, add_lora, enable_checkpointing, load_reference, memory_plan, new_score_model,
+from scale.memory import activation_and_cache_bytes, memory_plan, plan_bytes
+from model import (Critic, add_lora, enable_checkpointing, load_reference, new_score_model,
                    param_count_from_config)
 from rollout import Rollout, gae, generate, kl_shaped_rewards, response_logprobs, response_values
 
@@ -473,7 +473,7 @@ def main(argv=None):
                        max_prompt_length=args.prompt_length, max_new_tokens=args.new_tokens,
                        actor_lr=train.LORA_LR["paper"] if args.lora_r else 1e-6,
                        critic_lr=train.LORA_LR["paper"] if args.lora_r else 5e-7)
-    # The plan train.py checks (distributed.check_memory), from the configs alone, before anything is built.
+    # The plan train.py checks (scale.memory.check_memory), from the configs alone, before anything is built.
     mistral, llama = configs(args.tiny)
     counts = {"policy": param_count_from_config(mistral, "causal_lm"),
               "critic": param_count_from_config(mistral, "base"),

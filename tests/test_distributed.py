@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from scale import distributed  # noqa: E402
+from scale import distributed, memory  # noqa: E402
 import gapo  # noqa: E402
 from conftest import make_tiny_mistral  # noqa: E402
 from mgda import gapo_weights, gram_matrix  # noqa: E402
@@ -33,15 +33,15 @@ def test_activation_and_cache_bytes_by_hand():
     from transformers import MistralConfig
     c = MistralConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2)  # head dim 16, kv width 32
-    est = distributed.activation_and_cache_bytes(c, 3, 10, torch.bfloat16, True, response_len=4)
+    est = memory.activation_and_cache_bytes(c, 3, 10, torch.bfloat16, True, response_len=4)
     per_layer = 9 * 64 + 2 * 32 + 4 * 128  # 1152 elements per token and layer
     assert est.kv_cache == 2 * 2 * 3 * 10 * 2 * 16 * 2 == 7680
     assert est.activations == 3 * 10 * 2 * (2 * 64 + per_layer) == 76800
     assert est.logits == 3 * 100 * (10 * 2 + 3 * 4 * 4) == 20400
     assert est.peak == 76800 + 20400
-    full = distributed.activation_and_cache_bytes(c, 3, 10, torch.bfloat16, False, response_len=4)
+    full = memory.activation_and_cache_bytes(c, 3, 10, torch.bfloat16, False, response_len=4)
     assert full.activations == 3 * 10 * 2 * 2 * per_layer and full.kv_cache == est.kv_cache
-    f32 = distributed.activation_and_cache_bytes(c, 3, 10, torch.float32, True, response_len=4, generation_batch=6)
+    f32 = memory.activation_and_cache_bytes(c, 3, 10, torch.float32, True, response_len=4, generation_batch=6)
     assert f32.kv_cache == 4 * est.kv_cache  # twice the batch, twice the bytes
 
 
@@ -53,7 +53,7 @@ def mistral_7b():
 
 def test_paper_kv_cache_is_one_gib():
     # 2 (k, v) * 32 layers * 16 prompts * 512 tokens * 8 kv heads * 128 dims * 2 bytes = 2^30 exactly
-    est = distributed.activation_and_cache_bytes(mistral_7b(), 16, 512, torch.bfloat16, True, response_len=256)
+    est = memory.activation_and_cache_bytes(mistral_7b(), 16, 512, torch.bfloat16, True, response_len=256)
     assert est.kv_cache == 2**30
 
 
@@ -64,7 +64,7 @@ def test_lora_param_count_matches_peft():
     policy = make_tiny_mistral(VOCAB)
     peft_model = get_peft_model(policy, LoraConfig(r=4, target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM"))
     counted = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
-    assert distributed.lora_param_count(policy.config, 4) == counted
+    assert memory.lora_param_count(policy.config, 4) == counted
 
 
 def test_memory_check_refuses_full_finetuning_on_one_80gb_gpu_and_names_the_fix(tmp_path):
@@ -79,18 +79,18 @@ def test_memory_check_refuses_full_finetuning_on_one_80gb_gpu_and_names_the_fix(
     h100 = 79 * 2**30  # what torch reports for an H100 80 GB, about
     full = runs.parse_config(train.Config, train.PRESETS, ["--preset", "paper"] + paths)  # full fine-tuning, checkpointing on
     with pytest.raises(ValueError, match="add --lora_r 64 "):
-        distributed.check_memory(full, h100)
+        memory.check_memory(full, h100)
     lora = runs.parse_config(train.Config, train.PRESETS, ["--preset", "paper", "--lora_r", "64"] + paths)
-    need = distributed.check_memory(lora, h100)
+    need = memory.check_memory(lora, h100)
     assert 50 * 2**30 < need < 70 * 2**30  # four 7B models in bf16 (about 51 GiB) + adapters + activations
     no_ckpt = runs.parse_config(train.Config, train.PRESETS, ["--preset", "paper", "--lora_r", "64", "--gradient_checkpointing", "false"] + paths)
     with pytest.raises(ValueError, match="add --gradient_checkpointing "):
-        distributed.check_memory(no_ckpt, h100)
+        memory.check_memory(no_ckpt, h100)
     # FSDP over 8 GPUs: full fine-tuning with float32 master weights (16 bytes per trainable parameter) fits
-    assert distributed.check_memory(full, h100, world=8) < h100
+    assert memory.check_memory(full, h100, world=8) < h100
     for world in (2, 4):  # shards + the whole last block + the policy gathered for rollout: too much
         with pytest.raises(ValueError, match="add --lora_r 64 "):
-            distributed.check_memory(full, h100, world=world)
+            memory.check_memory(full, h100, world=world)
 
 
 def test_plan_counts_float32_master_weights_and_the_kept_block():
@@ -100,14 +100,14 @@ def test_plan_counts_float32_master_weights_and_the_kept_block():
     from transformers import MistralConfig
     c = MistralConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2)
-    assert distributed.block_param_count(c) == 64 * 64 * 2 + 2 * 64 * 32 + 3 * 64 * 128 + 2 * 64
+    assert memory.block_param_count(c) == 64 * 64 * 2 + 2 * 64 * 32 + 3 * 64 * 128 + 2 * 64
     cfg = train.Config(micro_batch_size=1, batch_size=1, max_prompt_length=1, max_new_tokens=1)
     counts = {"policy": 1000, "critic": 900, "reward": 500, "cost": 500}
-    one = distributed.plan_bytes(cfg, c, counts, torch.bfloat16, 1, 0, True)
-    extra = distributed.activation_and_cache_bytes(c, 1, 2, torch.bfloat16, True, 1, 1).peak
+    one = memory.plan_bytes(cfg, c, counts, torch.bfloat16, 1, 0, True)
+    extra = memory.activation_and_cache_bytes(c, 1, 2, torch.bfloat16, True, 1, 1).peak
     assert one - extra == 16 * (1000 + 900) + 2 * (1000 + 500 + 500)  # reference and scorers frozen in bf16
-    two = distributed.plan_bytes(cfg, c, counts, torch.bfloat16, 2, 0, True)
-    assert two > (one - extra) / 2 + 16 * distributed.block_param_count(c) / 2
+    two = memory.plan_bytes(cfg, c, counts, torch.bfloat16, 2, 0, True)
+    assert two > (one - extra) / 2 + 16 * memory.block_param_count(c) / 2
 
 
 # ----------------------------------------------------------------------------- shared by ranks and the reference

@@ -10,9 +10,9 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaModel, MistralConfig, MistralForSequenceClassification
 
 from conftest import make_tiny_mistral, make_tiny_tokenizer
-from model import (AdapterDisabledReference, Critic, LlamaModelForScore, MemoryRow, default_dtype,
+from model import (AdapterDisabledReference, Critic, LlamaModelForScore, default_dtype,
                    interpolate_state_dicts, last_token_index, load_policy, load_reference, load_score_model,
-                   load_tokenizer, memory_plan, new_score_model, param_count_from_config, pick_device,
+                   load_tokenizer, new_score_model, param_count_from_config, pick_device,
                    position_ids_from_mask)
 
 CPU = torch.device("cpu")
@@ -364,6 +364,7 @@ def test_param_count_from_config_matches_built_models():
 
 
 def test_memory_plan_rows_and_text():
+    from scale.memory import MemoryRow, memory_plan
     policy = torch.nn.Linear(10, 10)  # 110 parameters, all trainable
     frozen = torch.nn.Linear(10, 1).requires_grad_(False)  # 11
     rows, text = memory_plan({"policy": policy, "reward": frozen, "critic": 1000}, dtype=torch.bfloat16,

@@ -1,0 +1,206 @@
+"""Memory planning: will a configuration fit on the GPU, before anything is loaded?
+
+- `memory_plan`: bytes of weights, gradients and AdamW state per model (float32 master weights for
+  the trainable ones when training runs in bf16), printed as a table at the start of every run.
+- `activation_and_cache_bytes`: the KV cache of one rollout batch and the activations autograd keeps
+  for one training micro-batch, from the policy's config alone.
+- `plan_bytes` / `check_memory`: the peak per GPU of a whole run (four models, FSDP sharding over N
+  ranks or LoRA), and the refusal, with the flags that would fit, that train.py prints on CUDA.
+
+Run: nothing to run; tests/test_model.py and tests/test_distributed.py check the arithmetic by hand,
+and `python -m benchmarks.bench` prints the estimate beside a measured peak.
+Left out on purpose: allocator fragmentation and the CUDA context (leave headroom), and the
+load-time peak (every rank still loads each model whole before sharding).
+"""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig
+
+from model import param_count_from_config
+
+@dataclass
+class MemoryRow:
+    name: str
+    params: int
+    trainable: int
+    param_bytes: int
+    grad_bytes: int
+    optimizer_bytes: int
+
+    @property
+    def total_bytes(self):
+        return self.param_bytes + self.grad_bytes + self.optimizer_bytes
+
+
+def memory_plan(models, dtype=torch.float32, trainable=None, optimizer="adamw", available_bytes=None,
+                master_dtype=None):
+    """Bytes for parameters, gradients and optimizer state per model -> (rows, printable table).
+
+    models: {name: nn.Module or int parameter count}. trainable: {name: bool or int} (default: a module's
+    requires_grad parameters; an int count is frozen). Weights shared between entries (a LoRA reference) should
+    be listed once. Gradients and AdamW's two moments are kept in the parameter dtype (plain torch AdamW).
+    master_dtype (float32 for train.py, see master_weights): the dtype of trainable parameters, their gradients
+    and moments, while frozen ones stay in `dtype`; default `dtype` for all.
+    Activations and the CUDA context are not counted: leave headroom.
+    """
+    states = {"adamw": 2, "adam": 2, "sgd": 0}
+    if optimizer not in states:
+        raise ValueError(f"Unknown optimizer '{optimizer}' for the memory plan; use one of {sorted(states)}.")
+    trainable = trainable or {}
+    size = torch.tensor([], dtype=dtype).element_size()
+    master = torch.tensor([], dtype=master_dtype or dtype).element_size()
+    rows = []
+    for name, m in models.items():
+        if isinstance(m, nn.Module):
+            n = sum(p.numel() for p in m.parameters())
+            n_train = sum(p.numel() for p in m.parameters() if p.requires_grad)
+        else:
+            n, n_train = int(m), 0
+        t = trainable.get(name)
+        if t is not None:
+            n_train = n if t is True else (0 if t is False else int(t))
+        rows.append(MemoryRow(name, n, n_train, (n - n_train) * size + n_train * master, n_train * master,
+                              states[optimizer] * n_train * master))
+    gib = lambda b: f"{b / 2**30:8.2f}"
+    lines = [f"{'model':<12}{'params':>14}{'trainable':>14}{'weights GiB':>12}{'grads GiB':>11}{'optim GiB':>11}"
+             f"{'total GiB':>11}"]
+    for r in rows:
+        lines.append(f"{r.name:<12}{r.params:>14,}{r.trainable:>14,}{gib(r.param_bytes):>12}{gib(r.grad_bytes):>11}"
+                     f"{gib(r.optimizer_bytes):>11}{gib(r.total_bytes):>11}")
+    total = sum(r.total_bytes for r in rows)
+    lines.append(f"{'total':<12}{'':>14}{'':>14}{'':>12}{'':>11}{'':>11}{gib(total):>11}"
+                 f"   ({str(dtype).replace('torch.', '')}"
+                 f"{', trainable ' + str(master_dtype).replace('torch.', '') if master_dtype else ''}, {optimizer}; "
+                 "activations not included)")
+    if available_bytes is not None:
+        verdict = "fits" if total < available_bytes else "does NOT fit (try --lora_r or smaller models)"
+        lines.append(f"device memory {available_bytes / 2**30:.2f} GiB: {verdict}")
+    return rows, "\n".join(lines)
+
+
+@dataclass
+class ActivationEstimate:
+    kv_cache: int  # bytes of the KV cache while generating the rollout batch
+    activations: int  # bytes autograd keeps for one training micro-batch (decoder layers)
+    logits: int  # bytes of the LM head's output and the float32 log-probs and their gradients
+
+    @property
+    def peak(self):
+        # Generation and training run one after the other: the larger of the two is live at a time.
+        return max(self.kv_cache, self.activations + self.logits)
+
+
+def activation_and_cache_bytes(config, batch, seq_len, dtype, checkpointing, response_len=None,
+                               generation_batch=None):
+    """Estimate of the memory beyond weights, gradients and optimizer state (SPEC §7 batch shapes).
+
+    config: the policy's (L layers, hidden h, intermediate i, kv heads, head dim d, vocab V); batch = micro-
+    batch (training), generation_batch = rollout batch (default batch), seq_len T = P + R, response_len R.
+      KV cache   = 2 (k and v) * L * B_gen * T * kv_heads * d * bytes
+      per token and layer, with a fused (SDPA / flash) attention kernel, elements autograd keeps:
+        A = 9 h + 2 kv_heads * d + 4 i   (RMSNorm inputs kept in float32 = 2 h twice, their outputs h twice,
+                                          q and the attention output 2 h, k and v, o_proj input h,
+                                          gate, silu(gate), up and their product 4 i)
+      activations = B * T * bytes * (L * h + A)   with gradient checkpointing (layer inputs + one layer redone)
+                  = B * T * bytes * L * A         without
+      logits      = B * V * (T * bytes + 3 * R * 4)  (bf16 logits for all T; float32 log-softmax of the R
+                                                      response rows, kept, plus its input and output grads)
+    A back-of-the-envelope figure (good to ~20%), not an allocator trace: bench.py prints both to compare.
+    """
+    bytes_ = torch.tensor([], dtype=dtype).element_size()
+    L, h, i, V = config.num_hidden_layers, config.hidden_size, config.intermediate_size, config.vocab_size
+    kv_heads = config.num_key_value_heads or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
+    R = seq_len if response_len is None else response_len
+    B_gen = batch if generation_batch is None else generation_batch
+    assert 0 < R <= seq_len and batch > 0, (batch, seq_len, R)
+    per_layer = 9 * h + 2 * kv_heads * head_dim + 4 * i
+    kept = L * h + per_layer if checkpointing else L * per_layer
+    return ActivationEstimate(kv_cache=2 * L * B_gen * seq_len * kv_heads * head_dim * bytes_,
+                              activations=batch * seq_len * bytes_ * kept,
+                              logits=batch * V * (seq_len * bytes_ + 3 * R * 4))
+
+
+def lora_param_count(config, r):
+    """Parameters of LoRA on q, k, v, o (model.LORA_TARGETS) in every layer: r * (fan_in + fan_out) each."""
+    h = config.hidden_size
+    kv = (config.num_key_value_heads or config.num_attention_heads) * (
+        getattr(config, "head_dim", None) or h // config.num_attention_heads)
+    q_out = config.num_attention_heads * (getattr(config, "head_dim", None) or h // config.num_attention_heads)
+    return config.num_hidden_layers * r * ((h + q_out) + 2 * (h + kv) + (q_out + h))
+
+
+def block_param_count(config):
+    """Parameters of one decoder block (q, k, v, o, the gated MLP, two RMSNorms): the last block, which
+    full fine-tuning under FSDP keeps whole on every rank (GAPO's objective gradients need it unsharded)."""
+    h, i = config.hidden_size, config.intermediate_size
+    d = getattr(config, "head_dim", None) or h // config.num_attention_heads
+    q = config.num_attention_heads * d
+    kv = (config.num_key_value_heads or config.num_attention_heads) * d
+    return h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h
+
+
+def plan_bytes(cfg, policy_config, counts, dtype, world, lora_r, checkpointing):
+    """Peak bytes per GPU of a configuration: weights, gradients and AdamW state (memory_plan's rule, with
+    float32 master weights: trainable parameters, their gradients and moments 16 bytes each, frozen ones in
+    `dtype`), plus activation_and_cache_bytes. counts: parameter counts {policy, critic, reward, cost}. Full
+    fine-tuning on N ranks shards all of it N ways (FSDP) except the policy's last block (whole on every rank,
+    16 bytes a parameter), and gathers the whole policy in `dtype` for the rollout (`unsharded`); LoRA
+    replicates everything. Not counted: the CUDA context, fragmentation."""
+
+    models, trainable = dict(counts), {"reward": 0, "cost": 0}
+    if lora_r:
+        adapter = lora_param_count(policy_config, lora_r)
+        models.update(policy=counts["policy"] + adapter, critic=counts["critic"] + adapter)
+        trainable.update(policy=adapter, critic=adapter)  # the reference is the policy, adapter off
+    else:
+        models["reference"] = counts["policy"]
+        trainable.update(policy=True, critic=True, reference=0)
+    rows, _ = memory_plan(models, dtype=dtype, trainable=trainable, master_dtype=torch.float32)
+    states = sum(r.total_bytes for r in rows) / (1 if lora_r else world)
+    extra = activation_and_cache_bytes(
+        policy_config,
+        cfg.micro_batch_size,
+        cfg.max_prompt_length + cfg.max_new_tokens,
+        dtype,
+        checkpointing,
+        cfg.max_new_tokens,
+        cfg.batch_size,
+    )
+    sharded = world > 1 and not lora_r
+    size = torch.tensor([], dtype=dtype).element_size()
+    gathered_policy = counts["policy"] * size if sharded else 0
+    kept_block = 16 * block_param_count(policy_config) * (1 - 1 / world) if sharded else 0
+    return int(
+        states
+        + kept_block
+        + max(extra.kv_cache + gathered_policy, extra.activations + extra.logits)
+    )
+
+
+def check_memory(cfg, device_bytes, world=1, dtype=torch.bfloat16):
+    """Refuse, before loading, a plan whose estimate exceeds the GPU's memory, naming the flags that would fit.
+    Reads only the four models' configs (meta-device parameter counts). Returns the estimate in bytes."""
+    policy_config = AutoConfig.from_pretrained(cfg.policy)
+    counts = {"policy": param_count_from_config(policy_config, "causal_lm"),
+              "critic": param_count_from_config(policy_config, "base"),
+              "reward": param_count_from_config(cfg.reward_model, "score"),
+              "cost": param_count_from_config(cfg.cost_model, "score")}
+    need = plan_bytes(cfg, policy_config, counts, dtype, world, cfg.lora_r, cfg.gradient_checkpointing)
+    if need <= device_bytes:
+        return need
+    gib = lambda b: f"{b / 2**30:.1f} GiB"
+    for flags, lora_r, ckpt in [("--gradient_checkpointing", cfg.lora_r, True),
+                                ("--lora_r 64", 64, cfg.gradient_checkpointing),
+                                ("--lora_r 64 --gradient_checkpointing", 64, True)]:
+        if (lora_r, ckpt) == (cfg.lora_r, cfg.gradient_checkpointing):
+            continue
+        fits = plan_bytes(cfg, policy_config, counts, dtype, world, lora_r, ckpt)
+        if fits <= device_bytes:
+            raise ValueError(f"This run needs about {gib(need)} per GPU but the GPU has {gib(device_bytes)}; "
+                             f"add {flags} (about {gib(fits)}) or run on more GPUs with torchrun.")
+    raise ValueError(f"This run needs about {gib(need)} per GPU but the GPU has {gib(device_bytes)}, and still does "
+                     "not fit with --lora_r 64 --gradient_checkpointing; lower --micro_batch_size and --batch_size "
+                     "or run full fine-tuning on more GPUs with torchrun.")
