@@ -1,14 +1,14 @@
 """Prompt and preference data for GAPO: PKU-SafeRLHF, HH-RLHF, local JSON/JSONL files, templates.
 
 What it does
-- load_prompts: the RL / evaluation prompts of a data set (SPEC §7: PKU-SafeRLHF train for training,
+- load_prompts: the RL / evaluation prompts of a data set (the paper: PKU-SafeRLHF train for training,
   its test split and HH-RLHF test for evaluation), de-duplicated in order (PKU-SafeRLHF repeats each
   prompt across several rows).
 - load_preference_pairs: (prompt, better, worse) pairs for score-model training; kind="helpful" ranks
   by helpfulness, kind="safety" by harmlessness and carries the safe/unsafe labels that the cost
-  model's sign term needs (SPEC §1: cost > 0 means unsafe).
+  model's sign term needs (cost > 0 means unsafe).
 - format_policy_prompt / format_scorer_text: the policy's own chat template, and the Safe RLHF
-  template the beaver reward and cost models were trained on (SPEC §7). A multi-turn HH-RLHF
+  template the beaver reward and cost models were trained on (docs/decisions.md, "Scorer input"). A multi-turn HH-RLHF
   prompt ("\n\nHuman: q1\n\nAssistant: a1\n\nHuman: q2\n\nAssistant:") reaches both as
   alternating turns (dialogue_turns), never as one user message with the markers inside.
 

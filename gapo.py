@@ -1,6 +1,6 @@
 """The policy update: K PPO losses, and how each method turns them into one step (GAPO and baselines).
 
-For one PPO minibatch (SPEC.md sections 3-5):
+For one PPO minibatch (paper Sec. 3, Eqs. 6-8 and 15-17; choices in docs/decisions.md):
   1. one forward pass of the policy gives the ratio rho_t = pi_theta(y_t) / pi_old(y_t);
   2. the method's advantages (`method_advantages`): K raw per-objective GAE advantages for the
      gradient-weighted methods, or one combined advantage of the raw ones for the scalarising
@@ -118,7 +118,7 @@ VISION_PARTS = ("vision", "visual", "image")  # multimodal towers have their own
 
 
 def mgda_parameters(policy, which):
-    """The parameters the objective gradients g_i are taken with respect to (SPEC section 5, step 1).
+    """The parameters the objective gradients g_i are taken with respect to (docs/decisions.md, "Which last layer").
 
     last_block: the trainable parameters of the last decoder block (the default, the paper's
     "last layer"); lm_head: the output head (the embedding matrix when the head is tied to it);
@@ -164,7 +164,7 @@ def loss_weights(method, losses, params, p, preference, reduce_grads=None, weigh
     """The weights w (M,) of the single weighted backward, plus diagnostics for the log.
 
     For the gradient methods: g_i = dL_i / d(params) with the graph kept for the backward that
-    follows, n_i = ||g_i||, G_ij = g_i . g_j, then (SPEC section 4 table, section 5):
+    follows, n_i = ||g_i||, G_ij = g_i . g_j, then (docs/decisions.md, "Baselines" and "Loss weights"):
       mgda:      w = alpha from Problem 7 on G                    (GAPO with p = 0)
       gapo:      w_i = alpha_i / n_i^p, alpha from Problem 7 on G^N (Eq. 6)
       gapo-eq17: w_i = alpha_i on the raw losses (the paper's Eq. 17 as printed; ablation)
@@ -215,7 +215,7 @@ def loss_weights(method, losses, params, p, preference, reduce_grads=None, weigh
 
 def value_loss(values, old_values, returns, response_mask, clip_value):
     """Clipped value loss per head, averaged like the actor loss (token mean within a response,
-    then over responses), summed over the K heads (SPEC section 3).
+    then over responses), summed over the K heads (Eq. 15's averaging).
     values / old_values / returns (B, R, K), response_mask (B, R) -> scalar."""
     assert values.shape == old_values.shape == returns.shape
     assert values.shape[:2] == response_mask.shape, (values.shape, response_mask.shape)
@@ -268,7 +268,7 @@ def update_lagrange_multiplier(state, costs, threshold, lr, lambda_max, window):
 
 
 def update_fastrl_weights(state, scores, eta):
-    """Fast RL's reward weights, after each rollout (SPEC section 4): standardise each objective's
+    """Fast RL's reward weights, after each rollout (docs/decisions.md, "Baselines"): standardise each objective's
     batch mean with the first rollout's statistics, then w_i <- w_i exp(-eta rbar_i) / Z, so the
     lagging objective gains weight. scores (B, K)."""
     K = scores.shape[1]

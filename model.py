@@ -1,15 +1,15 @@
 """Building and loading every network GAPO needs: policy, frozen reference, critic, score models.
 
-What it does (SPEC.md §1, §2, §7):
+What it does (the paper's Sec. 4.1 setting; choices in docs/decisions.md):
 - policy and reference: any causal LM from a Hugging Face Hub id or a local folder (the paper uses
   HuggingFaceH4/mistral-7b-sft-beta). bf16 + non-reentrant gradient checkpointing on CUDA, float32 on
   CPU. Optional LoRA (peft): the reference is then the same weights with the adapter switched off.
 - critic: the policy's backbone (no LM head) plus one value head per objective, (B, T, K).
 - score models: `LlamaModelForScore`, the exact layout of PKU-Alignment/beaver-7b-v1.0-{reward,cost}
   (LLaMA backbone `model.*` + `score_head`), or any AutoModelForSequenceClassification with one label.
-  The score is read at the last non-padding token (SPEC §7).
-- interpolate_state_dicts for Rewarded Soups (SPEC §4, `soup`), memory_plan to see before step one
-  whether a configuration fits.
+  The score is read at the last non-padding token, as the beaver models do.
+- interpolate_state_dicts for Rewarded Soups (`soup`); param_count_from_config (meta device) for
+  the memory plan (scale/memory.py) of whether a configuration fits.
 
 Run: nothing to run; `python -m pytest -q tests/test_model.py` checks it.
 Left out on purpose: multi-GPU sharding / DeepSpeed, quantisation, value-head normalisers, and the beaver
@@ -240,7 +240,7 @@ class AdapterDisabledReference(nn.Module):
 
 
 def load_reference(name_or_path, device, dtype=None, policy=None):
-    """Frozen eval-mode reference π_ref (SPEC §2). With a peft policy: no second copy of the weights."""
+    """Frozen eval-mode reference π_ref (Eq. 1). With a peft policy: no second copy of the weights."""
     if policy is not None and hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config"):
         return AdapterDisabledReference(policy)
     device = torch.device(device)
@@ -253,7 +253,7 @@ def load_reference(name_or_path, device, dtype=None, policy=None):
 # ----------------------------------------------------------------------------- critic
 
 class Critic(nn.Module):
-    """V(s_t) per objective: policy backbone (no LM head) + Linear(hidden, K). SPEC §2: one head per objective.
+    """V(s_t) per objective: policy backbone (no LM head) + Linear(hidden, K). One head per objective (GAE per objective).
 
     The value head stays float32 (tiny; avoids bf16 rounding of values and GAE inputs). Zero-initialised, so
     the first values are 0 and early advantages are just the returns.
@@ -430,7 +430,7 @@ def load_score_model(name_or_path, device=None, dtype=None):
 # ----------------------------------------------------------------------------- soups and memory
 
 def interpolate_state_dicts(sd_a, sd_b, lam):
-    """Rewarded Soups (SPEC §4): lam * a + (1 - lam) * b per float tensor (computed in fp32, cast back to a's
+    """Rewarded Soups: lam * a + (1 - lam) * b per float tensor (computed in fp32, cast back to a's
     dtype); integer/bool tensors (buffers) are copied from a."""
     if sd_a.keys() != sd_b.keys():
         diff = sorted(set(sd_a) ^ set(sd_b))

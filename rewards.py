@@ -1,6 +1,6 @@
 """Scoring responses with reward and cost models, the objective matrix, and score-model training.
 
-What it does (SPEC.md §1, §2, §7):
+What it does (paper Sec. 2 objectives, App. B.2 scoring; docs/decisions.md):
 - score_texts: decoded (prompt, response) pairs are re-tokenised with each scorer's OWN tokenizer in the
   Safe RLHF template (the policy's and the scorer's tokenizers differ: Mistral vs LLaMA), right padded,
   and scored at the last real token -> (B,) float32 on the CPU.
@@ -100,7 +100,7 @@ def score_texts(scorer, prompts, responses, batch_size=16, max_length=512) -> to
 
 
 def objective_matrix(reward_scorer, cost_scorer, prompts, responses, batch_size=16, max_length=512) -> torch.Tensor:
-    """(B, K=2) objectives to MAXIMISE: column 0 helpfulness, column 1 harmlessness (SPEC §1)."""
+    """(B, K=2) objectives to MAXIMISE: column 0 helpfulness, column 1 harmlessness (docs/decisions.md, "Objectives")."""
     reward = score_texts(reward_scorer, prompts, responses, batch_size, max_length)  # (B,)
     cost = score_texts(cost_scorer, prompts, responses, batch_size, max_length)  # (B,)
     # !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!

@@ -1,10 +1,10 @@
 """Rollout: sample responses, then turn K scores into per-token rewards, values and GAE advantages.
 
-Implements SPEC.md section 2 (paper App. B.2, Eqs. 10-14) for K objectives at once:
+Implements the paper's App. B.2 (Eqs. 10-14) for K objectives at once:
   1. sample y ~ pi_theta(. | x) for a batch of prompts (temperature, top_p, repetition penalty);
   2. response mask: every response token up to and including the first eos;
   3. log pi_theta and log pi_ref of each response token, and the critic's K values;
-  4. per-token reward of objective i (Eq. 14, with the KL sign decided in SPEC section 2):
+  4. per-token reward of objective i (Eq. 14, with the KL sign of docs/decisions.md):
         r_i,t = -beta (log pi_theta(y_t) - log pi_ref(y_t)) + clip(score_i) * [t = last token]
   5. GAE per objective (gamma, lambda_GAE), returns = advantages + values;
   6. whitening per objective, done later by gapo.py because morlhf whitens the combination instead.
@@ -145,7 +145,7 @@ def response_values(critic, input_ids, attention_mask, R):
 def kl_shaped_rewards(scores, logprobs, ref_logprobs, response_mask, kl_coef, clip_score):
     """Eq. 14 per objective: r_i,t = -beta (log pi - log pi_ref) + clip(score_i) at the last token.
 
-    Decision (SPEC section 2): the KL penalty enters EVERY objective with the same, negative sign;
+    Decision (docs/decisions.md, "KL sign"): the KL penalty enters EVERY objective with the same, negative sign;
     the paper's flipped sign on the harmlessness channel is a typo that would reward drifting away
     from the reference. scores (B, K), logprobs / ref_logprobs / response_mask (B, R) -> (B, R, K).
     """
@@ -159,7 +159,7 @@ def kl_shaped_rewards(scores, logprobs, ref_logprobs, response_mask, kl_coef, cl
 
 
 def gae(rewards, values, response_mask, gamma, lam):
-    """Generalised advantage estimation per objective (gamma = 1, lambda = 0.95 by default, SPEC
+    """Generalised advantage estimation per objective (gamma = 1, lambda = 0.95 by default, docs/decisions.md
     section 2). rewards / values (B, R, K), mask (B, R) -> advantages, returns (B, R, K).
 
     delta_t = r_t + gamma V_{t+1} - V_t with V = 0 after the last response token;

@@ -35,7 +35,7 @@ from rollout import (Rollout, decode_responses, gae, generate, kl_shaped_rewards
                      response_logprobs, response_values)
 from scale import distributed, memory
 
-OBJECTIVES = ["helpful", "harmless"]  # K = 2: reward, and minus cost (SPEC section 1)
+OBJECTIVES = ["helpful", "harmless"]  # K = 2: reward, and minus cost (docs/decisions.md, "Objectives")
 
 
 @dataclass
@@ -67,7 +67,7 @@ class Config:
     # actor_lr / critic_lr not given on the command line becomes LORA_LR[preset], 10x the preset's full
     # fine-tuning actor lr (paper: 1e-5 for both, toy: 3e-3).
     lora_alpha: int = 0
-    # --- rollout (SPEC section 2)
+    # --- rollout (App. B.2)
     iterations: int = 60  # PPO iterations (rollout + update); 0 = `epochs` passes over the prompts
     epochs: float = 2.0  # passes over the prompt set when iterations = 0
     batch_size: int = 32  # B, prompts per rollout
@@ -76,7 +76,7 @@ class Config:
     temperature: float = 1.0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
-    # --- PPO (SPEC sections 2-3, Table 2)
+    # --- PPO (Eqs. 14-16, Table 2)
     ppo_epochs: int = 2  # passes over each rollout
     minibatch_size: int = 16  # samples per optimizer step
     micro_batch_size: int = 16  # samples per forward (gradient accumulation below minibatch_size)
@@ -93,7 +93,7 @@ class Config:
     kl_coef: float = 0.05  # beta, KL penalty (Eq. 14)
     clip_eps: float = 0.1  # epsilon, PPO ratio clip (Eq. 15)
     clip_value: float = 5.0  # critic value clip
-    clip_score: float = 50.0  # scores clipped to +-clip_score (SPEC section 2)
+    clip_score: float = 50.0  # scores clipped to +-clip_score (Safe RLHF's default)
     gamma: float = 1.0  # gamma, GAE discount
     gae_lambda: float = 0.95  # lambda_GAE
     # --- safe-rlhf (PPO-Lagrangian) and fast-rl
@@ -111,7 +111,7 @@ class Config:
 
 PRESETS = {
     "toy": {},
-    # SPEC section 7, Table 2 (shared by all methods).
+    # The paper's setting: Sec. 4.1 models and data, Table 2 (shared by all methods).
     "paper": dict(policy="HuggingFaceH4/mistral-7b-sft-beta", reward_model="PKU-Alignment/beaver-7b-v1.0-reward",
                   cost_model="PKU-Alignment/beaver-7b-v1.0-cost", prompts="PKU-Alignment/PKU-SafeRLHF",
                   # 16 prompts per device x gradient accumulation 8 = 128 per update, generated 16 at a time
@@ -208,7 +208,7 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
             info.update(wlog)
             info["weights"] = weights.tolist()
             info["losses"] = losses.tolist()
-            if not wlog.get("skipped"):  # SPEC section 5 step 6: every gradient zero -> no actor step
+            if not wlog.get("skipped"):  # every gradient zero -> no actor step (docs/decisions.md)
                 ((weights.to(losses.device) * losses).sum() / accumulate).backward()
             # Critic: clipped value loss, summed over the K heads.
             values = response_values(critic, ids, mask, R)

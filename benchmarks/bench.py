@@ -1,9 +1,9 @@
 """GPU benchmark of GAPO at the paper's scale: one iteration of GAPO next to one of PPO-H, same process.
 
-What it does (SPEC.md §7, DESIGN.md's iteration recipe): builds the paper's architectures from random
+What it does (the paper's setting, Sec. 4.1 and App. B; train.py's iteration recipe): builds the paper's architectures from random
 weights (no download) - a Mistral-7B policy and critic, LLaMA-7B reward and cost models
 (model.LlamaModelForScore) - in bf16 on CUDA with non-reentrant gradient checkpointing and, by default,
-the single-GPU recipe of issue 7 (LoRA r=64 on q,k,v,o; the reference = the policy with its adapter off).
+the single-GPU recipe of the README (LoRA r=64 on q,k,v,o; the reference = the policy with its adapter off).
 Then it runs the real training pieces with the paper's batch shape (B = 16 prompts, P = 256 prompt
 tokens, R = 256 response tokens: T = 512; min_new_tokens forces R so every iteration has the same shape):
   generate   rollout.generate (sampling, KV cache)
@@ -49,7 +49,7 @@ from model import (Critic, add_lora, enable_checkpointing, load_reference, new_s
 from rollout import Rollout, gae, generate, kl_shaped_rewards, response_logprobs, response_values
 
 VOCAB = 32000
-# The paper's models (SPEC §7): HuggingFaceH4/mistral-7b-sft-beta (Mistral-7B-v0.1) and the LLaMA-7B
+# The paper's models (Sec. 4.1): HuggingFaceH4/mistral-7b-sft-beta (Mistral-7B-v0.1) and the LLaMA-7B
 # backbone of PKU-Alignment/beaver-7b-v1.0-{reward,cost}. Only the sizes matter for speed and memory.
 MISTRAL_7B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                   num_key_value_heads=8, max_position_embeddings=32768, rope_theta=10000.0, sliding_window=4096)
@@ -231,7 +231,7 @@ def iteration(args, cfg, models, tokenizer, optimizers, schedulers, prompts, clo
     B, T = input_ids.shape
     R = response_mask.shape[1]
     assert (B, P, R) == (args.batch_size, args.prompt_length, args.new_tokens), (B, P, R)
-    with clock.phase("score"), torch.no_grad():  # helpful = reward, harmless = -cost (SPEC §1)
+    with clock.phase("score"), torch.no_grad():  # helpful = reward, harmless = -cost (docs/decisions.md)
         scores = torch.stack([reward(input_ids=input_ids, attention_mask=attention_mask),
                               -cost(input_ids=input_ids, attention_mask=attention_mask)], dim=1)  # (B, K)
     with clock.phase("forward"), torch.no_grad():  # train.collect_rollout's step 3-4

@@ -1,9 +1,9 @@
-"""Data parallelism for `torchrun --nproc_per_node N train.py`, and the memory arithmetic of one GPU.
+"""Data parallelism for `torchrun --nproc_per_node N train.py`.
 
-What it does (issue 7; SPEC.md §5 and §7):
+What it does (the paper trains on 8 GPUs; docs/decisions.md, "Gradient accumulation with MGDA"):
 - one process per GPU (nccl; gloo on CPU), every rank samples and scores its own share of the prompts;
 - FSDP2 (`torch.distributed.fsdp.fully_shard`) shards every decoder layer and the rest of each model,
-  EXCEPT the parameters GAPO differentiates separately (SPEC §5 step 1, by default the policy's last
+  EXCEPT the parameters GAPO differentiates separately (docs/decisions.md, "Which last layer": by default the policy's last
   block): torch.autograd.grad with respect to a sharded parameter fails in torch 2.13 ("appears to not
   have been used in the graph": the forward runs on unsharded copies), so those stay whole on every rank
   (`ignored_params`) and their gradients get an explicit all-reduce (`all_reduce_grads`);
@@ -13,8 +13,7 @@ What it does (issue 7; SPEC.md §5 and §7):
 - global statistics (`all_gather_rows`) for the Lagrange multiplier and the fast-rl weights;
 - `clip_grad_norm_` over a mix of sharded and whole gradients (torch's own refuses the mix);
 - checkpoint helpers: full parameters for save_pretrained on rank 0, full optimizer state dicts;
-- `activation_and_cache_bytes` / `check_memory`: the memory plan of SPEC §7 plus activations and KV cache,
-  compared with the GPU before anything loads, with the flags that would make a refused plan fit.
+- memory planning lives beside it, in scale/memory.py.
 Every helper is a no-op (or the plain torch call) in a single process, so train.py calls them always.
 
 Run: `torchrun --nproc_per_node 8 train.py --preset paper --method gapo --p 1` (see README);

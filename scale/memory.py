@@ -94,7 +94,7 @@ class ActivationEstimate:
 
 def activation_and_cache_bytes(config, batch, seq_len, dtype, checkpointing, response_len=None,
                                generation_batch=None):
-    """Estimate of the memory beyond weights, gradients and optimizer state (SPEC §7 batch shapes).
+    """Estimate of the memory beyond weights, gradients and optimizer state (the paper's batch shapes).
 
     config: the policy's (L layers, hidden h, intermediate i, kv heads, head dim d, vocab V); batch = micro-
     batch (training), generation_batch = rollout batch (default batch), seq_len T = P + R, response_len R.
