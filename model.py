@@ -12,7 +12,7 @@ What it does (the paper's Sec. 4.1 setting; choices in docs/decisions.md):
   the memory plan (scale/memory.py) of whether a configuration fits.
 
 Run: nothing to run; `python -m pytest -q tests/test_model.py` checks it.
-Left out on purpose: multi-GPU sharding / DeepSpeed, quantisation, value-head normalisers, and the beaver
+Left out on purpose: multi-GPU sharding (scale/distributed.py does it), DeepSpeed, quantisation, value-head normalisers, and the beaver
 score models' training-time `normalizer` buffers (ignored on load: the published v1.0 scores are raw).
 """
 import copy
