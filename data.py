@@ -1,16 +1,17 @@
 """Prompt and preference data for GAPO: PKU-SafeRLHF, HH-RLHF, local JSON/JSONL files, templates.
 
 What it does
-- load_prompts: the RL / evaluation prompts of a data set (the paper: PKU-SafeRLHF train for training,
-  its test split and HH-RLHF test for evaluation), de-duplicated in order (PKU-SafeRLHF repeats each
-  prompt across several rows).
-- load_preference_pairs: (prompt, better, worse) pairs for score-model training; kind="helpful" ranks
-  by helpfulness, kind="safety" by harmlessness and carries the safe/unsafe labels that the cost
-  model's sign term needs (cost > 0 means unsafe).
+- load_prompts: the RL / evaluation prompts of a data set (the paper: PKU-SafeRLHF train for
+  training, its test split and HH-RLHF test for evaluation), de-duplicated in order (PKU-SafeRLHF
+  repeats each prompt across several rows).
+- load_preference_pairs: (prompt, better, worse) pairs for score-model training; kind="helpful"
+  ranks by helpfulness, kind="safety" by harmlessness and carries the safe/unsafe labels that the
+  cost model's sign term needs (cost > 0 means unsafe).
 - format_policy_prompt / format_scorer_text: the policy's own chat template, and the Safe RLHF
-  template the beaver reward and cost models were trained on (docs/decisions.md, "Scorer input"). A multi-turn HH-RLHF
-  prompt ("\n\nHuman: q1\n\nAssistant: a1\n\nHuman: q2\n\nAssistant:") reaches both as
-  alternating turns (dialogue_turns), never as one user message with the markers inside.
+  template the beaver reward and cost models were trained on (docs/decisions.md, "Scorer input").
+  A multi-turn HH-RLHF prompt ("\n\nHuman: q1\n\nAssistant: a1\n\nHuman: q2\n\nAssistant:")
+  reaches both as alternating turns (dialogue_turns), never as one user message with the markers
+  inside.
 
 Sources: a Hugging Face Hub id ("PKU-Alignment/PKU-SafeRLHF", "Anthropic/hh-rlhf", or
 "Anthropic/hh-rlhf:harmless-base" to pick a data dir), a local folder that load_dataset can read,
@@ -70,7 +71,8 @@ def _read_file(path):
             try:
                 yield f"line {i}", json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {i} is not valid JSON ({err}); fix that line.") from None
+                raise ValueError(f"{path}, line {i} is not valid JSON ({err}); "
+                                 f"fix that line.") from None
 
 
 def _read_hub(source, split):
@@ -97,7 +99,8 @@ def _rows(source, split):
         if not os.path.isfile(source):
             raise FileNotFoundError(f"data file {source} does not exist; check the path.")
         if not source.endswith(FILE_SUFFIXES):
-            raise ValueError(f"{source} is not a .json, .jsonl or .jsonl.gz file; convert it to JSON Lines.")
+            raise ValueError(f"{source} is not a .json, .jsonl or .jsonl.gz file; "
+                             f"convert it to JSON Lines.")
         name, rows = source, _read_file(source)
     else:
         name, rows = f"{source} (split {split})", _read_hub(source, split)
@@ -121,18 +124,22 @@ def _rows(source, split):
 def _row_format(row):
     if "chosen" in row or "rejected" in row:
         return "HH-RLHF"
-    if any(k in row for k in ("response_0", "response_1", "better_response_id", "safer_response_id")):
+    if any(k in row for k in ("response_0", "response_1", "better_response_id",
+                              "safer_response_id")):
         return "PKU-SafeRLHF"
     return "prompt"
 
 
 def _field(row, key, expected, name, where, fmt):
-    """row[key], checked: expected is str (non-empty when key is a prompt), bool, or 'id' (0 or 1)."""
+    """row[key], checked: expected is str (non-empty when key is a prompt), bool, or 'id'
+    (0 or 1)."""
     value = row.get(key)
     if value is None:
-        raise ValueError(f"{name}, {where}: field '{key}' is missing; every row of a {fmt} file needs it.")
+        raise ValueError(f"{name}, {where}: field '{key}' is missing; "
+                         f"every row of a {fmt} file needs it.")
     if expected == "id":
-        ok = type(value) is int and value in (0, 1)  # bool is an int in Python: refuse it on purpose
+        # bool is an int in Python: refuse it on purpose
+        ok = type(value) is int and value in (0, 1)
         want = "0 or 1"
     else:
         ok, want = type(value) is expected, expected.__name__
@@ -158,8 +165,8 @@ def _split_hh(chosen, rejected, name, where):
         n += 1
     cut = chosen.rfind(ASSISTANT, 0, n)
     if cut < 0:
-        raise ValueError(f"{name}, {where}: field 'chosen' has no '\\n\\nAssistant:' turn shared with "
-                         f"'rejected'; HH-RLHF rows are full dialogues.")
+        raise ValueError(f"{name}, {where}: field 'chosen' has no '\\n\\nAssistant:' turn "
+                         f"shared with 'rejected'; HH-RLHF rows are full dialogues.")
     cut += len(ASSISTANT)
     return chosen[:cut], chosen[cut:], rejected[cut:]
 
@@ -170,7 +177,8 @@ def _hh_first_turn(dialogue, name, where):
     end = dialogue.find(ASSISTANT, start)
     turn = dialogue[start:end].strip()
     if not turn:
-        raise ValueError(f"{name}, {where}: field 'chosen' has an empty first human turn; fix that row.")
+        raise ValueError(f"{name}, {where}: field 'chosen' has an empty first human turn; "
+                         f"fix that row.")
     return turn
 
 
@@ -185,7 +193,8 @@ def _parse_prompt(row, fmt, name, where, hh_first_turn_only):
 
 def _parse_pair(row, fmt, name, where, kind):
     """One PreferencePair, or None for a PKU safety row whose labels contradict its ranking."""
-    if fmt == "HH-RLHF":  # chosen = more helpful (helpful-*) or less harmful (harmless-base); no labels
+    # HH-RLHF: chosen = more helpful (helpful-*) or less harmful (harmless-base); no labels
+    if fmt == "HH-RLHF":
         chosen = _field(row, "chosen", str, name, where, fmt)
         rejected = _field(row, "rejected", str, name, where, fmt)
         return PreferencePair(*_split_hh(chosen, rejected, name, where))
@@ -207,7 +216,8 @@ def _parse_pair(row, fmt, name, where, kind):
 # ---------------------------------------------------------------------------------------------
 # Public API
 
-def load_prompts(source: str, split: str = "train", *, hh_first_turn_only=False, limit=None) -> list[str]:
+def load_prompts(source: str, split: str = "train", *, hh_first_turn_only=False,
+                 limit=None) -> list[str]:
     """De-duplicated prompts (first occurrence order) of a Hub data set or a local file.
 
     HH-RLHF prompts are the dialogue up to and including the last "\\n\\nAssistant:", or only the
@@ -227,7 +237,8 @@ def load_prompts(source: str, split: str = "train", *, hh_first_turn_only=False,
     return kept
 
 
-def load_preference_pairs(source: str, split: str = "train", kind: str = "helpful") -> list[PreferencePair]:
+def load_preference_pairs(source: str, split: str = "train",
+                          kind: str = "helpful") -> list[PreferencePair]:
     """Preference pairs for score-model training (rewards.py).
 
     kind="helpful": PKU better_response_id / HH chosen-vs-rejected. kind="safety": better = PKU
@@ -239,8 +250,8 @@ def load_preference_pairs(source: str, split: str = "train", kind: str = "helpfu
     if kind not in ("helpful", "safety"):
         raise ValueError(f"kind must be 'helpful' or 'safety', not {kind!r}.")
     if kind == "safety" and ":helpful" in source:
-        raise ValueError(f"{source} ranks by helpfulness, not harmlessness; use kind='helpful' or the "
-                         f"harmless-base data dir for safety pairs.")
+        raise ValueError(f"{source} ranks by helpfulness, not harmlessness; use kind='helpful' "
+                         f"or the harmless-base data dir for safety pairs.")
     name, rows = _rows(source, split)
     pairs, fmt, n_rows, inconsistent, identical = [], None, 0, 0, 0
     for where, row in rows:
@@ -253,8 +264,8 @@ def load_preference_pairs(source: str, split: str = "train", kind: str = "helpfu
             identical += 1
         else:
             pairs.append(pair)
-    print(f"data: {len(pairs)} {kind} pairs from {name} ({fmt} rows: {n_rows}, skipped: {inconsistent} "
-          f"inconsistent safety labels, {identical} identical responses)")
+    print(f"data: {len(pairs)} {kind} pairs from {name} ({fmt} rows: {n_rows}, "
+          f"skipped: {inconsistent} inconsistent safety labels, {identical} identical responses)")
     return pairs
 
 

@@ -1,4 +1,5 @@
-"""The policy update: K PPO losses, and how each method turns them into one step (GAPO and baselines).
+"""The policy update: K PPO losses, and how each method turns them into one step (GAPO and
+baselines).
 
 For one PPO minibatch (paper Sec. 3, Eqs. 6-8 and 15-17; choices in docs/decisions.md):
   1. one forward pass of the policy gives the ratio rho_t = pi_theta(y_t) / pi_old(y_t);
@@ -39,15 +40,19 @@ class MethodState:
     """What a method carries from one iteration to the next (saved in checkpoints)."""
     value_heads_started: bool = False  # the critic's head biases were set from the first rollout
     log_lambda: float = 0.0  # safe-rlhf: log of the Lagrange multiplier lambda
-    recent_costs: list = field(default_factory=list)  # safe-rlhf: costs of the last `window` episodes
+    # safe-rlhf: costs of the last `window` episodes
+    recent_costs: list = field(default_factory=list)
     fastrl_weights: list = field(default_factory=list)  # fast-rl: reward weights w (K,)
-    fastrl_mean: list = field(default_factory=list)  # fast-rl: first rollout's mean score per objective
-    fastrl_std: list = field(default_factory=list)  # fast-rl: first rollout's score std per objective
+    # fast-rl: first rollout's mean score per objective
+    fastrl_mean: list = field(default_factory=list)
+    # fast-rl: first rollout's score std per objective
+    fastrl_std: list = field(default_factory=list)
 
 
 def method_advantages(method, advantages, response_mask, preference, state,
                       whiten_advantages=False):
-    """Advantages per loss channel: (B, R, M), M = K for per-objective methods, 1 for scalarising ones.
+    """Advantages per loss channel: (B, R, M), M = K for per-objective methods, 1 for scalarising
+    ones.
 
     advantages (B, R, K) are the raw GAE advantages of rollout.gae; response_mask (B, R).
     By default every method sees RAW advantages (as Safe RLHF does): whitening each objective
@@ -95,9 +100,11 @@ def ppo_losses(logprobs, old_logprobs, advantages, response_mask, clip_eps):
     losses = -masked_sequence_mean(surrogate, response_mask)  # (M,)
     with torch.no_grad():
         tokens = response_mask.sum()
-        clip_fraction = (((ratio.squeeze(-1) - 1).abs() > clip_eps).float() * response_mask).sum() / tokens
+        clip_fraction = ((((ratio.squeeze(-1) - 1).abs() > clip_eps).float() * response_mask).sum()
+                         / tokens)
         log_ratio = logprobs - old_logprobs
-        approx_kl = (((log_ratio.exp() - 1) - log_ratio) * response_mask).sum() / tokens  # k3 estimator
+        # k3 estimator
+        approx_kl = (((log_ratio.exp() - 1) - log_ratio) * response_mask).sum() / tokens
     return losses, {"clip_fraction": clip_fraction.item(), "approx_kl": approx_kl.item()}
 
 
@@ -118,7 +125,8 @@ VISION_PARTS = ("vision", "visual", "image")  # multimodal towers have their own
 
 
 def mgda_parameters(policy, which):
-    """The parameters the objective gradients g_i are taken with respect to (docs/decisions.md, "Which last layer").
+    """The parameters the objective gradients g_i are taken with respect to (docs/decisions.md,
+    "Which last layer").
 
     last_block: the trainable parameters of the last decoder block (the default, the paper's
     "last layer"); lm_head: the output head (the embedding matrix when the head is tied to it);
@@ -164,13 +172,14 @@ def loss_weights(method, losses, params, p, preference, reduce_grads=None, weigh
     """The weights w (M,) of the single weighted backward, plus diagnostics for the log.
 
     For the gradient methods: g_i = dL_i / d(params) with the graph kept for the backward that
-    follows, n_i = ||g_i||, G_ij = g_i . g_j, then (docs/decisions.md, "Baselines" and "Loss weights"):
+    follows, n_i = ||g_i||, G_ij = g_i . g_j, then (docs/decisions.md, "Baselines" and
+    "Loss weights"):
       mgda:      w = alpha from Problem 7 on G                    (GAPO with p = 0)
       gapo:      w_i = alpha_i / n_i^p, alpha from Problem 7 on G^N (Eq. 6)
       gapo-eq17: w_i = alpha_i on the raw losses (the paper's Eq. 17 as printed; ablation)
       pgapo:     w_i = lambda_i / n_i                              (Eq. 8, no MGDA)
-    reduce_grads: under data parallelism, distributed.global_gradients (the mean of each g_i over ranks),
-    so every rank builds the same Gram matrix and solves Problem 7 to the same alpha.
+    reduce_grads: under data parallelism, distributed.global_gradients (the mean of each g_i over
+    ranks), so every rank builds the same Gram matrix and solves Problem 7 to the same alpha.
     weight_scale: "sum_one" (default) divides w by sum(w), which keeps the direction and makes
     the actor loss a convex combination of the K PPO losses, like every baseline's, so one learning
     rate and one gradient clip serve all methods (raw GAPO p = 2 weights alpha_i / n_i^2 reach 1e5
@@ -186,7 +195,8 @@ def loss_weights(method, losses, params, p, preference, reduce_grads=None, weigh
         return torch.tensor([0.0, 1.0] + [0.0] * (M - 2)), info
     if method not in GRADIENT_METHODS:  # morlhf, safe-rlhf, fast-rl: one combined loss
         return torch.ones(M), info
-    grads = [torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) for loss in losses]
+    grads = [torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+             for loss in losses]
     grads = [[torch.zeros_like(q) if g is None else g for g, q in zip(gs, params)] for gs in grads]
     if reduce_grads is not None:
         grads = reduce_grads(grads)
@@ -268,17 +278,19 @@ def update_lagrange_multiplier(state, costs, threshold, lr, lambda_max, window):
 
 
 def update_fastrl_weights(state, scores, eta):
-    """Fast RL's reward weights, after each rollout (docs/decisions.md, "Baselines"): standardise each objective's
-    batch mean with the first rollout's statistics, then w_i <- w_i exp(-eta rbar_i) / Z, so the
-    lagging objective gains weight. scores (B, K)."""
+    """Fast RL's reward weights, after each rollout (docs/decisions.md, "Baselines"): standardise
+    each objective's batch mean with the first rollout's statistics, then
+    w_i <- w_i exp(-eta rbar_i) / Z, so the lagging objective gains weight. scores (B, K)."""
     K = scores.shape[1]
     scores = scores.double()
     if not state.fastrl_weights:
         state.fastrl_weights = [1.0 / K] * K
         state.fastrl_mean = scores.mean(0).tolist()
-        state.fastrl_std = scores.std(0).clamp(min=1e-6).tolist() if scores.shape[0] > 1 else [1.0] * K
-    standardised = (scores.mean(0) - torch.tensor(state.fastrl_mean, dtype=torch.float64)) / torch.tensor(
-        state.fastrl_std, dtype=torch.float64)
-    weights = torch.tensor(state.fastrl_weights, dtype=torch.float64) * torch.exp(-eta * standardised)
+        state.fastrl_std = (scores.std(0).clamp(min=1e-6).tolist() if scores.shape[0] > 1
+                            else [1.0] * K)
+    standardised = ((scores.mean(0) - torch.tensor(state.fastrl_mean, dtype=torch.float64))
+                    / torch.tensor(state.fastrl_std, dtype=torch.float64))
+    weights = (torch.tensor(state.fastrl_weights, dtype=torch.float64)
+               * torch.exp(-eta * standardised))
     state.fastrl_weights = (weights / weights.sum()).tolist()
     return state.fastrl_weights

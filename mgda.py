@@ -11,17 +11,20 @@ and moves along the min-norm point d = sum_i alpha_i h_i of their convex hull (P
 
 Everything here works on the K x K Gram matrix alone, never on a model: the caller (gapo.py)
 reduces its K gradients to G_ij = g_i . g_j with `gram_matrix`, and this file does the rest in
-float64 on the CPU. Facts the solution satisfies (paper Sec. 3.2, Theorems 3.1-3.3; tested in tests/test_mgda.py):
+float64 on the CPU. Facts the solution satisfies (paper Sec. 3.2, Theorems 3.1-3.3; tested in
+tests/test_mgda.py):
   - optimality (KKT of Problem 7): h_i . d >= ||d||^2 for every i, with equality where alpha_i > 0,
     so d is a common ascent direction for every objective unless d = 0 (Pareto-stationary);
   - Theorem 3.1 (p = 0): every active objective gets the same first-order gain g_i . d;
   - Theorem 3.3: gain_i / gain_j = n_i^p / n_j^p for active i, j, where n_i = ||g_i||.
 
-The update direction GAPO applies is sum_i alpha_i g_i / n_i^p (docs/decisions.md, "Loss weights"), i.e. the
-weighted loss sum_i w_i L_i with w_i = alpha_i / n_i^p: `gapo_weights` returns those w.
+The update direction GAPO applies is sum_i alpha_i g_i / n_i^p (docs/decisions.md, "Loss
+weights"), i.e. the weighted loss sum_i w_i L_i with w_i = alpha_i / n_i^p: `gapo_weights` returns
+those w.
 
-Run `python -m benchmarks.bench_mgda` for solver and Gram timings. Left out on purpose: anything that touches
-parameters or optimisers (gapo.py), and constrained or preference-conditioned MGDA variants.
+Run `python -m benchmarks.bench_mgda` for solver and Gram timings. Left out on purpose: anything
+that touches parameters or optimisers (gapo.py), and constrained or preference-conditioned MGDA
+variants.
 """
 from dataclasses import dataclass
 
@@ -30,14 +33,16 @@ import torch
 
 
 def gram_matrix(grads):
-    """G_ij = g_i . g_j from K gradients, each a list of per-parameter tensors (same shapes across i).
+    """G_ij = g_i . g_j from K gradients, each a list of per-parameter tensors (same shapes
+    across i).
 
     Never concatenates a giant flat vector: for each parameter we stack its K slices, (K, n),
-    multiply in float32 (bf16 gradients are upcast first) and accumulate the K x K product in float64.
-    Returns a (K, K) float64 tensor on the CPU.
+    multiply in float32 (bf16 gradients are upcast first) and accumulate the K x K product in
+    float64. Returns a (K, K) float64 tensor on the CPU.
     """
     K = len(grads)
-    assert K >= 1 and all(len(g) == len(grads[0]) for g in grads), "every objective needs one tensor per parameter"
+    assert K >= 1 and all(len(g) == len(grads[0])
+                          for g in grads), "every objective needs one tensor per parameter"
     gram = torch.zeros(K, K, dtype=torch.float64)
     for tensors in zip(*grads):
         stacked = torch.stack([t.reshape(-1).float() for t in tensors])  # (K, n) float32
@@ -46,22 +51,26 @@ def gram_matrix(grads):
 
 
 def _check_gram(gram):
-    """Validate and convert to a symmetric float64 numpy matrix; refuse NaN/inf with a clear error."""
+    """Validate and convert to a symmetric float64 numpy matrix; refuse NaN/inf with a clear
+    error."""
     if isinstance(gram, torch.Tensor):
         gram = gram.detach().to("cpu", torch.float64).numpy()
     gram = np.asarray(gram, dtype=np.float64)
     if gram.ndim != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] == 0:
-        raise ValueError(f"the Gram matrix must be square K x K with K >= 1, got shape {gram.shape}")
+        raise ValueError("the Gram matrix must be square K x K with K >= 1, "
+                         f"got shape {gram.shape}")
     if not np.isfinite(gram).all():
-        raise ValueError("the Gram matrix contains NaN or inf: an objective's loss or gradient is not finite")
+        raise ValueError("the Gram matrix contains NaN or inf: an objective's loss or gradient "
+                         "is not finite")
     return (gram + gram.T) / 2  # remove round-off asymmetry
 
 
 def rescale_gram(gram, p):
     """Eq. 6 on the Gram matrix alone: G^N_ij = G_ij / (n_i^p n_j^p), with n_i = sqrt(G_ii).
 
-    The exponent is p, not 2p (docs/decisions.md, "The exponent p"). For p > 0 every norm must be positive: drop
-    zero gradients first (docs/decisions.md, "Zero gradients"; `gapo_weights` does).
+    The exponent is p, not 2p (docs/decisions.md, "The exponent p"). For p > 0 every norm must be
+    positive: drop zero gradients first (docs/decisions.md, "Zero gradients"; `gapo_weights`
+    does).
     """
     if p < 0:
         raise ValueError(f"p must be >= 0, got {p}")
@@ -73,8 +82,10 @@ def _rescale(gram, p):
         return gram
     norms = np.sqrt(np.clip(gram.diagonal(), 0, None))
     if (norms == 0).any():
-        raise ValueError("a gradient has zero norm, so g / ||g||^p is undefined: drop it before rescaling")
-    # Divide in log space so that norms from 1e-12 to 1e12 with p = 2 neither overflow nor underflow.
+        raise ValueError("a gradient has zero norm, so g / ||g||^p is undefined: "
+                         "drop it before rescaling")
+    # Divide in log space so that norms from 1e-12 to 1e12 with p = 2 neither overflow nor
+    # underflow.
     log_scale = p * np.log(norms)  # (K,)
     return gram * np.exp(-(log_scale[:, None] + log_scale[None, :]))
 
@@ -83,7 +94,8 @@ def _rescale(gram, p):
 class MinNormSolution:
     alpha: torch.Tensor  # (K,) float64, alpha >= 0, sum 1
     iterations: int  # Frank-Wolfe iterations used (0 for the closed forms)
-    gap: float  # Frank-Wolfe duality gap alpha^T G alpha - min_i (G alpha)_i, relative to max_i G_ii
+    # Frank-Wolfe duality gap alpha^T G alpha - min_i (G alpha)_i, relative to max_i G_ii
+    gap: float
     objective: float  # alpha^T G alpha in the units of the input
 
 
@@ -95,7 +107,8 @@ def _two_objective_closed_form(G):
     optimal: we return (1/2, 1/2), the symmetric choice. G is already scaled to max diagonal 1.
     """
     denominator = G[0, 0] + G[1, 1] - 2 * G[0, 1]
-    gamma = 0.5 if denominator <= 1e-15 else float(np.clip((G[1, 1] - G[0, 1]) / denominator, 0.0, 1.0))
+    gamma = 0.5 if denominator <= 1e-15 else float(np.clip((G[1, 1] - G[0, 1]) / denominator,
+                                                           0.0, 1.0))
     return np.array([gamma, 1.0 - gamma])
 
 
@@ -192,7 +205,8 @@ def solve_min_norm(gram, max_iter=1000, tol=1e-12):
             G_alpha = G @ alpha  # (K,) half the objective's gradient
             objective = alpha @ G_alpha
             toward = int(G_alpha.argmin())  # Frank-Wolfe vertex
-            away = int(np.where(alpha > 0, G_alpha, -np.inf).argmax())  # worst vertex in the support
+            # worst vertex in the support
+            away = int(np.where(alpha > 0, G_alpha, -np.inf).argmax())
             fw_gap = objective - G_alpha[toward]
             if fw_gap <= tol:
                 break
@@ -231,9 +245,11 @@ def frank_wolfe(gram, max_iter=1000, tol=1e-12):
 @dataclass
 class GapoWeights:
     weights: torch.Tensor  # (K,) w_i multiplying each loss L_i in the single weighted backward
-    alpha: torch.Tensor  # (K,) the solution of Problem 7 on the rescaled Gram matrix (0 for dropped)
+    # (K,) the solution of Problem 7 on the rescaled Gram matrix (0 for dropped)
+    alpha: torch.Tensor
     norms: torch.Tensor  # (K,) n_i = ||g_i||
-    active: torch.Tensor  # (K,) bool, False for objectives with a zero gradient (docs/decisions.md, "Zero gradients")
+    # (K,) bool, False for objectives with a zero gradient (docs/decisions.md, "Zero gradients")
+    active: torch.Tensor
     iterations: int
     gap: float
 
@@ -243,9 +259,10 @@ def gapo_weights(gram, p, literal_eq17=False, max_iter=1000, tol=1e-12, zero_nor
 
     Objectives with n_i <= zero_norm carry no signal: weight 0, solved over the rest. If every
     gradient is zero the weights are all 0 and the caller skips the step.
-    Decision (docs/decisions.md, "Loss weights"): w_i = alpha_i / n_i^p, so that sum_i w_i g_i = sum_i alpha_i h_i
-    is the min-norm point GAPO's theorems are about. literal_eq17=True gives the paper's Eq. 17 as
-    printed (w_i = alpha_i on the raw losses), offered only as an ablation.
+    Decision (docs/decisions.md, "Loss weights"): w_i = alpha_i / n_i^p, so that
+    sum_i w_i g_i = sum_i alpha_i h_i is the min-norm point GAPO's theorems are about.
+    literal_eq17=True gives the paper's Eq. 17 as printed (w_i = alpha_i on the raw losses),
+    offered only as an ablation.
     """
     if p < 0:
         raise ValueError(f"p must be >= 0, got {p}")
@@ -258,7 +275,8 @@ def gapo_weights(gram, p, literal_eq17=False, max_iter=1000, tol=1e-12, zero_nor
     iterations, gap = 0, 0.0
     if active.any():  # else: every gradient is zero, all weights 0, the caller skips the step
         index = np.flatnonzero(active)
-        solution = solve_min_norm(_rescale(gram[np.ix_(index, index)], p), max_iter=max_iter, tol=tol)
+        solution = solve_min_norm(_rescale(gram[np.ix_(index, index)], p), max_iter=max_iter,
+                                  tol=tol)
         alpha[index] = solution.alpha.numpy()
         weights[index] = alpha[index] if literal_eq17 else alpha[index] / norms[index] ** p
         iterations, gap = solution.iterations, solution.gap
