@@ -55,7 +55,7 @@ class Config:
     reward_model: str = ""  # reward model R (helpfulness)
     cost_model: str = ""  # cost model C (harmlessness = -C; C > 0 means unsafe)
     prompts: str = ""  # prompt source for data.load_prompts (Hub id or .json/.jsonl file)
-    prompt_split: str = "train"
+    prompt_split: str = "train"  # split of --prompts to train on
     toy_dir: str = "cache/toyworld"  # where the toy world is built and cached
     toy_size: str = "default"  # default | tiny (tests)
     device: str = "auto"  # auto | cpu | cuda
@@ -66,16 +66,16 @@ class Config:
     # LoRA defaults (docs/decisions.md): lora_alpha 0 means 2 * lora_r (scale 2), and with lora_r > 0 any of
     # actor_lr / critic_lr not given on the command line becomes LORA_LR[preset], 10x the preset's full
     # fine-tuning actor lr (paper: 1e-5 for both, toy: 3e-3).
-    lora_alpha: int = 0
+    lora_alpha: int = 0  # LoRA scale alpha / r; 0 = 2 * lora_r (see above)
     # --- rollout (App. B.2)
     iterations: int = 60  # PPO iterations (rollout + update); 0 = `epochs` passes over the prompts
     epochs: float = 2.0  # passes over the prompt set when iterations = 0
     batch_size: int = 32  # B, prompts per rollout
     max_prompt_length: int = 32  # P at most
     max_new_tokens: int = 24  # R at most
-    temperature: float = 1.0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
+    temperature: float = 1.0  # sampling temperature (the paper: 0.7)
+    top_p: float = 1.0  # nucleus sampling mass
+    repetition_penalty: float = 1.0  # the paper: 1.05
     # --- PPO (Eqs. 14-16, Table 2)
     ppo_epochs: int = 2  # passes over each rollout
     minibatch_size: int = 16  # samples per optimizer step
@@ -83,11 +83,11 @@ class Config:
     actor_lr: float = 3e-4  # toy value; the paper preset uses 1e-6
     critic_lr: float = 1e-3  # toy value; the paper preset uses 5e-7
     adam_beta1: float = 0.9  # AdamW betas of actor and critic; the paper preset uses (0.9, 0.95)
-    adam_beta2: float = 0.999
+    adam_beta2: float = 0.999  # see adam_beta1
     whiten_advantages: bool = False  # ablation: whiten each objective's advantages (default raw)
     critic_init: str = "first_rollout"  # head bias from the first rollout's mean return | zero
     weight_scale: str = "sum_one"  # gradient methods' loss weights: sum_one (w / sum w) | raw
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # AdamW weight decay (Table 2: 0)
     warmup_ratio: float = 0.03  # cosine schedule with linear warm-up
     max_grad_norm: float = 1.0  # 0 = no clipping
     kl_coef: float = 0.05  # beta, KL penalty (Eq. 14)
@@ -100,13 +100,13 @@ class Config:
     cost_threshold: float = 0.0  # d, constraint on the mean cost
     lambda_init: float = 1.0  # lambda at start
     lambda_lr: float = 0.01  # step size of log(lambda)
-    lambda_max: float = 10.0
+    lambda_max: float = 10.0  # cap of lambda
     lambda_window: int = 128  # episodes in the mean cost
     fastrl_eta: float = 0.1  # eta, fast-rl weight step (our choice; the paper does not give it)
     # --- bookkeeping
     save_every: int = 20  # iterations between checkpoints (and at the end)
     stop_after: int = 0  # > 0: save and exit after this iteration (fits a job's time limit; --resume goes on)
-    score_batch_size: int = 16
+    score_batch_size: int = 16  # responses per forward of the reward and cost models
 
 
 PRESETS = {

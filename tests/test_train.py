@@ -195,3 +195,15 @@ def test_actor_gradient_norm_is_logged_before_clipping_and_betas_reach_adam(tiny
     assert (paper.adam_beta1, paper.adam_beta2) == (0.9, 0.95)
     toy = runs.parse_config(train.Config, train.PRESETS, [])
     assert (toy.adam_beta1, toy.adam_beta2) == (0.9, 0.999) and toy.whiten_advantages is False
+
+
+def test_help_prints_every_field_with_its_meaning_and_default():
+    import dataclasses
+    result = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    comments = runs.field_comments(train.Config)
+    for f in dataclasses.fields(train.Config):
+        assert f"--{f.name} " in text and comments.get(f.name), f.name  # documented in Config
+        assert f"{comments[f.name].split()[0]}" in text and f"(default: {f.default!r})" in text, f.name
