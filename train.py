@@ -215,7 +215,16 @@ def cosine_schedule(optimizer, total_steps, warmup_ratio):
 
 def main(argv=None, make_weigh=None):
     """Train one run. make_weigh(policy), if given, returns the `weigh` function ppo_update uses
-    (experiments/study.py records both Gram matrices this way); None keeps gapo.loss_weights."""
+    (experiments/study.py records both Gram matrices this way); None keeps gapo.loss_weights.
+    A run that stops early (Ctrl-C, NaN, a failed save) ends in one line: why, and what is kept."""
+    try:
+        return train(argv, make_weigh)
+    except (KeyboardInterrupt, FloatingPointError, runs.SaveError) as err:
+        raise SystemExit(runs.stopped(err))
+
+
+def train(argv, make_weigh):
+    """The loop: read the Config, load the models, then iterate, log and checkpoint."""
     try:
         cfg = runs.parse_config(Config, PRESETS, argv, description=__doc__.split("\n")[0])
         pref = runs.check_config(cfg, len(OBJECTIVES))
@@ -277,8 +286,10 @@ def main(argv=None, make_weigh=None):
         runs.truncate_log(log_path, start)
     weigh = make_weigh(policy) if make_weigh else gapo.loss_weights
 
+    # disable=None: no bar when stderr is not a terminal (a log file would collect every redraw)
     bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=cfg.method,
-               dynamic_ncols=True, disable=rank > 0)
+               dynamic_ncols=True, disable=True if rank > 0 else None)
+    t_start, reached = time.perf_counter(), start
     for iteration in bar:
         index = runs.batch_indices(cfg, len(raw), iteration * world + rank)
         with distributed.unsharded(policy):  # FSDP: gather the policy once per rollout, not per token
@@ -291,11 +302,8 @@ def main(argv=None, make_weigh=None):
         if cfg.method == "fast-rl":
             gapo.update_fastrl_weights(state, scores, cfg.fastrl_eta)
         t0 = time.perf_counter()
-        try:
-            update = ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state,
-                                mgda_params, iteration + 1, weigh)
-        except FloatingPointError as err:  # NaN / inf: stop, the last checkpoint on disk stays as it was
-            raise SystemExit(f"error: {err}")
+        update = ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state,
+                            mgda_params, iteration + 1, weigh)  # NaN / inf: FloatingPointError, main
         timings["update"] = time.perf_counter() - t0
 
         mask = rollout.response_mask
@@ -314,12 +322,13 @@ def main(argv=None, make_weigh=None):
         stopping = iteration + 1 == cfg.stop_after
         if (iteration + 1) % cfg.save_every == 0 or iteration + 1 == iterations or stopping:
             runs.save_checkpoint(cfg.out_dir, cfg, policy, tokenizer, critic, optimizers, schedulers,
-                                 state, iteration + 1)
+                                 state, iteration + 1, total=iterations)
+        reached = iteration + 1
         if stopping:
             print(f"stopped after iteration {iteration + 1} (--stop_after); continue with --resume")
             break
-    print(f"done: {cfg.out_dir}/checkpoint (policy in Hugging Face format under policy/), "
-          f"log in {log_path}")
+    if rank == 0:
+        print(runs.summary(cfg, log_path, start, reached, iterations, time.perf_counter() - t_start))
     return cfg
 
 
