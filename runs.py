@@ -266,8 +266,6 @@ def lock_run_folder(out_dir):
     """Only one process drives a run folder: an exclusive flock on out_dir/.lock, kept until the
     process ends. The file names its holder, so a second process can say who it is."""
     key = os.path.abspath(out_dir)
-    if key in _held_locks:  # this process ran the folder before (tests call main twice)
-        _held_locks.pop(key).close()
     lock = open(os.path.join(out_dir, LOCK), "a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -282,6 +280,12 @@ def lock_run_folder(out_dir):
     lock.write(f"process {os.getpid()} on {socket.gethostname()}\n")
     lock.flush()
     _held_locks[key] = lock
+
+
+def unlock_run_folders():
+    """Release the run folder locks this process holds (main returns; the process may go on)."""
+    while _held_locks:
+        _held_locks.popitem()[1].close()
 
 
 def _clear_folder(out_dir):
@@ -438,6 +442,10 @@ def checkpoint_note(out_dir):
     return f"the last good checkpoint{at} is kept in {os.path.join(out_dir, 'checkpoint')}"
 
 
+class CheckpointError(ValueError):
+    """A checkpoint to resume from cannot be read; the message says which file."""
+
+
 class SaveError(OSError):
     """A checkpoint could not be written (full disk, say); the previous one is intact."""
 
@@ -449,6 +457,8 @@ def stopped(err):
     """What main says when a run stops early: one line with why, what is kept and what to do next.
     Returns SystemExit's argument: the message, or 130 after printing it for Ctrl-C."""
     out_dir = _current["out_dir"]
+    if isinstance(err, CheckpointError):
+        return f"error: {err}"
     if isinstance(err, KeyboardInterrupt):
         if out_dir is None:
             print("interrupted before the run started; nothing was written.", file=sys.stderr)
@@ -508,8 +518,9 @@ def load_checkpoint(resume_from, policy, critic, optimizers, schedulers, world):
     try:
         saved = torch.load(path, weights_only=False, mmap=world > 1)
     except Exception as err:  # a truncated or foreign file: pickle, zip and EOF errors alike
-        raise ValueError(f"{path} cannot be read ({type(err).__name__}: {err}); restore the "
-                         f"checkpoint from a copy, or start afresh with --overwrite.") from None
+        reason = str(err).split(". ")[0]  # torch's messages run on for a paragraph
+        raise CheckpointError(f"{path} cannot be read ({type(err).__name__}: {reason}); restore "
+                              f"the checkpoint from a copy, or start afresh with --overwrite.") from None
     for m, o, s in zip((policy, critic), optimizers, saved["optimizers"]):
         distributed.load_optimizer_state_dict(m, o, s)
     for scheduler, s in zip(schedulers, saved["schedulers"]):

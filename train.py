@@ -219,8 +219,10 @@ def main(argv=None, make_weigh=None):
     A run that stops early (Ctrl-C, NaN, a failed save) ends in one line: why, and what is kept."""
     try:
         return train(argv, make_weigh)
-    except (KeyboardInterrupt, FloatingPointError, runs.SaveError) as err:
+    except (KeyboardInterrupt, FloatingPointError, runs.SaveError, runs.CheckpointError) as err:
         raise SystemExit(runs.stopped(err))
+    finally:
+        runs.unlock_run_folders()  # the run folder is free again once main returns
 
 
 def train(argv, make_weigh):
