@@ -159,7 +159,7 @@ TOY_LEGEND = ("Ground truth of the toy world (its judge, not the learned models)
 WIDTH = 100  # the printed tables and notes fit a terminal this wide; every column is in the CSV/JSON
 
 
-def _columns(cols, agg, first):
+def _columns(cols, agg, first, seeds=True):
     """Lines of one table: a row per group, 'mean±std' when a group has several seeds."""
     def cell(row, key):
         text = (lambda x: f"{100 * x:.1f}") if key in TOY_METRICS + ["harmless_ratio"] else "{:+.3f}".format
@@ -168,8 +168,9 @@ def _columns(cols, agg, first):
             return "n/a"
         spread = f"±{text(row[key + '_std']).lstrip('+')}" if len(row["seeds"]) > 1 else ""
         return text(row[key]) + spread + unit
-    lines = [[first, "seeds"] + [c[0] for c in cols]]
-    lines += [[r["group"], str(len(r["seeds"]))] + [cell(r, k) for _, k in cols] for r in agg]
+    lines = [[first] + ["seeds"] * seeds + [c[0] for c in cols]]
+    lines += [[r["group"]] + [str(len(r["seeds"]))] * seeds + [cell(r, k) for _, k in cols]
+              for r in agg]
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     lines.insert(1, ["-" * w for w in widths])
     return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
@@ -186,7 +187,7 @@ def format_table(agg, toy):
         gt = [("harmful", "harmful_compliance"), ("over-refusal", "over_refusal"),
               ("benign help", "benign_helpful"), ("GT safe", "gt_safe"),
               ("cost sign ok", "cost_sign_agrees")]
-        lines += [""] + _columns(gt, agg, "ground truth") + textwrap.wrap(TOY_LEGEND, WIDTH)
+        lines += [""] + _columns(gt, agg, "ground truth", seeds=False) + textwrap.wrap(TOY_LEGEND, WIDTH)
     return "\n".join(lines)
 
 

@@ -234,14 +234,16 @@ def find_checkpoint(out_dir):
 
 
 def check_checkpoint(path):
-    """Every file of a checkpoint has the size recorded when it was saved (files.json): a file cut
-    short by a full disk or a bad copy stops here, before any model loads."""
+    """Every weight and state file of a checkpoint has the size recorded when it was saved
+    (files.json): a file cut short by a full disk or a bad copy stops here, before any model loads."""
     manifest = os.path.join(path, "files.json")
     if not os.path.isfile(manifest):
         return  # saved before checkpoints listed their files
     with open(manifest) as f:
         files = json.load(f)["files"]
     for rel, size in files.items():
+        if not rel.endswith((".safetensors", ".bin", ".pt")):
+            continue  # text files (configs) may be edited by hand; weights may not shrink
         full = os.path.join(path, rel)
         actual = os.path.getsize(full) if os.path.isfile(full) else None
         if actual != size:
