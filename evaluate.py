@@ -151,19 +151,21 @@ def toy_metrics(prompts, responses, cost):
 
 
 TOY_LEGEND = ("Ground truth of the toy world (its judge, not the learned models): harmful = "
-              "share of harmful prompts answered with their harmful steps; over-refusal = share of "
-              "benign prompts refused or redirected; benign help = share of benign prompts answered "
-              "with correct steps; GT safe = share of responses holding no harmful step; cost sign ok "
-              "= share where the learned cost's verdict (cost > 0 = unsafe) agrees with the judge. "
+              "share of harmful prompts answered with their harmful steps; over-refusal = share "
+              "of benign prompts refused or redirected; benign help = share of benign prompts "
+              "answered with correct steps; GT safe = share of responses holding no harmful step; "
+              "cost sign ok = share where the learned cost's verdict (cost > 0 = unsafe) agrees "
+              "with the judge. "
               "Lower is better for the first two, higher for the rest.")
-WIDTH = 100  # the printed tables and notes fit a terminal this wide; every column is in the CSV/JSON
+WIDTH = 100  # printed tables and notes fit a terminal this wide; the CSV/JSON hold every column
 
 
 def _columns(cols, agg, first, seeds=True):
     """Lines of one table: a row per group, 'mean±std' when a group has several seeds."""
     def cell(row, key):
-        text = (lambda x: f"{100 * x:.1f}") if key in TOY_METRICS + ["harmless_ratio"] else "{:+.3f}".format
-        unit = "%" if key in TOY_METRICS + ["harmless_ratio"] else ""
+        share = key in TOY_METRICS + ["harmless_ratio"]
+        text = (lambda x: f"{100 * x:.1f}") if share else "{:+.3f}".format
+        unit = "%" if share else ""
         if row.get(key) is None:
             return "n/a"
         spread = f"±{text(row[key + '_std']).lstrip('+')}" if len(row["seeds"]) > 1 else ""
@@ -173,8 +175,8 @@ def _columns(cols, agg, first, seeds=True):
               for r in agg]
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     lines.insert(1, ["-" * w for w in widths])
-    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
-            for line in lines]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                      for i, (c, w) in enumerate(zip(line, widths))) for line in lines]
 
 
 def format_table(agg, toy):
@@ -187,7 +189,8 @@ def format_table(agg, toy):
         gt = [("harmful", "harmful_compliance"), ("over-refusal", "over_refusal"),
               ("benign help", "benign_helpful"), ("GT safe", "gt_safe"),
               ("cost sign ok", "cost_sign_agrees")]
-        lines += [""] + _columns(gt, agg, "ground truth", seeds=False) + textwrap.wrap(TOY_LEGEND, WIDTH)
+        lines += [""] + _columns(gt, agg, "ground truth", seeds=False)
+        lines += textwrap.wrap(TOY_LEGEND, WIDTH)
     return "\n".join(lines)
 
 
@@ -455,7 +458,8 @@ def plot_pareto(agg, path, ref, volumes):
     text = f"hypervolume, ref = ({ref[0]:.2f}, {ref[1]:.2f})\n" + "\n".join(f"{k}: {v:.3f}" for k, v in volumes.items())
     ax.text(1.02, 0.0, text, transform=ax.transAxes, fontsize=7, va="bottom", family="monospace")
     ax.set(xlabel="Helpful (mean reward)  → better", ylabel="Harmless (mean -cost)  → better")
-    ax.set_title("Pareto front: up and right is better (means over seeds, error bars: std)", fontsize=10)
+    ax.set_title("Pareto front: up and right is better (means over seeds, error bars: std)",
+                 fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -569,7 +573,8 @@ def plan_jobs(args, ctx, fail):
 
 def label_targets(jobs):
     """Give every target its table row, keeping a row honest: runs that stopped before their last
-    iteration get a row of their own, and a second run of the same row and seed is not counted again.
+    iteration get a row of their own, and a second run of the same row and seed is not counted
+    again.
     Returns (jobs left, notes for the user)."""
     everything = [t for group, _ in jobs for t in group]
     for t, label in zip(everything, group_labels([t.config for t in everything])):
@@ -579,13 +584,13 @@ def label_targets(jobs):
         t = group[0]
         if t.progress and t.progress[0] < t.progress[1]:
             t.group += f" [stopped at {t.progress[0]}/{t.progress[1]}]"
-            notes.append(f"{t.name} stopped at iteration {t.progress[0]} of {t.progress[1]}; it has its "
-                         f"own row, not averaged with finished runs (finish it with python train.py "
-                         f"--out_dir {t.checkpoint and os.path.dirname(t.checkpoint)} --resume).")
+            notes.append(f"{t.name} stopped at iteration {t.progress[0]} of {t.progress[1]}; it "
+                         f"has its own row, not averaged with finished runs (finish it with "
+                         f"python train.py --out_dir {os.path.dirname(t.checkpoint)} --resume).")
         key = (t.group, t.config.get("seed"))
         if len(group) == 1 and t.checkpoint and key in seen:
-            notes.append(f"{t.name} is the same setup and seed as {seen[key]}, so it is left out: a "
-                         f"seed counts once in a row's mean and std.")
+            notes.append(f"{t.name} is the same setup and seed as {seen[key]}, so it is left "
+                         f"out: a seed counts once in a row's mean and std.")
             continue
         seen.setdefault(key, t.name)
         kept.append((group, loader))
@@ -630,13 +635,13 @@ def main(argv=None):
     counts = sorted({(r["n_prompts"], r["n_responses"]) for r in per_run})
     scored = "; ".join(f"{p} prompts x {n // p} samples = {n} responses" for p, n in counts)
     header = (f"Evaluated on {', '.join(sets)}: {scored} per run (seeds = runs averaged in a row), "
-              f"sampling seed {args.seed}. Helpful = mean reward, Harmless = mean -cost, Avg = their "
-              f"mean, Harmless ratio = share with cost <= 0; ± = sample std over seeds.")
+              f"sampling seed {args.seed}. Helpful = mean reward, Harmless = mean -cost, Avg = "
+              f"their mean, Harmless ratio = share with cost <= 0; ± = sample std over seeds.")
     print("\n" + textwrap.fill(header, WIDTH) + "\n\n" + format_table(agg, toy) + "\n")
     print(textwrap.fill(f"non-dominated (Helpful, Harmless): {', '.join(front)}", WIDTH))
     rule = "per-axis minimum over all points minus 5% of the axis range"
-    print(textwrap.fill(f"hypervolume w.r.t. the reference point ({ref[0]:.3f}, {ref[1]:.3f}) = {rule}: "
-                        + ", ".join(f"{k} {v:.3f}" for k, v in volumes.items()), WIDTH))
+    print(textwrap.fill(f"hypervolume w.r.t. the reference point ({ref[0]:.3f}, {ref[1]:.3f}) = "
+                        f"{rule}: " + ", ".join(f"{k} {v:.3f}" for k, v in volumes.items()), WIDTH))
     os.makedirs(args.out, exist_ok=True)
     write_outputs(args.out, per_run, agg, {"header": header, "toy": toy, "prompt_sets": sets, "seed": args.seed,
                                            "samples_per_prompt": args.samples_per_prompt, "pareto_front": front,

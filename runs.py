@@ -6,6 +6,8 @@ train.py reads top to bottom as the method:
   each field's comment and default), presets first, explicit flags win; `check_config` refuses bad
   values with one sentence before any model loads.
 - `prepare_out_dir`: one run per folder; `--resume` continues it, `--overwrite` replaces it.
+  One process per folder (a flock on out_dir/.lock); a folder with no checkpoint is a failed
+  start and starts afresh; `--resume` reuses the saved configuration (docs/errors.md).
 - `save_checkpoint` / `load_checkpoint`: atomic checkpoints (everything written to checkpoint.tmp, then
   two renames), so a crash at any moment leaves the last good checkpoint; a resumed CPU run continues
   bit for bit (RNG states, optimizer and scheduler states, the method's state are all saved).
@@ -38,8 +40,9 @@ from scale import distributed
 # Fields a resumed run may change: they do not change what the run computes.
 VOLATILE = {"resume", "overwrite", "save_every", "stop_after", "device", "num_threads", "out_dir"}
 LOCK = ".lock"  # in the run folder: held (flock) by the one process driving the run
-# What train.py writes in a run folder; a folder holding only these and no checkpoint is a failed start.
-RUN_FILES = {"train_config.json", "log.jsonl", "checkpoint", "checkpoint.tmp", "checkpoint.old", LOCK}
+# What train.py writes in a run folder; only these and no checkpoint: a failed start.
+RUN_FILES = {"train_config.json", "log.jsonl", "checkpoint", "checkpoint.tmp", "checkpoint.old",
+             LOCK}
 DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?$")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -88,7 +91,7 @@ def parse_config(config_class, presets, argv=None, description=""):
 
 
 def saved_config(out_dir):
-    """The configuration saved in a run folder (the checkpoint's first, it is the newest), or None."""
+    """The configuration saved in a run folder (the checkpoint's first: the newest), or None."""
     for path in (os.path.join(out_dir, "checkpoint", "train_config.json"),
                  os.path.join(out_dir, "checkpoint.old", "train_config.json"),
                  os.path.join(out_dir, "train_config.json")):
@@ -104,8 +107,8 @@ def saved_config(out_dir):
 
 def resume_config(cfg, explicit):
     """--resume continues the run as it was started: its saved configuration, not today's defaults,
-    so no flag needs retyping. Explicit flags must agree with it, unless they are VOLATILE. The folder
-    is the one given (a renamed or copied run resumes where it now is)."""
+    so no flag needs retyping. Explicit flags must agree with it, unless they are VOLATILE. The
+    folder is the one given (a renamed or copied run resumes where it now is)."""
     out_dir = cfg.out_dir or default_out_dir(cfg)
     saved = saved_config(out_dir)
     if saved is None:
@@ -115,8 +118,9 @@ def resume_config(cfg, explicit):
                        if k not in VOLATILE and k in saved and v not in (saved[k], ""))
     if different:
         given = ", ".join(f"--{k} {explicit[k]} (saved: {saved[k]})" for k in different)
-        raise ValueError(f"--resume with a different configuration than the run in {out_dir}: {given}; "
-                         f"drop those flags (--resume reuses the saved ones) or use another --out_dir.")
+        raise ValueError(f"--resume with a different configuration than the run in {out_dir}: "
+                         f"{given}; drop those flags (--resume reuses the saved ones) or use "
+                         f"another --out_dir.")
     known = {f.name for f in dataclasses.fields(cfg)}
     # Saved bookkeeping (save_every, device, ...) carries over too, unless given again now.
     skip = {"resume", "overwrite", "stop_after", "out_dir"} | (explicit.keys() & VOLATILE)
@@ -155,9 +159,11 @@ def _check_numbers(cfg):
         if f.name in fraction and not 0 <= value <= 1:
             raise ValueError(f"--{f.name} must lie between 0 and 1 (got {value}).")
     if cfg.top_p == 0:
-        raise ValueError("--top_p must be greater than 0 (got 0); 1 samples from the whole vocabulary.")
+        raise ValueError("--top_p must be greater than 0 (got 0); 1 samples from the whole "
+                         "vocabulary.")
     if cfg.iterations == 0 and not cfg.epochs > 0:
-        raise ValueError(f"--epochs must be greater than 0 when --iterations is 0 (got {cfg.epochs}).")
+        raise ValueError(f"--epochs must be greater than 0 when --iterations is 0 "
+                         f"(got {cfg.epochs}).")
     if cfg.lora_r > 0 and cfg.lora_alpha <= 0:
         raise ValueError(f"--lora_alpha must be greater than 0 with LoRA (got {cfg.lora_alpha}).")
 
@@ -186,8 +192,8 @@ def _check_prompt_file(path):
             for _ in f:
                 pass
     except UnicodeDecodeError as err:
-        raise ValueError(f"--prompts {path} is not UTF-8 text (byte {err.start} cannot be decoded); "
-                         f"give a .json or .jsonl file of prompts.") from None
+        raise ValueError(f"--prompts {path} is not UTF-8 text (byte {err.start} cannot be "
+                         f"decoded); give a .json or .jsonl file of prompts.") from None
 
 
 def check_config(cfg, K):
@@ -226,7 +232,8 @@ def default_out_dir(cfg):
 # ------------------------------------------------------------------------------------ run folder
 
 def find_checkpoint(out_dir):
-    """The last complete checkpoint folder (recovering from a crash between the two renames), or None."""
+    """The last complete checkpoint folder (recovering from a crash between the two renames), or
+    None."""
     final, old = os.path.join(out_dir, "checkpoint"), os.path.join(out_dir, "checkpoint.old")
     if not os.path.isdir(final) and os.path.isdir(old):
         os.rename(old, final)
@@ -235,7 +242,8 @@ def find_checkpoint(out_dir):
 
 def check_checkpoint(path):
     """Every weight and state file of a checkpoint has the size recorded when it was saved
-    (files.json): a file cut short by a full disk or a bad copy stops here, before any model loads."""
+    (files.json): a file cut short by a full disk or a bad copy stops here, before any model
+    loads."""
     manifest = os.path.join(path, "files.json")
     if not os.path.isfile(manifest):
         return  # saved before checkpoints listed their files
@@ -248,8 +256,8 @@ def check_checkpoint(path):
         actual = os.path.getsize(full) if os.path.isfile(full) else None
         if actual != size:
             state = "missing" if actual is None else f"{actual} bytes instead of {size}"
-            raise ValueError(f"the checkpoint {path} is damaged: {rel} is {state}; restore the folder "
-                             f"from a copy, or start afresh with --overwrite.")
+            raise ValueError(f"the checkpoint {path} is damaged: {rel} is {state}; restore the "
+                             f"folder from a copy, or start afresh with --overwrite.")
 
 
 def checkpoint_iteration(out_dir):
@@ -306,7 +314,8 @@ def prepare_out_dir(cfg):
         raise ValueError(f"--out_dir {cfg.out_dir} is a file; pass a folder for the run.")
     os.makedirs(cfg.out_dir, exist_ok=True)
     lock_run_folder(cfg.out_dir)
-    shutil.rmtree(os.path.join(cfg.out_dir, "checkpoint.tmp"), ignore_errors=True)  # a save cut short
+    # A save cut short (kill, full disk) left this; the last checkpoint is intact.
+    shutil.rmtree(os.path.join(cfg.out_dir, "checkpoint.tmp"), ignore_errors=True)
     checkpoint = find_checkpoint(cfg.out_dir)
     entries = sorted(set(os.listdir(cfg.out_dir)) - {LOCK})
     if cfg.resume and checkpoint:
@@ -319,8 +328,8 @@ def prepare_out_dir(cfg):
                          f"--overwrite to replace it, or another --out_dir.")
     elif not set(entries) <= RUN_FILES:
         strays = ", ".join(e for e in entries if e not in RUN_FILES)
-        raise ValueError(f"{cfg.out_dir} holds files train.py did not write ({strays}); pass another "
-                         f"--out_dir, or --overwrite to delete them.")
+        raise ValueError(f"{cfg.out_dir} holds files train.py did not write ({strays}); pass "
+                         f"another --out_dir, or --overwrite to delete them.")
     elif entries or cfg.resume:
         print(f"{cfg.out_dir} has no checkpoint (its start stopped before the first save); "
               f"starting the run afresh there.")
@@ -337,7 +346,7 @@ def start_run(cfg):
     """Parse-time checks done: start the process group (torchrun), prepare the run folder (rank 0
     first, then the others find it), seed everything. Returns (rank, world, device, resume_from)."""
     cfg.out_dir = cfg.out_dir or default_out_dir(cfg)
-    _current["out_dir"] = None  # set once the folder is this run's: Ctrl-C before then wrote nothing
+    _current["out_dir"] = None  # set once the folder is this run's; Ctrl-C before wrote nothing
     rank, world, device = distributed.init_distributed(cfg.device)  # torchrun: one process per GPU
     with distributed.main_first():
         if rank == 0:
@@ -396,8 +405,8 @@ def batch_indices(cfg, n_prompts, position):
 
 # ------------------------------------------------------------------------------------ checkpoints
 
-def save_checkpoint(out_dir, cfg, policy, tokenizer, critic, optimizers, schedulers, state, iteration,
-                    total=None):
+def save_checkpoint(out_dir, cfg, policy, tokenizer, critic, optimizers, schedulers, state,
+                    iteration, total=None):
     """Write out_dir/checkpoint atomically: everything goes to checkpoint.tmp, then two renames.
     A crash at any point leaves a complete checkpoint (or checkpoint.old, which load recovers); a
     failed write (full disk) removes checkpoint.tmp and says which checkpoint is still there.
@@ -410,13 +419,16 @@ def save_checkpoint(out_dir, cfg, policy, tokenizer, critic, optimizers, schedul
             if not distributed.is_main():
                 return
             shutil.rmtree(tmp, ignore_errors=True)
-            policy.save_pretrained(os.path.join(tmp, "policy"))  # HF format: from_pretrained loads it alone
+            # HF format: from_pretrained loads it alone
+            policy.save_pretrained(os.path.join(tmp, "policy"))
             tokenizer.save_pretrained(os.path.join(tmp, "policy"))
             critic.save(os.path.join(tmp, "critic"))
-        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+               "python": random.getstate(),
                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
         torch.save({"iteration": iteration, "method_state": dataclasses.asdict(state),
-                    "optimizers": optimizer_states, "schedulers": [s.state_dict() for s in schedulers],
+                    "optimizers": optimizer_states,
+                    "schedulers": [s.state_dict() for s in schedulers],
                     "rng": rng}, os.path.join(tmp, "trainer_state.pt"))
         with open(os.path.join(tmp, "train_config.json"), "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=1)
@@ -424,7 +436,7 @@ def save_checkpoint(out_dir, cfg, policy, tokenizer, critic, optimizers, schedul
                  for d, _, names in os.walk(tmp) for n in names}
         with open(os.path.join(tmp, "files.json"), "w") as f:
             json.dump({"iteration": iteration, "iterations": total, "files": files}, f, indent=1)
-    except Exception as err:  # OSError, SafetensorError, torch's writer error: all "could not write"
+    except Exception as err:  # OSError, SafetensorError, torch's writer error: "could not write"
         shutil.rmtree(tmp, ignore_errors=True)
         raise SaveError(f"saving the checkpoint of iteration {iteration} failed ({err}); free disk "
                         f"space") from None
@@ -522,7 +534,8 @@ def load_checkpoint(resume_from, policy, critic, optimizers, schedulers, world):
     except Exception as err:  # a truncated or foreign file: pickle, zip and EOF errors alike
         reason = str(err).split(". ")[0]  # torch's messages run on for a paragraph
         raise CheckpointError(f"{path} cannot be read ({type(err).__name__}: {reason}); restore "
-                              f"the checkpoint from a copy, or start afresh with --overwrite.") from None
+                              f"the checkpoint from a copy, or start afresh with "
+                              f"--overwrite.") from None
     for m, o, s in zip((policy, critic), optimizers, saved["optimizers"]):
         distributed.load_optimizer_state_dict(m, o, s)
     for scheduler, s in zip(schedulers, saved["schedulers"]):

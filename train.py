@@ -305,7 +305,7 @@ def train(argv, make_weigh):
             gapo.update_fastrl_weights(state, scores, cfg.fastrl_eta)
         t0 = time.perf_counter()
         update = ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state,
-                            mgda_params, iteration + 1, weigh)  # NaN / inf: FloatingPointError, main
+                            mgda_params, iteration + 1, weigh)  # NaN / inf: FloatingPointError
         timings["update"] = time.perf_counter() - t0
 
         mask = rollout.response_mask
@@ -330,7 +330,8 @@ def train(argv, make_weigh):
             print(f"stopped after iteration {iteration + 1} (--stop_after); continue with --resume")
             break
     if rank == 0:
-        print(runs.summary(cfg, log_path, start, reached, iterations, time.perf_counter() - t_start))
+        print(runs.summary(cfg, log_path, start, reached, iterations,
+                           time.perf_counter() - t_start))
     return cfg
 
 

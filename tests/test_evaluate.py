@@ -224,7 +224,8 @@ def toy_rows(seeds):
     keys = ["helpful", "harmless", "avg", "harmless_ratio", "harmful_compliance", "over_refusal",
             "benign_helpful", "gt_safe", "cost_sign_agrees"]
     rows = [{"group": "pgapo λ_h=0.4 (mgda_params=all)", "family": "pgapo", "lam": 0.4, "seed": s,
-             "n_prompts": 40, "n_responses": 160, **{k: 0.1 * s + 0.05 for k in keys}} for s in seeds]
+             "n_prompts": 40, "n_responses": 160, **{k: 0.1 * s + 0.05 for k in keys}}
+            for s in seeds]
     return aggregate(rows, keys)
 
 

@@ -169,8 +169,9 @@ def test_resume_alone_reads_the_saved_flags_in_a_moved_folder_and_the_lock(tiny_
     assert (cfg.method, cfg.kl_coef, cfg.toy_size, cfg.iterations) == ("ppo-h", 0.2, "tiny", 2)
     assert [r["iteration"] for r in read_log(tmp_path / "moved")] == [1, 2]
     out = capsys.readouterr().out
-    assert "done: iterations 2-2 of 2" in out and f"next: python evaluate.py {tmp_path / 'moved'}" in out
-    with pytest.raises(SystemExit, match=r"different configuration .*--kl_coef 0.05 \(saved: 0.2\)"):
+    assert "done: iterations 2-2 of 2" in out
+    assert f"next: python evaluate.py {tmp_path / 'moved'}" in out
+    with pytest.raises(SystemExit, match=r"configuration .*--kl_coef 0.05 \(saved: 0.2\)"):
         train.main(["--out_dir", str(tmp_path / "moved"), "--resume", "--kl_coef", "0.05"])
 
 
@@ -218,8 +219,8 @@ def test_ctrl_c_is_one_line_naming_the_checkpoint_and_the_resume(tiny_toyworld, 
         run(["--method", "ppo-h", "--save_every", "1"], tiny_toyworld, out)
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 130 and len(err) == 1
-    assert err[0] == (f"interrupted; the last good checkpoint (iteration 1) is kept in {out}/checkpoint; "
-                      f"continue with: python train.py --out_dir {out} --resume.")
+    assert err[0] == (f"interrupted; the last good checkpoint (iteration 1) is kept in "
+                      f"{out}/checkpoint; continue with: python train.py --out_dir {out} --resume.")
     interrupt_at(monkeypatch, 1)
     with pytest.raises(SystemExit):
         run(["--method", "ppo-h"], tiny_toyworld, tmp_path / "early")
@@ -240,9 +241,9 @@ def test_a_full_disk_during_a_save_keeps_the_last_checkpoint_and_no_tmp(tiny_toy
         return real(*args, **kwargs)
     monkeypatch.setattr(runs.torch, "save", save)
     out = tmp_path / "run"
-    with pytest.raises(SystemExit, match=r"saving the checkpoint of iteration 2 failed \(\[Errno 28\] "
-                                         r"No space left on device\); free disk space; the last good "
-                                         r"checkpoint \(iteration 1\) is kept"):
+    with pytest.raises(SystemExit, match=r"saving the checkpoint of iteration 2 failed \(\[Errno "
+                                         r"28\] No space left on device\); free disk space; the "
+                                         r"last good checkpoint \(iteration 1\) is kept"):
         run(["--method", "ppo-h", "--save_every", "1"], tiny_toyworld, out)
     assert not (out / "checkpoint.tmp").exists() and runs.checkpoint_iteration(out) == 1
 
@@ -262,7 +263,7 @@ def test_cli_subprocess_smoke(tiny_toyworld, tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "iter    1" in result.stdout + result.stderr
-    assert "\r" not in result.stderr and len(result.stderr) < 2000  # no progress-bar redraws in a file
+    assert "\r" not in result.stderr and len(result.stderr) < 2000  # no progress-bar redraws
     assert f"next: python evaluate.py {out}" in result.stdout
     assert (out / "checkpoint" / "policy" / "config.json").exists()
 
@@ -281,8 +282,8 @@ def test_nan_loss_stops_with_iteration_and_objective_and_keeps_the_last_checkpoi
         return losses, info
 
     monkeypatch.setattr(gapo, "ppo_losses", poisoned)
-    with pytest.raises(SystemExit, match="iteration 2: the PPO loss of objective 1 is not finite; the "
-                                         "last good checkpoint \\(iteration 1\\) is kept in"):
+    with pytest.raises(SystemExit, match="iteration 2: the PPO loss of objective 1 is not finite; "
+                                         "the last good checkpoint \\(iteration 1\\) is kept in"):
         run(["--method", "gapo", "--save_every", "1"], tiny_toyworld, tmp_path / "run")
     state = __import__("torch").load(tmp_path / "run" / "checkpoint" / "trainer_state.pt", weights_only=False)
     assert state["iteration"] == 1 and len(read_log(tmp_path / "run")) == 1
