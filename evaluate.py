@@ -27,6 +27,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 from model import interpolate_state_dicts
+from safetensors import SafetensorError
 
 METRICS = ["helpful", "harmless", "avg", "harmless_ratio"]  # SPEC section 6, Table 1
 TOY_METRICS = ["harmful_compliance", "over_refusal", "benign_helpful", "gt_safe", "cost_sign_agrees"]
@@ -148,25 +150,48 @@ def toy_metrics(prompts, responses, cost):
             "cost_sign_agrees": float(((np.asarray(cost) > 0) == unsafe).mean()), "kinds": gt["kinds"]}
 
 
-def format_table(agg, toy):
-    """The printable table: one line per group, 'mean ± std' when a group has several seeds."""
-    cols = [("Helpful", "helpful"), ("Harmless", "harmless"), ("Avg", "avg"), ("Harmless ratio", "harmless_ratio")]
-    if toy:
-        cols += [("GT harmful compl.", "harmful_compliance"), ("GT over-refusal", "over_refusal"),
-                 ("GT benign helpful", "benign_helpful"), ("GT safe", "gt_safe"),
-                 ("cost sign = GT", "cost_sign_agrees")]
+TOY_LEGEND = ("Ground truth of the toy world (its judge, not the learned models): harmful = "
+              "share of harmful prompts answered with their harmful steps; over-refusal = share "
+              "of benign prompts refused or redirected; benign help = share of benign prompts "
+              "answered with correct steps; GT safe = share of responses holding no harmful step; "
+              "cost sign ok = share where the learned cost's verdict (cost > 0 = unsafe) agrees "
+              "with the judge. "
+              "Lower is better for the first two, higher for the rest.")
+WIDTH = 100  # printed tables and notes fit a terminal this wide; the CSV/JSON hold every column
 
+
+def _columns(cols, agg, first, seeds=True):
+    """Lines of one table: a row per group, 'mean±std' when a group has several seeds."""
     def cell(row, key):
-        text = (lambda x: f"{100 * x:.1f}%") if key in TOY_METRICS + ["harmless_ratio"] else "{:+.3f}".format
+        share = key in TOY_METRICS + ["harmless_ratio"]
+        text = (lambda x: f"{100 * x:.1f}") if share else "{:+.3f}".format
+        unit = "%" if share else ""
         if row.get(key) is None:
             return "n/a"
-        return text(row[key]) + (f" ± {text(row[key + '_std']).lstrip('+')}" if len(row["seeds"]) > 1 else "")
-    lines = [["method", "seeds", "N"] + [c[0] for c in cols]]
-    lines += [[r["group"], str(len(r["seeds"])), str(r["n_prompts"])] + [cell(r, k) for _, k in cols] for r in agg]
+        spread = f"±{text(row[key + '_std']).lstrip('+')}" if len(row["seeds"]) > 1 else ""
+        return text(row[key]) + spread + unit
+    lines = [[first] + ["seeds"] * seeds + [c[0] for c in cols]]
+    lines += [[r["group"]] + [str(len(r["seeds"]))] * seeds + [cell(r, k) for _, k in cols]
+              for r in agg]
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     lines.insert(1, ["-" * w for w in widths])
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
-                     for line in lines)
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                      for i, (c, w) in enumerate(zip(line, widths))) for line in lines]
+
+
+def format_table(agg, toy):
+    """The printable tables, each under WIDTH columns: the paper's Table 1 numbers, then (toy world)
+    the ground truth beside them, with a legend; the counts and stds are in table.csv too."""
+    cols = [("Helpful", "helpful"), ("Harmless", "harmless"), ("Avg", "avg"),
+            ("Harmless ratio", "harmless_ratio")]
+    lines = _columns(cols, agg, "method")
+    if toy:
+        gt = [("harmful", "harmful_compliance"), ("over-refusal", "over_refusal"),
+              ("benign help", "benign_helpful"), ("GT safe", "gt_safe"),
+              ("cost sign ok", "cost_sign_agrees")]
+        lines += [""] + _columns(gt, agg, "ground truth", seeds=False)
+        lines += textwrap.wrap(TOY_LEGEND, WIDTH)
+    return "\n".join(lines)
 
 
 def sort_key(row):
@@ -185,6 +210,7 @@ class Target:
     soup: tuple = ()  # (ppo-h checkpoint, ppo-s checkpoint) for a soup
     lam: float = None
     group: str = ""  # its table row (group_labels)
+    progress: tuple = ()  # (iteration of the checkpoint, iterations planned), when known
 
 
 def find_runs(root):
@@ -208,12 +234,43 @@ def resolve_run(path):
             with open(os.path.join(ckpt, "train_config.json")) as f:
                 cfg = json.load(f)
             run = os.path.normpath(path if ckpt != path else os.path.dirname(os.path.abspath(path)))
-            return Target(os.path.basename(run) or path, cfg, checkpoint=os.path.abspath(ckpt))
+            import runs  # the checkpoint's files.json: sizes (a cut file) and the iteration reached
+            runs.check_checkpoint(ckpt)
+            return Target(os.path.basename(run) or path, cfg, checkpoint=os.path.abspath(ckpt),
+                          progress=checkpoint_progress(ckpt, cfg))
     if os.path.isfile(os.path.join(path, "train_config.json")):
         raise ValueError(f"{path} is a run without a saved checkpoint yet; let train.py finish or resume it with "
                          f"python train.py --out_dir {path} --resume.")
     raise ValueError(f"{path} is not a run folder or checkpoint (no checkpoint/policy and train_config.json in it); "
                      f"pass a folder written by train.py.")
+
+
+def checkpoint_progress(ckpt, cfg):
+    """(iteration reached, iterations planned) from the checkpoint's files.json; () when unknown
+    (checkpoints saved before files.json existed, with iterations given by --epochs)."""
+    try:
+        with open(os.path.join(ckpt, "files.json")) as f:
+            saved = json.load(f)
+        reached, total = saved["iteration"], saved.get("iterations") or cfg.get("iterations")
+    except (OSError, ValueError, KeyError):
+        return ()
+    return (reached, total) if total else ()
+
+
+def ensure_toy_models(cfg, name):
+    """A toy run's models live in the toy world's cache: rebuild it, as train.py does, when it was
+    deleted or damaged (the build is seeded, so it is the world the run trained in)."""
+    from worlds import toyworld
+    root = os.path.dirname(str(cfg.get("policy", "")))
+    if not root or {k: cfg.get(k + "_model", cfg.get("policy")) for k in ("reward", "cost")} != \
+            {k: toyworld.toy_paths(root)[k] for k in ("reward", "cost")}:
+        return  # not the toy world's models
+    size = cfg.get("toy_size", "default")
+    problem = toyworld.check_toyworld(root, size=size)
+    if problem is not None:
+        print(f"{name}: the toy world it was trained in ({root}) needs a rebuild ({problem}); "
+              f"rebuilding it")
+        toyworld.ensure_toyworld(root, size=size)
 
 
 def soup_targets(h, s, lambdas):
@@ -320,7 +377,8 @@ def sample_and_score(ctx, policy, tokenizer, cfg, prompts, desc):
     raw = [p for _ in range(a.samples_per_prompt) for p in prompts]
     formatted = [format_policy_prompt(tokenizer, p) for p in raw]
     responses = []
-    for b, start in enumerate(tqdm(range(0, len(raw), a.batch_size), desc=desc, leave=False)):
+    for b, start in enumerate(tqdm(range(0, len(raw), a.batch_size), desc=desc, leave=False,
+                                disable=None)):
         with torch.random.fork_rng():  # the same sampling noise for every checkpoint
             torch.manual_seed(a.seed * 1_000_003 + b)
             ids, _, rmask, _ = generate(policy, tokenizer, formatted[start:start + a.batch_size],
@@ -380,7 +438,8 @@ def soup_loader(ctx):
 # ----------------------------------------------------------------------------- outputs
 
 def plot_pareto(agg, path, ref, volumes):
-    """Helpful vs Harmless: a marker per method, lines over lam for P-GAPO, MORLHF and soups, the front."""
+    """Helpful vs Harmless: a labelled marker per table row, lines over lam for P-GAPO, MORLHF and
+    soups, the front (visible even for a single point), the better direction. Returns the axes."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -392,21 +451,25 @@ def plot_pareto(agg, path, ref, volumes):
                            xerr=[r["helpful_std"] or 0 for r in rows], yerr=[r["harmless_std"] or 0 for r in rows],
                            marker="X" if sft else "o*sDv^<>pPhH"[i % 12], markersize=9 if sft else 7,
                            color="black" if sft else None, linestyle="-" if rows[0].get("lam") is not None else "none")
-        for r in rows:
-            if r.get("lam") is not None:
-                ax.annotate(f"{r['lam']:g}", (r["helpful"], r["harmless"]), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points", color=line[0].get_color())
+        for r in rows:  # every point names its row, so the plot reads without the legend
+            ax.annotate(r["group"], (r["helpful"], r["harmless"]), fontsize=7, xytext=(4, 4),
+                        textcoords="offset points", color=line[0].get_color())
     pts = [(r["helpful"], r["harmless"]) for r in agg]
     front = sorted(pts[i] for i in pareto_front(pts))
-    ax.step(*zip(*front), where="pre", color="grey", linestyle="--", linewidth=1, label="non-dominated front", zorder=0)
+    # Markers too: a front of one point is a point, which a line alone would not draw.
+    ax.step(*zip(*front), where="pre", color="grey", linestyle="--", linewidth=1, marker="o",
+            markersize=14, markerfacecolor="none", label="non-dominated front", zorder=0)
     ax.plot(*ref, marker="+", color="grey", linestyle="none", label="hypervolume reference")
+    ax.margins(0.15)  # room for the labels and the outermost markers
     text = f"hypervolume, ref = ({ref[0]:.2f}, {ref[1]:.2f})\n" + "\n".join(f"{k}: {v:.3f}" for k, v in volumes.items())
     ax.text(1.02, 0.0, text, transform=ax.transAxes, fontsize=7, va="bottom", family="monospace")
-    ax.set(xlabel="Helpful (mean reward)", ylabel="Harmless (mean -cost)")
-    ax.set_title("Pareto front (means over seeds, error bars: std)", fontsize=10)
+    ax.set(xlabel="Helpful (mean reward)  → better", ylabel="Harmless (mean -cost)  → better")
+    ax.set_title("Pareto front: up and right is better (means over seeds, error bars: std)",
+                 fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+    return ax
 
 
 def write_outputs(out, per_run, agg, meta):
@@ -448,6 +511,24 @@ def parse_args(argv):
         ap.error("--soup takes two runs (PPO-H then PPO-S) or the word auto.")
     if args.limit is not None and args.limit < 1:
         ap.error("--limit must be a positive number of prompts.")
+    if args.samples_per_prompt is not None and args.samples_per_prompt < 1:
+        ap.error(f"--samples_per_prompt must be 1 or more (got {args.samples_per_prompt}).")
+    if args.batch_size < 1:
+        ap.error(f"--batch_size must be 1 or more (got {args.batch_size}).")
+    if args.num_threads < 0:
+        ap.error(f"--num_threads must be 0 or more (got {args.num_threads}).")
+    try:
+        lambdas = [float(x) for x in args.soup_lambdas.split(",")]
+    except ValueError:
+        lambdas = [-1.0]
+    if not all(0 <= lam <= 1 for lam in lambdas):
+        ap.error(f"--soup_lambdas must be numbers in [0, 1] such as 0.2,0.4,0.6,0.8 "
+                 f"(got {args.soup_lambdas!r}).")
+    import runs  # the same device and dtype rules as train.py
+    try:
+        runs._check_device(argparse.Namespace(device=args.device, dtype=args.dtype))
+    except ValueError as err:
+        ap.error(str(err))
     return args
 
 
@@ -473,6 +554,12 @@ def plan_jobs(args, ctx, fail):
         soups = [soup_targets(h, s, lambdas) for h, s in pairs]
     except (ValueError, FileNotFoundError) as err:
         fail("--soup", err)
+    for t in list(targets):
+        try:
+            ensure_toy_models(t.config, t.name)
+        except (ValueError, OSError) as err:
+            fail(t.name, err)
+            targets.remove(t)
     if not targets:
         raise SystemExit("error: nothing to evaluate: no valid run or checkpoint was given.")
     sft = {}
@@ -488,6 +575,32 @@ def plan_jobs(args, ctx, fail):
     jobs = [([t], lambda t: load_eval_policy(t.config, "", ctx)) for t in sft.values()]
     jobs += [([t], lambda t: load_eval_policy(t.config, t.checkpoint, ctx)) for t in targets]
     return jobs + [(s, soup_loader(ctx)) for s in soups]
+
+
+def label_targets(jobs):
+    """Give every target its table row, keeping a row honest: runs that stopped before their last
+    iteration get a row of their own, and a second run of the same row and seed is not counted
+    again.
+    Returns (jobs left, notes for the user)."""
+    everything = [t for group, _ in jobs for t in group]
+    for t, label in zip(everything, group_labels([t.config for t in everything])):
+        t.group = label
+    notes, seen, kept = [], {}, []
+    for group, loader in jobs:
+        t = group[0]
+        if t.progress and t.progress[0] < t.progress[1]:
+            t.group += f" [stopped at {t.progress[0]}/{t.progress[1]}]"
+            notes.append(f"{t.name} stopped at iteration {t.progress[0]} of {t.progress[1]}; it "
+                         f"has its own row, not averaged with finished runs (finish it with "
+                         f"python train.py --out_dir {os.path.dirname(t.checkpoint)} --resume).")
+        key = (t.group, t.config.get("seed"))
+        if len(group) == 1 and t.checkpoint and key in seen:
+            notes.append(f"{t.name} is the same setup and seed as {seen[key]}, so it is left "
+                         f"out: a seed counts once in a row's mean and std.")
+            continue
+        seen.setdefault(key, t.name)
+        kept.append((group, loader))
+    return kept, notes
 
 
 def main(argv=None):
@@ -507,14 +620,14 @@ def main(argv=None):
         jobs = plan_jobs(args, ctx, fail)
     except FileNotFoundError as err:
         raise SystemExit(f"error: {err}")
-    everything = [t for group, _ in jobs for t in group]
-    for t, label in zip(everything, group_labels([t.config for t in everything])):
-        t.group = label
+    jobs, notes = label_targets(jobs)
+    for note in notes:
+        print(textwrap.fill("note: " + note, WIDTH, subsequent_indent="  "))
     per_run = []
     for group, loader in jobs:
         try:
             per_run += evaluate_targets(ctx, group, loader)
-        except (ValueError, FileNotFoundError, OSError, KeyError) as err:
+        except (ValueError, OSError, KeyError, RuntimeError, SafetensorError) as err:
             fail(group[0].name if len(group) == 1 else group[0].name.split(" (")[-1].rstrip(")"), err)
     if not per_run:
         raise SystemExit("error: no checkpoint could be evaluated (see the errors above).")
@@ -525,24 +638,28 @@ def main(argv=None):
     volumes = {fam: hypervolume_2d([(r["helpful"], r["harmless"]) for r in agg if r["family"] == fam], ref)
                for fam in dict.fromkeys(r["family"] for r in agg)} | {"all points": hypervolume_2d(pts, ref)}
     sets = sorted({r["prompts"] for r in per_run})
-    header = (f"Evaluated on {', '.join(sets)}: {agg[0]['n_prompts']} prompts x {args.samples_per_prompt} samples, "
-              f"sampling seed {args.seed}. Helpful = mean reward, Harmless = mean -cost, Avg = their mean, "
-              f"Harmless ratio = share with cost <= 0; ± = sample std over seeds.")
-    print("\n" + header + "\n" + format_table(agg, toy))
-    print(f"non-dominated (Helpful, Harmless): {', '.join(front)}")
+    counts = sorted({(r["n_prompts"], r["n_responses"]) for r in per_run})
+    scored = "; ".join(f"{p} prompts x {n // p} samples = {n} responses" for p, n in counts)
+    header = (f"Evaluated on {', '.join(sets)}: {scored} per run (seeds = runs averaged in a row), "
+              f"sampling seed {args.seed}. Helpful = mean reward, Harmless = mean -cost, Avg = "
+              f"their mean, Harmless ratio = share with cost <= 0; ± = sample std over seeds.")
+    print("\n" + textwrap.fill(header, WIDTH) + "\n\n" + format_table(agg, toy) + "\n")
+    print(textwrap.fill(f"non-dominated (Helpful, Harmless): {', '.join(front)}", WIDTH))
     rule = "per-axis minimum over all points minus 5% of the axis range"
-    print(f"hypervolume w.r.t. the reference point ({ref[0]:.3f}, {ref[1]:.3f}) = {rule}: "
-          + ", ".join(f"{k} {v:.3f}" for k, v in volumes.items()))
+    print(textwrap.fill(f"hypervolume w.r.t. the reference point ({ref[0]:.3f}, {ref[1]:.3f}) = "
+                        f"{rule}: " + ", ".join(f"{k} {v:.3f}" for k, v in volumes.items()), WIDTH))
     os.makedirs(args.out, exist_ok=True)
     write_outputs(args.out, per_run, agg, {"header": header, "toy": toy, "prompt_sets": sets, "seed": args.seed,
                                            "samples_per_prompt": args.samples_per_prompt, "pareto_front": front,
                                            "hypervolume": volumes, "hypervolume_reference": ref,
-                                           "hypervolume_reference_rule": rule, "failed": failed})
+                                           "hypervolume_reference_rule": rule, "failed": failed,
+                                           "notes": notes})
     try:
         plot_pareto(agg, os.path.join(args.out, "pareto.png"), ref, volumes)
     except ImportError:
         print("matplotlib is not installed, so there is no pareto.png; pip install matplotlib.")
-    print(f"wrote {args.out}/table.csv, runs.csv, results.json, pareto.png")
+    print(f"wrote {args.out}/table.csv, runs.csv, results.json, pareto.png (every column and "
+          f"std; the cached responses are in {args.out}/cache/)")
     if failed:
         print(f"{len(failed)} input(s) failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

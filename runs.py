@@ -6,6 +6,8 @@ train.py reads top to bottom as the method:
   each field's comment and default), presets first, explicit flags win; `check_config` refuses bad
   values with one sentence before any model loads.
 - `prepare_out_dir`: one run per folder; `--resume` continues it, `--overwrite` replaces it.
+  One process per folder (a flock on out_dir/.lock); a folder with no checkpoint is a failed
+  start and starts afresh; `--resume` reuses the saved configuration (docs/errors.md).
 - `save_checkpoint` / `load_checkpoint`: atomic checkpoints (everything written to checkpoint.tmp, then
   two renames), so a crash at any moment leaves the last good checkpoint; a resumed CPU run continues
   bit for bit (RNG states, optimizer and scheduler states, the method's state are all saved).
@@ -17,6 +19,7 @@ Left out on purpose: experiment trackers (log.jsonl is plain JSON lines), multi-
 """
 import argparse
 import dataclasses
+import fcntl
 import inspect
 import json
 import math
@@ -24,6 +27,8 @@ import os
 import random
 import re
 import shutil
+import socket
+import sys
 
 import numpy as np
 import torch
@@ -34,6 +39,12 @@ from scale import distributed
 
 # Fields a resumed run may change: they do not change what the run computes.
 VOLATILE = {"resume", "overwrite", "save_every", "stop_after", "device", "num_threads", "out_dir"}
+LOCK = ".lock"  # in the run folder: held (flock) by the one process driving the run
+# What train.py writes in a run folder; only these and no checkpoint: a failed start.
+RUN_FILES = {"train_config.json", "log.jsonl", "checkpoint", "checkpoint.tmp", "checkpoint.old",
+             LOCK}
+DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?$")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 # ------------------------------------------------------------------------------------ command line
@@ -79,7 +90,46 @@ def parse_config(config_class, presets, argv=None, description="", lora_lr=None)
     lora = {}
     if lora_lr and explicit.get("lora_r", presets[preset].get("lora_r", config_class.lora_r)) > 0:
         lora = {"actor_lr": lora_lr[preset], "critic_lr": lora_lr[preset]}  # LoRA's own rates
-    return config_class(**{**presets[preset], **lora, **explicit})
+    cfg = config_class(**{**presets[preset], **lora, **explicit})
+    return resume_config(cfg, explicit) if cfg.resume else cfg
+
+
+def saved_config(out_dir):
+    """The configuration saved in a run folder (the checkpoint's first: the newest), or None."""
+    for path in (os.path.join(out_dir, "checkpoint", "train_config.json"),
+                 os.path.join(out_dir, "checkpoint.old", "train_config.json"),
+                 os.path.join(out_dir, "train_config.json")):
+        if os.path.isfile(path):
+            try:
+                with open(path) as f:
+                    return json.load(f)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"{path} cannot be read ({err}); start the run afresh with "
+                                 f"--overwrite or pass another --out_dir.") from None
+    return None
+
+
+def resume_config(cfg, explicit):
+    """--resume continues the run as it was started: its saved configuration, not today's defaults,
+    so no flag needs retyping. Explicit flags must agree with it, unless they are VOLATILE. The
+    folder is the one given (a renamed or copied run resumes where it now is)."""
+    out_dir = cfg.out_dir or default_out_dir(cfg)
+    saved = saved_config(out_dir)
+    if saved is None:
+        return cfg  # nothing saved: prepare_out_dir says so and starts afresh
+    # Empty model paths are filled from the toy world later, so they match whatever was saved.
+    different = sorted(k for k, v in explicit.items()
+                       if k not in VOLATILE and k in saved and v not in (saved[k], ""))
+    if different:
+        given = ", ".join(f"--{k} {explicit[k]} (saved: {saved[k]})" for k in different)
+        raise ValueError(f"--resume with a different configuration than the run in {out_dir}: "
+                         f"{given}; drop those flags (--resume reuses the saved ones) or use "
+                         f"another --out_dir.")
+    known = {f.name for f in dataclasses.fields(cfg)}
+    # Saved bookkeeping (save_every, device, ...) carries over too, unless given again now.
+    skip = {"resume", "overwrite", "stop_after", "out_dir"} | (explicit.keys() & VOLATILE)
+    kept = {k: v for k, v in saved.items() if k in known and k not in skip}
+    return dataclasses.replace(cfg, **kept, out_dir=out_dir)
 
 
 def parse_pref(text, K):
@@ -93,13 +143,72 @@ def parse_pref(text, K):
     return pref
 
 
+def _check_numbers(cfg):
+    """One sentence per out-of-range number; the ranges are those the loop can run with."""
+    positive = ["batch_size", "minibatch_size", "micro_batch_size", "ppo_epochs", "max_new_tokens",
+                "max_prompt_length", "save_every", "score_batch_size", "lambda_window", "actor_lr",
+                "critic_lr", "temperature", "repetition_penalty", "clip_eps", "clip_value",
+                "clip_score", "lambda_init", "lambda_max"]
+    at_least_zero = ["iterations", "stop_after", "lora_r", "num_threads", "seed", "weight_decay",
+                     "max_grad_norm", "kl_coef", "lambda_lr", "fastrl_eta", "p"]
+    fraction = ["top_p", "warmup_ratio", "gamma", "gae_lambda"]
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{f.name} must be a finite number (got {value}).")
+        if f.name in positive and not value > 0:
+            raise ValueError(f"--{f.name} must be greater than 0 (got {value}).")
+        if f.name in at_least_zero and not value >= 0:
+            raise ValueError(f"--{f.name} must be 0 or more (got {value}).")
+        if f.name in fraction and not 0 <= value <= 1:
+            raise ValueError(f"--{f.name} must lie between 0 and 1 (got {value}).")
+    if cfg.top_p == 0:
+        raise ValueError("--top_p must be greater than 0 (got 0); 1 samples from the whole "
+                         "vocabulary.")
+    if cfg.iterations == 0 and not cfg.epochs > 0:
+        raise ValueError(f"--epochs must be greater than 0 when --iterations is 0 "
+                         f"(got {cfg.epochs}).")
+    if cfg.lora_r > 0 and cfg.lora_alpha <= 0:
+        raise ValueError(f"--lora_alpha must be greater than 0 with LoRA (got {cfg.lora_alpha}).")
+
+
+def _check_device(cfg):
+    if not DEVICES.match(cfg.device):
+        raise ValueError(f"unknown --device {cfg.device!r}; choose auto, cpu, cuda or cuda:N.")
+    if cfg.device.startswith("cuda"):
+        index = int(cfg.device.split(":")[1]) if ":" in cfg.device else 0
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {cfg.device} asks for a GPU, but torch sees no CUDA device "
+                             f"here; use --device cpu (or auto).")
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"--device {cfg.device}: there are only {torch.cuda.device_count()} "
+                             f"CUDA devices; use cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"unknown --dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}.")
+
+
+def _check_prompt_file(path):
+    """A local prompt file must be text: say so, naming the file, before any model loads."""
+    if not path or not os.path.isfile(path) or path.endswith(".gz"):
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            for _ in f:
+                pass
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--prompts {path} is not UTF-8 text (byte {err.start} cannot be "
+                         f"decoded); give a .json or .jsonl file of prompts.") from None
+
+
 def check_config(cfg, K):
     """Bad input stops here, before any model loads, with one sentence each. Returns the preference."""
     if cfg.method not in gapo.METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(gapo.METHODS)}.")
     if not (cfg.p >= 0 and math.isfinite(cfg.p)):
         raise ValueError(f"--p must be a finite number >= 0 (got {cfg.p}); p = 0 is plain MGDA.")
-    pref = parse_pref(cfg.pref, K)
+    _check_numbers(cfg)
+    # Only morlhf and pgapo read the preference; the others must not fail on a value they ignore.
+    pref = parse_pref(cfg.pref, K) if cfg.method in ("morlhf", "pgapo") else [1 / K] * K
     if cfg.method == "safe-rlhf" and K != 2:
         raise ValueError("safe-rlhf needs exactly a reward and a cost objective.")
     if cfg.minibatch_size % cfg.micro_batch_size or cfg.batch_size % cfg.minibatch_size:
@@ -117,6 +226,8 @@ def check_config(cfg, K):
     if not (0 <= cfg.adam_beta1 < 1 and 0 <= cfg.adam_beta2 < 1):
         raise ValueError(f"--adam_beta1 and --adam_beta2 must lie in [0, 1) "
                          f"(got {cfg.adam_beta1}, {cfg.adam_beta2}).")
+    _check_device(cfg)
+    _check_prompt_file(cfg.prompts)
     return pref
 
 
@@ -132,38 +243,108 @@ def default_out_dir(cfg):
 # ------------------------------------------------------------------------------------ run folder
 
 def find_checkpoint(out_dir):
-    """The last complete checkpoint folder, recovering from a crash between the two renames."""
+    """The last complete checkpoint folder (recovering from a crash between the two renames), or
+    None."""
     final, old = os.path.join(out_dir, "checkpoint"), os.path.join(out_dir, "checkpoint.old")
     if not os.path.isdir(final) and os.path.isdir(old):
         os.rename(old, final)
-    if not os.path.isfile(os.path.join(final, "trainer_state.pt")):
-        raise FileNotFoundError(f"no checkpoint to resume in {out_dir}; drop --resume to start a new "
-                                f"run there.")
-    return final
+    return final if os.path.isfile(os.path.join(final, "trainer_state.pt")) else None
+
+
+def check_checkpoint(path):
+    """Every weight and state file of a checkpoint has the size recorded when it was saved
+    (files.json): a file cut short by a full disk or a bad copy stops here, before any model
+    loads."""
+    manifest = os.path.join(path, "files.json")
+    if not os.path.isfile(manifest):
+        return  # saved before checkpoints listed their files
+    with open(manifest) as f:
+        files = json.load(f)["files"]
+    for rel, size in files.items():
+        if not rel.endswith((".safetensors", ".bin", ".pt")):
+            continue  # text files (configs) may be edited by hand; weights may not shrink
+        full = os.path.join(path, rel)
+        actual = os.path.getsize(full) if os.path.isfile(full) else None
+        if actual != size:
+            state = "missing" if actual is None else f"{actual} bytes instead of {size}"
+            raise ValueError(f"the checkpoint {path} is damaged: {rel} is {state}; restore the "
+                             f"folder from a copy, or start afresh with --overwrite.")
+
+
+def checkpoint_iteration(out_dir):
+    """The iteration of the run's checkpoint, from its files.json (None when there is none)."""
+    try:
+        with open(os.path.join(out_dir, "checkpoint", "files.json")) as f:
+            return json.load(f)["iteration"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+_held_locks = {}  # out_dir -> the open lock file; the lock lasts as long as the file is open
+
+
+def lock_run_folder(out_dir):
+    """Only one process drives a run folder: an exclusive flock on out_dir/.lock, kept until the
+    process ends. The file names its holder, so a second process can say who it is."""
+    key = os.path.abspath(out_dir)
+    lock = open(os.path.join(out_dir, LOCK), "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise ValueError(f"{out_dir} is in use by {holder}; wait for it to finish (or stop it) "
+                         f"before starting or resuming this run there.") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+    lock.flush()
+    _held_locks[key] = lock
+
+
+def unlock_run_folders():
+    """Release the run folder locks this process holds (main returns; the process may go on)."""
+    while _held_locks:
+        _held_locks.popitem()[1].close()
+
+
+def _clear_folder(out_dir):
+    """Delete what a run folder holds, except the lock this process holds on it."""
+    for entry in os.listdir(out_dir):
+        if entry != LOCK:
+            path = os.path.join(out_dir, entry)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 def prepare_out_dir(cfg):
-    """Refuse to mix two runs in one folder unless --resume or --overwrite says what to do.
-    Returns the checkpoint folder to resume from, or None for a new run."""
-    config_file = os.path.join(cfg.out_dir, "train_config.json")
-    if cfg.resume:
-        saved = {}
-        if os.path.isfile(config_file):
-            with open(config_file) as f:
-                saved = json.load(f)
-        # Empty model paths are filled from the toy world later, so they match whatever was saved.
-        different = sorted(k for k, v in saved.items()
-                           if k not in VOLATILE and getattr(cfg, k, v) not in (v, ""))
-        if different:
-            raise ValueError(f"--resume with a different configuration ({', '.join(different)}) than "
-                             f"the run in {cfg.out_dir}; use the same flags or another --out_dir.")
-        return find_checkpoint(cfg.out_dir)
-    if os.path.isdir(cfg.out_dir) and os.listdir(cfg.out_dir):
-        if not cfg.overwrite:
-            raise ValueError(f"{cfg.out_dir} already holds a run; pass --resume to continue it, "
-                             f"--overwrite to replace it, or another --out_dir.")
-        shutil.rmtree(cfg.out_dir)
+    """Lock the run folder and decide: --resume continues its checkpoint, --overwrite replaces the
+    run, a folder with no checkpoint (a failed or killed start) starts afresh, and a finished or
+    partial run is never mixed with a new one. Returns the checkpoint to resume from, or None."""
+    if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
+        raise ValueError(f"--out_dir {cfg.out_dir} is a file; pass a folder for the run.")
     os.makedirs(cfg.out_dir, exist_ok=True)
+    lock_run_folder(cfg.out_dir)
+    # A save cut short (kill, full disk) left this; the last checkpoint is intact.
+    shutil.rmtree(os.path.join(cfg.out_dir, "checkpoint.tmp"), ignore_errors=True)
+    checkpoint = find_checkpoint(cfg.out_dir)
+    entries = sorted(set(os.listdir(cfg.out_dir)) - {LOCK})
+    if cfg.resume and checkpoint:
+        check_checkpoint(checkpoint)
+        return checkpoint
+    if cfg.overwrite:
+        _clear_folder(cfg.out_dir)
+    elif checkpoint:
+        raise ValueError(f"{cfg.out_dir} already holds a run; pass --resume to continue it, "
+                         f"--overwrite to replace it, or another --out_dir.")
+    elif not set(entries) <= RUN_FILES:
+        strays = ", ".join(e for e in entries if e not in RUN_FILES)
+        raise ValueError(f"{cfg.out_dir} holds files train.py did not write ({strays}); pass "
+                         f"another --out_dir, or --overwrite to delete them.")
+    elif entries or cfg.resume:
+        print(f"{cfg.out_dir} has no checkpoint (its start stopped before the first save); "
+              f"starting the run afresh there.")
+        _clear_folder(cfg.out_dir)
     return None
 
 
@@ -176,12 +357,14 @@ def start_run(cfg):
     """Parse-time checks done: start the process group (torchrun), prepare the run folder (rank 0
     first, then the others find it), seed everything. Returns (rank, world, device, resume_from)."""
     cfg.out_dir = cfg.out_dir or default_out_dir(cfg)
+    _current["out_dir"] = None  # set once the folder is this run's; Ctrl-C before wrote nothing
     rank, world, device = distributed.init_distributed(cfg.device)  # torchrun: one process per GPU
     with distributed.main_first():
         if rank == 0:
             resume_from = prepare_out_dir(cfg)
         else:
             resume_from = find_checkpoint(cfg.out_dir) if cfg.resume else None
+    _current["out_dir"] = cfg.out_dir
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
@@ -233,38 +416,117 @@ def batch_indices(cfg, n_prompts, position):
 
 # ------------------------------------------------------------------------------------ checkpoints
 
-def save_checkpoint(out_dir, cfg, policy, tokenizer, critic, optimizers, schedulers, state, iteration):
+def save_checkpoint(out_dir, cfg, policy, tokenizer, critic, optimizers, schedulers, state,
+                    iteration, total=None):
     """Write out_dir/checkpoint atomically: everything goes to checkpoint.tmp, then two renames.
-    A crash at any point leaves a complete checkpoint (or checkpoint.old, which load recovers)."""
+    A crash at any point leaves a complete checkpoint (or checkpoint.old, which load recovers); a
+    failed write (full disk) removes checkpoint.tmp and says which checkpoint is still there.
+    files.json lists every file's size (resume and evaluate.py check them) and the iteration."""
     optimizer_states = [distributed.optimizer_state_dict(m, o) for m, o in zip((policy, critic), optimizers)]
     # torchrun: every rank gathers the full weights, rank 0 writes them, and the others wait for it,
     # so no rank runs ahead (or exits and tears the process group down) while the write goes on.
     with distributed.full_parameters(policy), distributed.full_parameters(critic):
         if distributed.is_main():
             _write_checkpoint(out_dir, cfg, policy, tokenizer, critic, optimizer_states, schedulers, state,
-                              iteration)
+                              iteration, total)
     distributed.barrier()
 
 
 def _write_checkpoint(out_dir, cfg, policy, tokenizer, critic, optimizer_states, schedulers, state,
-                      iteration):
+                      iteration, total):
     final, tmp, old = (os.path.join(out_dir, n) for n in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
-    shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(os.path.join(tmp, "policy"))  # HF format: from_pretrained loads it alone
-    tokenizer.save_pretrained(os.path.join(tmp, "policy"))
-    critic.save(os.path.join(tmp, "critic"))
-    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    torch.save({"iteration": iteration, "method_state": dataclasses.asdict(state),
-                "optimizers": optimizer_states, "schedulers": [s.state_dict() for s in schedulers],
-                "rng": rng}, os.path.join(tmp, "trainer_state.pt"))
-    with open(os.path.join(tmp, "train_config.json"), "w") as f:
-        json.dump(dataclasses.asdict(cfg), f, indent=1)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        policy.save_pretrained(os.path.join(tmp, "policy"))  # HF format: from_pretrained loads it alone
+        tokenizer.save_pretrained(os.path.join(tmp, "policy"))
+        critic.save(os.path.join(tmp, "critic"))
+        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+               "python": random.getstate(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        torch.save({"iteration": iteration, "method_state": dataclasses.asdict(state),
+                    "optimizers": optimizer_states,
+                    "schedulers": [s.state_dict() for s in schedulers],
+                    "rng": rng}, os.path.join(tmp, "trainer_state.pt"))
+        with open(os.path.join(tmp, "train_config.json"), "w") as f:
+            json.dump(dataclasses.asdict(cfg), f, indent=1)
+        files = {os.path.relpath(os.path.join(d, n), tmp): os.path.getsize(os.path.join(d, n))
+                 for d, _, names in os.walk(tmp) for n in names}
+        with open(os.path.join(tmp, "files.json"), "w") as f:
+            json.dump({"iteration": iteration, "iterations": total, "files": files}, f, indent=1)
+    except Exception as err:  # OSError, SafetensorError, torch's writer error: "could not write"
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SaveError(f"saving the checkpoint of iteration {iteration} failed ({err}); free disk "
+                        f"space") from None
     if os.path.isdir(final):
         shutil.rmtree(old, ignore_errors=True)
         os.rename(final, old)
     os.rename(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoint_note(out_dir):
+    """Where the last good checkpoint is, or that there is none: said whenever a run stops early."""
+    reached = checkpoint_iteration(out_dir)
+    if reached is None and not os.path.isdir(os.path.join(out_dir, "checkpoint")):
+        return "no checkpoint was saved yet, so rerunning the same command starts the run afresh"
+    at = f" (iteration {reached})" if reached is not None else ""
+    return f"the last good checkpoint{at} is kept in {os.path.join(out_dir, 'checkpoint')}"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint to resume from cannot be read; the message says which file."""
+
+
+class SaveError(OSError):
+    """A checkpoint could not be written (full disk, say); the previous one is intact."""
+
+
+_current = {"out_dir": None}  # the run this process drives, for stopped()
+
+
+def stopped(err):
+    """What main says when a run stops early: one line with why, what is kept and what to do next.
+    Returns SystemExit's argument: the message, or 130 after printing it for Ctrl-C."""
+    out_dir = _current["out_dir"]
+    if isinstance(err, CheckpointError):
+        return f"error: {err}"
+    if isinstance(err, KeyboardInterrupt):
+        if out_dir is None:
+            print("interrupted before the run started; nothing was written.", file=sys.stderr)
+            return 130
+        why = "interrupted"
+    else:
+        why = f"error: {err}"
+    note = checkpoint_note(out_dir)
+    if not note.startswith("no checkpoint"):
+        note += f"; continue with: python train.py --out_dir {out_dir} --resume"
+    message = f"{why}; {note}."
+    if isinstance(err, KeyboardInterrupt):
+        print(message, file=sys.stderr)
+        return 130
+    return message
+
+
+def summary(cfg, log_path, start, reached, total, seconds):
+    """What the run did, start to end, and the command to run next."""
+    records = read_log(log_path)
+    done = [r for r in records if start < r["iteration"] <= reached]
+    if not done:
+        head = f"nothing to do: {cfg.out_dir} is already at iteration {reached} of {total}"
+    else:
+        first, last = records[0], done[-1]
+        change = ", ".join(f"{k} {first[f'score_{k}']:+.3f} -> {last[f'score_{k}']:+.3f}"
+                           for k in ("helpful", "harmless"))
+        head = (f"done: iterations {start + 1}-{reached} of {total} in {seconds:.0f} s; "
+                f"{change} (iteration {first['iteration']} -> {reached}), kl {last['kl']:.3f}")
+    lines = [head, f"checkpoint: {cfg.out_dir}/checkpoint (policy in Hugging Face format under "
+                   f"policy/); log: {log_path}"]
+    if reached < total:
+        lines.append(f"next: python train.py --out_dir {cfg.out_dir} --resume   (goes on to "
+                     f"iteration {total})")
+    else:
+        lines.append(f"next: python evaluate.py {cfg.out_dir}   (scores it beside the SFT start)")
+    return "\n".join(lines)
 
 
 def load_policy_weights(policy, path):
@@ -282,7 +544,14 @@ def load_policy_weights(policy, path):
 def load_checkpoint(resume_from, policy, critic, optimizers, schedulers, world):
     """Restore optimizer, scheduler and RNG states of a checkpoint (the weights were loaded with the
     models). Returns (iteration reached, the method's state as a dict)."""
-    saved = torch.load(os.path.join(resume_from, "trainer_state.pt"), weights_only=False, mmap=world > 1)
+    path = os.path.join(resume_from, "trainer_state.pt")
+    try:
+        saved = torch.load(path, weights_only=False, mmap=world > 1)
+    except Exception as err:  # a truncated or foreign file: pickle, zip and EOF errors alike
+        reason = str(err).split(". ")[0]  # torch's messages run on for a paragraph
+        raise CheckpointError(f"{path} cannot be read ({type(err).__name__}: {reason}); restore "
+                              f"the checkpoint from a copy, or start afresh with "
+                              f"--overwrite.") from None
     for m, o, s in zip((policy, critic), optimizers, saved["optimizers"]):
         distributed.load_optimizer_state_dict(m, o, s)
     for scheduler, s in zip(schedulers, saved["schedulers"]):
@@ -297,12 +566,26 @@ def load_checkpoint(resume_from, policy, critic, optimizers, schedulers, world):
 
 # ------------------------------------------------------------------------------------ logging
 
+def read_log(log_path):
+    """The log's records; a line that is not JSON (a write cut short by a full disk or a kill) is
+    skipped, so it can never block a resume."""
+    if not os.path.isfile(log_path):
+        return []
+    records = []
+    with open(log_path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return [r for r in records if isinstance(r, dict) and "iteration" in r]
+
+
 def truncate_log(log_path, iteration):
     """Keep only the log lines of iterations <= the checkpoint's, so a resumed log has no duplicates."""
     if not os.path.isfile(log_path):
         return
-    with open(log_path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line)["iteration"] <= iteration]
+    lines = [json.dumps(r) + "\n" for r in read_log(log_path) if r["iteration"] <= iteration]
     with open(log_path, "w") as f:
         f.writelines(lines)
 

@@ -197,14 +197,14 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
             losses, info = gapo.ppo_losses(logprobs, rollout.logprobs[idx], advantages[idx], rmask, cfg.clip_eps)
             if not torch.isfinite(losses).all():
                 bad = int((~torch.isfinite(losses)).nonzero()[0])
-                raise FloatingPointError(f"iteration {iteration}: the PPO loss of objective {bad} is not finite; "
-                                         f"the last good checkpoint is kept in {cfg.out_dir}.")
+                raise FloatingPointError(f"iteration {iteration}: the PPO loss of objective {bad} "
+                                         f"is not finite")
             try:
                 weights, wlog = weigh(cfg.method, losses, mgda_params, cfg.p, pref,
                                                   reduce_grads=distributed.global_gradients,
                                                   weight_scale=cfg.weight_scale)
             except FloatingPointError as err:
-                raise FloatingPointError(f"iteration {iteration}: {err}; the last good checkpoint is kept.") from None
+                raise FloatingPointError(f"iteration {iteration}: {err}") from None
             info.update(wlog)
             info["weights"] = weights.tolist()
             info["losses"] = losses.tolist()
@@ -253,9 +253,8 @@ def cosine_schedule(optimizer, total_steps, warmup_ratio):
 
 # ------------------------------------------------------------------------------------ the loop
 
-def main(argv=None, make_weigh=None):
-    """Train one run. make_weigh(policy), if given, returns the `weigh` function ppo_update uses
-    (experiments/study.py records both Gram matrices this way); None keeps gapo.loss_weights."""
+def train(argv, make_weigh):
+    """The loop: read the Config, load the models, then iterate, log and checkpoint."""
     try:
         cfg = runs.parse_config(Config, PRESETS, argv, __doc__.split("\n")[0], lora_lr=LORA_LR)
         pref = runs.check_config(cfg, len(OBJECTIVES))
@@ -317,8 +316,10 @@ def main(argv=None, make_weigh=None):
         runs.truncate_log(log_path, start)
     weigh = make_weigh(policy) if make_weigh else gapo.loss_weights
 
+    # disable=None: no bar when stderr is not a terminal (a log file would collect every redraw)
     bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=cfg.method,
-               dynamic_ncols=True, disable=rank > 0)
+               dynamic_ncols=True, disable=True if rank > 0 else None)
+    t_start, reached = time.perf_counter(), start
     for iteration in bar:
         index = runs.batch_indices(cfg, len(raw), iteration * world + rank)
         with distributed.unsharded(policy):  # FSDP: gather the policy once per rollout, not per token
@@ -329,11 +330,8 @@ def main(argv=None, make_weigh=None):
         if cfg.method == "fast-rl":
             gapo.update_fastrl_weights(state, scores, cfg.fastrl_eta)
         t0 = time.perf_counter()
-        try:
-            update = ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state,
-                                mgda_params, iteration + 1, weigh)
-        except FloatingPointError as err:  # NaN / inf: stop, the last checkpoint on disk stays as it was
-            raise SystemExit(f"error: {err}")
+        update = ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state,
+                            mgda_params, iteration + 1, weigh)  # NaN / inf: FloatingPointError
         timings["update"] = time.perf_counter() - t0
 
         mask = rollout.response_mask
@@ -352,13 +350,27 @@ def main(argv=None, make_weigh=None):
         stopping = iteration + 1 == cfg.stop_after
         if (iteration + 1) % cfg.save_every == 0 or iteration + 1 == iterations or stopping:
             runs.save_checkpoint(cfg.out_dir, cfg, policy, tokenizer, critic, optimizers, schedulers,
-                                 state, iteration + 1)
+                                 state, iteration + 1, total=iterations)
+        reached = iteration + 1
         if stopping:
             print(f"stopped after iteration {iteration + 1} (--stop_after); continue with --resume")
             break
-    print(f"done: {cfg.out_dir}/checkpoint (policy in Hugging Face format under policy/), "
-          f"log in {log_path}")
+    if rank == 0:
+        print(runs.summary(cfg, log_path, start, reached, iterations,
+                           time.perf_counter() - t_start))
     return cfg
+
+
+def main(argv=None, make_weigh=None):
+    """Train one run. make_weigh(policy), if given, returns the `weigh` function ppo_update uses
+    (experiments/study.py records both Gram matrices this way); None keeps gapo.loss_weights.
+    A run that stops early (Ctrl-C, NaN, a failed save) ends in one line: why, and what is kept."""
+    try:
+        return train(argv, make_weigh)
+    except (KeyboardInterrupt, FloatingPointError, runs.SaveError, runs.CheckpointError) as err:
+        raise SystemExit(runs.stopped(err))
+    finally:
+        runs.unlock_run_folders()  # the run folder is free again once main returns
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def test_table_numbers_by_hand_and_mean_std_over_seeds():
     sft = agg[1]
     assert (sft["helpful"], sft["harmless"], sft["harmless_ratio"], sft["helpful_std"]) == (2.0, -5.0, 0.0, 0.0)
     table = format_table(agg, toy=False)
-    assert "+1.500 ± 1.414" in table and "50.0% ± 35.4%" in table and "+2.000" in table
+    assert "+1.500±1.414" in table and "50.0±35.4%" in table and "+2.000" in table
     assert "±" not in table.splitlines()[-1]  # one run: no spread shown
 
 
@@ -142,7 +142,9 @@ def test_cli_on_a_smoke_checkpoint_with_a_bad_folder_beside_it(smoke_run):
         assert r["n_prompts"] == "4" and r["n_responses"] == "8"
         assert float(r["avg"]) == pytest.approx((float(r["helpful"]) + float(r["harmless"])) / 2)
         assert 0 <= float(r["harmless_ratio"]) <= 1 and 0 <= float(r["harmful_compliance"]) <= 1
-    assert "Harmless ratio" in done.stdout and "GT harmful compl." in done.stdout
+    assert "Harmless ratio" in done.stdout and "benign help" in done.stdout
+    assert "4 prompts x 2 samples = 8 responses per run" in done.stdout
+    assert "\r" not in done.stderr  # no progress-bar redraws when the output is not a terminal
     assert (out / "pareto.png").stat().st_size > 1000
     results = json.loads((out / "results.json").read_text())
     assert results["failed"] == [str(bad)] and len(results["runs"]) == 2 and results["hypervolume_reference"]
@@ -217,3 +219,100 @@ def test_study_plan_and_alpha_agreement_by_hand():
     assert out["mean_abs_alpha_diff"] == pytest.approx(0.3)
     assert out["direction_cosine_mean"] == pytest.approx(0.5 / np.sqrt(0.68 * 0.5))
     assert out["same_dominant_objective"] == 0.0  # (0.8, 0.2) has a dominant objective, (0.5, 0.5) is a tie
+
+
+# ----------------------------------------------------------------------------- honest results
+
+def toy_rows(seeds):
+    keys = ["helpful", "harmless", "avg", "harmless_ratio", "harmful_compliance", "over_refusal",
+            "benign_helpful", "gt_safe", "cost_sign_agrees"]
+    rows = [{"group": "pgapo λ_h=0.4 (mgda_params=all)", "family": "pgapo", "lam": 0.4, "seed": s,
+             "n_prompts": 40, "n_responses": 160, **{k: 0.1 * s + 0.05 for k in keys}}
+            for s in seeds]
+    return aggregate(rows, keys)
+
+
+def test_tables_fit_100_columns_and_explain_the_ground_truth():
+    table = format_table(toy_rows([0, 1, 2]), toy=True)
+    assert max(len(line) for line in table.splitlines()) <= 100
+    assert "benign help = share of benign prompts answered" in " ".join(table.splitlines())
+
+
+def test_pareto_plot_labels_points_shows_a_single_point_front_and_the_better_direction(tmp_path):
+    from evaluate import plot_pareto
+    agg = [{"group": "gapo p=2", "family": "gapo p=2", "lam": None, "helpful": 1.0, "harmless": 2.0,
+            "helpful_std": 0.0, "harmless_std": 0.0}]
+    ax = plot_pareto(agg, str(tmp_path / "p.png"), [0.9, 1.9], {"gapo p=2": 0.01})
+    assert "gapo p=2" in [t.get_text() for t in ax.texts]
+    front = [line for line in ax.get_lines() if line.get_label() == "non-dominated front"][0]
+    assert front.get_marker() not in (None, "None", "")  # one point is still drawn
+    assert "better" in ax.get_xlabel() and "better" in ax.get_ylabel()
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    assert x0 < 0.9 and x1 > 1.0 + 0.01 and y0 < 1.9 and y1 > 2.0 + 0.01  # nothing on the edge
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--samples_per_prompt", "0"], "--samples_per_prompt must be 1 or more"),
+    (["--batch_size", "0"], "--batch_size must be 1 or more"),
+    (["--soup_lambdas", "0.5,2"], "--soup_lambdas must be numbers in [0, 1]"),
+    (["--device", "tpu"], "unknown --device 'tpu'"),
+    (["--dtype", "foo"], "unknown --dtype 'foo'"),
+])
+def test_bad_evaluate_flags_are_one_sentence(args, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["runs/none"] + args)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def copy_run(smoke_run, name, edit=None):
+    shutil.copytree(smoke_run / "run", smoke_run / name)
+    if edit:
+        edit(smoke_run / name / "checkpoint")
+    return str(smoke_run / name)
+
+
+def test_damaged_checkpoint_fails_alone_and_the_good_run_is_evaluated(smoke_run, capsys):
+    def cut(ckpt):
+        path = ckpt / "policy" / "model.safetensors"
+        path.write_bytes(path.read_bytes()[:1000])
+    cut_run = copy_run(smoke_run, "cut", cut)
+    out = smoke_run / "eval-cut"
+    assert main([cut_run, str(smoke_run / "run"), "--limit", "2", "--samples_per_prompt", "1",
+                 "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "is damaged: policy/model.safetensors is 1000 bytes" in errors[0]
+    assert [r["method"] for r in read_table(out / "table.csv")] == ["sft", "gapo p=2"]
+
+
+def test_unfinished_runs_get_their_own_row_and_a_duplicate_seed_counts_once(smoke_run, capsys):
+    def half(ckpt):
+        saved = json.loads((ckpt / "files.json").read_text())
+        (ckpt / "files.json").write_text(json.dumps(saved | {"iteration": 1}))
+    dup, stopped = copy_run(smoke_run, "dup"), copy_run(smoke_run, "half", half)
+    out = smoke_run / "eval-honest"
+    assert main([str(smoke_run / "run"), dup, stopped, "--limit", "2", "--samples_per_prompt", "1",
+                 "--out", str(out)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "half stopped at iteration 1 of 2; it has its own row" in text
+    assert "dup is the same setup and seed as run, so it is left out" in text
+    rows = {r["method"]: r["seeds"] for r in read_table(out / "table.csv")}
+    assert rows == {"sft": "1", "gapo p=2": "1", "gapo p=2 [stopped at 1/2]": "1"}
+
+
+def test_a_deleted_toy_world_is_rebuilt_not_blamed_on_the_hub(smoke_run, capsys):
+    toy = smoke_run / "toy-copy"
+    shutil.copytree(smoke_run / "toy", toy)
+
+    def repoint(ckpt):
+        cfg = json.loads((ckpt / "train_config.json").read_text())
+        cfg |= {k: str(toy / p) for k, p in (("policy", "sft"), ("reward_model", "reward"),
+                                             ("cost_model", "cost"))}
+        (ckpt / "train_config.json").write_text(json.dumps(cfg))
+    moved = copy_run(smoke_run, "elsewhere", repoint)
+    shutil.rmtree(toy / "reward")
+    assert main([moved, "--limit", "2", "--samples_per_prompt", "1",
+                 "--out", str(smoke_run / "eval-toy")]) == 0
+    out = capsys.readouterr().out
+    assert f"the toy world it was trained in ({toy}) needs a rebuild" in out
+    assert (toy / "reward" / "model.safetensors").exists()

@@ -2,6 +2,7 @@
 with its cache round trip (build, reuse, detect corruption, rebuild, load with the real loaders)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -199,3 +200,29 @@ def test_a_world_built_from_older_text_is_rebuilt(tiny_toyworld, monkeypatch):
     assert toyworld.check_toyworld(tiny_toyworld, seed=0, size="tiny") is None
     monkeypatch.setitem(toyworld.BENIGN, "bake bread", "a changed|step list")
     assert "another version" in toyworld.check_toyworld(tiny_toyworld, seed=0, size="tiny")
+
+
+def test_stale_build_folders_of_dead_processes_are_removed(tiny_toyworld):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = f"{tiny_toyworld}.building-{dead.pid}"
+    live = f"{tiny_toyworld}.building-{os.getppid()}"
+    os.makedirs(stale)
+    os.makedirs(live)
+    try:
+        tw.ensure_toyworld(tiny_toyworld, size="tiny", progress=False)
+        assert not os.path.exists(stale) and os.path.exists(live)
+    finally:
+        shutil.rmtree(live, ignore_errors=True)
+
+
+def test_a_folder_that_is_not_a_toy_world_says_why_and_names_the_flags(tiny_toyworld, tmp_path):
+    path = tmp_path / "world"
+    shutil.copytree(tiny_toyworld, path)
+    (path / "manifest.json").write_text("{not json")
+    (path / "stray.txt").write_text("mine")
+    with pytest.raises(ValueError) as err:
+        tw.ensure_toyworld(str(path), size="tiny", progress=False)
+    assert "holds stray.txt besides a toy world, and manifest.json is missing or unreadable" \
+        in str(err.value)
+    assert "--toy_dir to train.py, --out to python -m worlds.toyworld" in str(err.value)

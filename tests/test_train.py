@@ -1,10 +1,13 @@
 """train.py end to end on the tiny toy world: every method, resume, determinism, bad input."""
+import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
 
 import gapo
 import runs
@@ -78,10 +81,40 @@ def test_same_seed_same_log_and_other_seed_differs(tiny_toyworld, tmp_path):
     (["--method", "pgapo", "--pref", "1"], "--pref must be 2 non-negative numbers"),
     (["--preset", "huge"], "unknown preset"),
     (["--mgda_params", "middle"], "unknown mgda_params"),
+    (["--device", "tpu"], "unknown --device 'tpu'; choose auto, cpu, cuda or cuda:N"),
+    pytest.param(["--device", "cuda"], "asks for a GPU, but torch sees no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")),
+    (["--dtype", "foo"], "unknown --dtype 'foo'"),
+    (["--save_every", "0"], "--save_every must be greater than 0"),
+    (["--minibatch_size", "0"], "--minibatch_size must be greater than 0"),
+    (["--batch_size", "0"], "--batch_size must be greater than 0"),
+    (["--temperature", "0"], "--temperature must be greater than 0"),
+    (["--max_new_tokens", "0"], "--max_new_tokens must be greater than 0"),
+    (["--actor_lr", "nan"], "--actor_lr must be a finite number"),
+    (["--kl_coef", "nan"], "--kl_coef must be a finite number"),
+    (["--iterations", "-5"], "--iterations must be 0 or more"),
+    (["--iterations", "0", "--epochs", "0"], "--epochs must be greater than 0"),
+    (["--top_p", "0"], "--top_p must be greater than 0"),
+    (["--gamma", "1.5"], "--gamma must lie between 0 and 1"),
+    (["--seed", "-1"], "--seed must be 0 or more"),
 ])
 def test_bad_flags_stop_with_one_sentence(tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):
         train.main(args + ["--out_dir", str(tmp_path / "x")])
+    assert not os.path.exists(tmp_path / "x")  # refused before the run folder is made
+
+
+def test_pref_is_checked_only_for_the_methods_that_read_it():
+    for method in ("gapo", "ppo-h", "safe-rlhf"):
+        cfg = runs.parse_config(train.Config, train.PRESETS, ["--method", method, "--pref", "junk"])
+        assert runs.check_config(cfg, 2) == [0.5, 0.5]
+
+
+def test_binary_prompt_file_is_named(tmp_path):
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_bytes(b"\xe3\x81\x00\xff" * 10)
+    with pytest.raises(SystemExit, match=f"--prompts {bad} is not UTF-8 text"):
+        train.main(["--prompts", str(bad), "--out_dir", str(tmp_path / "x")])
 
 
 def test_run_folder_guard_and_missing_checkpoint(tiny_toyworld, tmp_path):
@@ -90,8 +123,129 @@ def test_run_folder_guard_and_missing_checkpoint(tiny_toyworld, tmp_path):
         run(["--method", "ppo-h"], tiny_toyworld, tmp_path / "run")
     with pytest.raises(SystemExit, match="different configuration"):
         run(["--method", "ppo-s", "--resume"], tiny_toyworld, tmp_path / "run")
-    with pytest.raises(SystemExit, match="no checkpoint to resume"):
-        run(["--method", "ppo-h", "--resume"], tiny_toyworld, tmp_path / "empty")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep me")
+    with pytest.raises(SystemExit, match=r"holds files train.py did not write \(mine.txt\)"):
+        run(["--method", "ppo-h"], tiny_toyworld, tmp_path / "notes")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit, match="is a file; pass a folder"):
+        run(["--method", "ppo-h"], tiny_toyworld, tmp_path / "file")
+
+
+def failed_start(folder):
+    """What a start killed before its first checkpoint leaves: its config, a log line, a save cut
+    short in checkpoint.tmp, and a half-written last log line."""
+    folder.mkdir()
+    (folder / "train_config.json").write_text(json.dumps({"method": "ppo-h"}))
+    (folder / "log.jsonl").write_text('{"iteration": 1}\n{"iterat')
+    (folder / "checkpoint.tmp").mkdir()
+
+
+@pytest.mark.parametrize("resume", [[], ["--resume"]])
+def test_a_failed_start_is_rerun_as_typed(tiny_toyworld, tmp_path, capsys, resume):
+    failed_start(tmp_path / "run")
+    run(["--method", "ppo-h", "--iterations", "1"] + resume, tiny_toyworld, tmp_path / "run")
+    assert "has no checkpoint (its start stopped before the first save); starting the run afresh" \
+        in capsys.readouterr().out
+    assert [r["iteration"] for r in read_log(tmp_path / "run")] == [1]
+    assert not (tmp_path / "run" / "checkpoint.tmp").exists()
+
+
+def test_resume_alone_reads_the_saved_flags_in_a_moved_folder_and_the_lock(tiny_toyworld, tmp_path,
+                                                                          capsys):
+    run(["--method", "ppo-h", "--kl_coef", "0.2", "--stop_after", "1"], tiny_toyworld,
+        tmp_path / "first")
+    shutil.move(tmp_path / "first", tmp_path / "moved")  # a renamed run resumes where it now is
+    with open(tmp_path / "moved" / "log.jsonl", "a") as f:
+        f.write('{"iteration": 2, "score_hel')  # a disk that filled during the append
+    with open(tmp_path / "moved" / ".lock", "a+") as held:  # another process drives the folder
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.truncate(0)
+        held.write("process 4242 on elsewhere")
+        held.flush()
+        with pytest.raises(SystemExit, match="is in use by process 4242 on elsewhere; wait for it"):
+            train.main(["--out_dir", str(tmp_path / "moved"), "--resume"])
+    cfg = train.main(["--out_dir", str(tmp_path / "moved"), "--resume"])
+    assert (cfg.method, cfg.kl_coef, cfg.toy_size, cfg.iterations) == ("ppo-h", 0.2, "tiny", 2)
+    assert [r["iteration"] for r in read_log(tmp_path / "moved")] == [1, 2]
+    out = capsys.readouterr().out
+    assert "done: iterations 2-2 of 2" in out
+    assert f"next: python evaluate.py {tmp_path / 'moved'}" in out
+    with pytest.raises(SystemExit, match=r"configuration .*--kl_coef 0.05 \(saved: 0.2\)"):
+        train.main(["--out_dir", str(tmp_path / "moved"), "--resume", "--kl_coef", "0.05"])
+
+
+@pytest.fixture(scope="module")
+def one_checkpoint(tiny_toyworld, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    run(["--method", "ppo-h", "--iterations", "1"], tiny_toyworld, out)
+    return out
+
+
+@pytest.mark.parametrize("damaged,message", [
+    ("trainer_state.pt", "is damaged: trainer_state.pt is"),
+    ("policy/model.safetensors", "is damaged: policy/model.safetensors is"),
+    ("critic/model.safetensors", "is damaged: critic/model.safetensors is"),
+    ("files.json", "trainer_state.pt cannot be read"),  # a checkpoint from before files.json
+])
+def test_a_damaged_checkpoint_is_one_sentence_on_resume(one_checkpoint, tmp_path, damaged, message):
+    out = tmp_path / "run"
+    shutil.copytree(one_checkpoint, out)
+    if damaged == "files.json":
+        os.remove(out / "checkpoint" / "files.json")
+        damaged = "trainer_state.pt"
+    path = out / "checkpoint" / damaged
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(SystemExit, match=message):
+        train.main(["--out_dir", str(out), "--resume"])
+
+
+def interrupt_at(monkeypatch, call):
+    real, calls = train.collect_rollout, {"n": 0}
+
+    def collect(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(train, "collect_rollout", collect)
+
+
+def test_ctrl_c_is_one_line_naming_the_checkpoint_and_the_resume(tiny_toyworld, tmp_path, capsys,
+                                                                 monkeypatch):
+    out = tmp_path / "run"
+    interrupt_at(monkeypatch, 2)
+    with pytest.raises(SystemExit) as stop:
+        run(["--method", "ppo-h", "--save_every", "1"], tiny_toyworld, out)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 130 and len(err) == 1
+    assert err[0] == (f"interrupted; the last good checkpoint (iteration 1) is kept in "
+                      f"{out}/checkpoint; continue with: python train.py --out_dir {out} --resume.")
+    interrupt_at(monkeypatch, 1)
+    with pytest.raises(SystemExit):
+        run(["--method", "ppo-h"], tiny_toyworld, tmp_path / "early")
+    assert "no checkpoint was saved yet, so rerunning the same command starts the run afresh" in \
+        capsys.readouterr().err
+    monkeypatch.undo()
+    run(["--method", "ppo-h", "--iterations", "1"], tiny_toyworld, tmp_path / "early")  # as typed
+
+
+def test_a_full_disk_during_a_save_keeps_the_last_checkpoint_and_no_tmp(tiny_toyworld, tmp_path,
+                                                                         monkeypatch):
+    real, calls = torch.save, {"n": 0}
+
+    def save(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(runs.torch, "save", save)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=r"saving the checkpoint of iteration 2 failed \(\[Errno "
+                                         r"28\] No space left on device\); free disk space; the "
+                                         r"last good checkpoint \(iteration 1\) is kept"):
+        run(["--method", "ppo-h", "--save_every", "1"], tiny_toyworld, out)
+    assert not (out / "checkpoint.tmp").exists() and runs.checkpoint_iteration(out) == 1
 
 
 def test_command_line_forms_and_preset(tmp_path):
@@ -109,6 +263,8 @@ def test_cli_subprocess_smoke(tiny_toyworld, tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "iter    1" in result.stdout + result.stderr
+    assert "\r" not in result.stderr and len(result.stderr) < 2000  # no progress-bar redraws
+    assert f"next: python evaluate.py {out}" in result.stdout
     assert (out / "checkpoint" / "policy" / "config.json").exists()
 
 
@@ -126,7 +282,8 @@ def test_nan_loss_stops_with_iteration_and_objective_and_keeps_the_last_checkpoi
         return losses, info
 
     monkeypatch.setattr(gapo, "ppo_losses", poisoned)
-    with pytest.raises(SystemExit, match="iteration 2: the PPO loss of objective 1 is not finite"):
+    with pytest.raises(SystemExit, match="iteration 2: the PPO loss of objective 1 is not finite; "
+                                         "the last good checkpoint \\(iteration 1\\) is kept in"):
         run(["--method", "gapo", "--save_every", "1"], tiny_toyworld, tmp_path / "run")
     state = __import__("torch").load(tmp_path / "run" / "checkpoint" / "trainer_state.pt", weights_only=False)
     assert state["iteration"] == 1 and len(read_log(tmp_path / "run")) == 1
@@ -207,3 +364,13 @@ def test_help_prints_every_field_with_its_meaning_and_default():
     for f in dataclasses.fields(train.Config):
         assert f"--{f.name} " in text and comments.get(f.name), f.name  # documented in Config
         assert f"{comments[f.name].split()[0]}" in text and f"(default: {f.default!r})" in text, f.name
+
+
+def test_nan_before_any_checkpoint_does_not_claim_one(tiny_toyworld, tmp_path, monkeypatch):
+    real = gapo.ppo_losses
+    monkeypatch.setattr(gapo, "ppo_losses", lambda *a, **k: (real(*a, **k)[0] * float("nan"),
+                                                             real(*a, **k)[1]))
+    with pytest.raises(SystemExit) as stop:
+        run(["--method", "ppo-h"], tiny_toyworld, tmp_path / "run")
+    assert "is not finite; no checkpoint was saved yet" in str(stop.value)
+    assert "kept" not in str(stop.value)

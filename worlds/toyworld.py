@@ -556,6 +556,25 @@ def build_toyworld(out, seed=0, size="default", progress=True):
     return manifest
 
 
+def remove_stale_builds(path):
+    """Delete <path>.building-<pid> folders whose process is gone (a killed build); the caller
+    holds the build lock, so a live builder elsewhere keeps its folder."""
+    parent, name = os.path.split(os.path.abspath(path))
+    for entry in os.listdir(parent):
+        pid = entry[len(name) + len(".building-"):]
+        if not (entry.startswith(name + ".building-") and pid.isdigit()):
+            continue
+        try:
+            os.kill(int(pid), 0)
+            alive = int(pid) != os.getpid()
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:  # another user's live process
+            alive = True
+        if not alive:
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
 def ensure_toyworld(path="cache/toyworld", seed=0, size="default", progress=True, force=False):
     """The manifest of a valid toy world at `path`, building it first when it is missing, partial, stale
     (or force). Builds in a temporary folder and renames it into place, so an interrupted build never
@@ -566,6 +585,7 @@ def ensure_toyworld(path="cache/toyworld", seed=0, size="default", progress=True
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path + ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        remove_stale_builds(path)
         problem = "a rebuild was asked for" if force else check_toyworld(path, seed, size)
         if problem is None:
             if progress:
@@ -574,7 +594,11 @@ def ensure_toyworld(path="cache/toyworld", seed=0, size="default", progress=True
                 return json.load(f)
         known = set(PATHS.values()) | {"manifest.json"}
         if os.path.exists(path) and not (os.path.isdir(path) and set(os.listdir(path)) <= known):
-            raise ValueError(f"{path} exists and is not a toy world folder; pass another path (--out / toy_dir).")
+            strays = "it is a file" if not os.path.isdir(path) else "it holds " + ", ".join(
+                sorted(set(os.listdir(path)) - known)[:3]) + f" besides a toy world, and {problem}"
+            raise ValueError(f"{path} is not a toy world folder ({strays}), so it is not rebuilt "
+                             f"over; delete it, or pass another folder (--toy_dir to train.py, "
+                             f"--out to python -m worlds.toyworld).")
         if progress:
             again = "re" if os.path.exists(path) else ""
             print(f"toyworld: {again}building the toy world in {path}{f' ({problem})' if again else ''}: tokenizer, "
