@@ -220,10 +220,9 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
                 norms = []
                 for optimizer, scheduler in zip(optimizers, schedulers):
                     params = [p for group in optimizer.param_groups for p in group["params"]]
-                    distributed.all_reduce_grads(params)  # FSDP reduced the sharded gradients; these are the rest
-                    # The norm BEFORE clipping (max_norm inf only measures: gradients scaled by 1).
-                    limit = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
-                    norms.append(float(distributed.clip_grad_norm_(params, limit)))
+                    # torchrun: the whole (unsharded) parameters' gradients are averaged over ranks
+                    # first (FSDP reduced the rest); the norm is measured before clipping.
+                    norms.append(distributed.reduce_and_clip_grads(params, cfg.max_grad_norm))
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)

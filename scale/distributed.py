@@ -24,6 +24,7 @@ and sharded (per-rank) checkpoint files: checkpoints are full, rank 0 writes the
 """
 import atexit
 import contextlib
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -182,6 +183,13 @@ def clip_grad_norm_(params, max_norm):
     for p in params:
         p.grad.mul_(scale)
     return total
+
+
+def reduce_and_clip_grads(params, max_norm):
+    """The step's gradients made global and clipped: all_reduce_grads, then clip_grad_norm_ to
+    max_norm (0 = no clipping). Returns the total norm BEFORE clipping, as a float."""
+    all_reduce_grads(params)
+    return float(clip_grad_norm_(params, max_norm if max_norm > 0 else math.inf))
 
 
 # ----------------------------------------------------------------------------- FSDP2
