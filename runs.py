@@ -1,17 +1,20 @@
-"""Everything around the method that train.py needs: the command line, run folders, checkpoints, resume.
+"""Everything around the method that train.py needs: the command line, run folders, checkpoints,
+resume.
 
-train.py holds the algorithm (Config, one iteration, the loop); this file holds the plumbing, so that
-train.py reads top to bottom as the method:
+train.py holds the algorithm (Config, one iteration, the loop); this file holds the plumbing, so
+that train.py reads top to bottom as the method:
 - `parse_config`: the command line, generated from train.Config (one flag per field; `--help` prints
   each field's comment and default), presets first, explicit flags win; `check_config` refuses bad
   values with one sentence before any model loads.
 - `prepare_out_dir`: one run per folder; `--resume` continues it, `--overwrite` replaces it.
   One process per folder (a flock on out_dir/.lock); a folder with no checkpoint is a failed
   start and starts afresh; `--resume` reuses the saved configuration (docs/errors.md).
-- `save_checkpoint` / `load_checkpoint`: atomic checkpoints (everything written to checkpoint.tmp, then
-  two renames), so a crash at any moment leaves the last good checkpoint; a resumed CPU run continues
-  bit for bit (RNG states, optimizer and scheduler states, the method's state are all saved).
-- `resolve_models` / `prompt_pool`: the built-in toy world fills any model or prompt path left empty.
+- `save_checkpoint` / `load_checkpoint`: atomic checkpoints (everything written to checkpoint.tmp,
+  then two renames), so a crash at any moment leaves the last good checkpoint; a resumed CPU run
+  continues bit for bit (RNG states, optimizer and scheduler states, the method's state are all
+  saved).
+- `resolve_models` / `prompt_pool`: the built-in toy world fills any model or prompt path left
+  empty.
 - `log_record` helpers: log.jsonl (one JSON line per iteration) and the one-line terminal summary.
 
 Run: nothing to run; `python -m pytest -q tests/test_train.py` exercises it through train.py.
@@ -79,10 +82,11 @@ def parse_config(config_class, presets, argv=None, description="", lora_lr=None)
                                                          "bool": bool}[f.type]
         help_text = f"{comments.get(f.name, '')} (default: {f.default!r})".replace("%", "%%")
         if kind is bool:
-            parser.add_argument(f"--{f.name}", nargs="?", const=True, type=_parse_bool, help=help_text,
-                                metavar="BOOL")
+            parser.add_argument(f"--{f.name}", nargs="?", const=True, type=_parse_bool,
+                                help=help_text, metavar="BOOL")
         else:
-            parser.add_argument(f"--{f.name}", type=kind, help=help_text, metavar=kind.__name__.upper())
+            parser.add_argument(f"--{f.name}", type=kind, help=help_text,
+                                metavar=kind.__name__.upper())
     explicit = vars(parser.parse_args(argv))
     preset = explicit.get("preset", config_class.preset)
     if preset not in presets:
@@ -137,7 +141,8 @@ def parse_pref(text, K):
         pref = [float(x) for x in str(text).split(",")]
     except ValueError:
         pref = []
-    if len(pref) != K or any(not math.isfinite(x) or x < 0 for x in pref) or abs(sum(pref) - 1) > 1e-6:
+    if (len(pref) != K or any(not math.isfinite(x) or x < 0 for x in pref)
+            or abs(sum(pref) - 1) > 1e-6):
         raise ValueError(f"--pref must be {K} non-negative numbers summing to 1, such as 0.4,0.6 "
                          f"(got {text!r}).")
     return pref
@@ -201,7 +206,8 @@ def _check_prompt_file(path):
 
 
 def check_config(cfg, K):
-    """Bad input stops here, before any model loads, with one sentence each. Returns the preference."""
+    """Bad input stops here, before any model loads, with one sentence each. Returns the
+    preference."""
     if cfg.method not in gapo.METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(gapo.METHODS)}.")
     if not (cfg.p >= 0 and math.isfinite(cfg.p)):
@@ -216,7 +222,8 @@ def check_config(cfg, K):
                          f"({cfg.minibatch_size}), itself a multiple of micro_batch_size "
                          f"({cfg.micro_batch_size}).")
     if cfg.mgda_params not in ("last_block", "lm_head", "all"):
-        raise ValueError(f"unknown mgda_params {cfg.mgda_params!r}; choose last_block, lm_head or all.")
+        raise ValueError(f"unknown mgda_params {cfg.mgda_params!r}; choose last_block, lm_head "
+                         f"or all.")
     if cfg.toy_size not in ("default", "tiny"):
         raise ValueError(f"unknown toy_size {cfg.toy_size!r}; choose default or tiny.")
     if cfg.critic_init not in ("first_rollout", "zero"):
@@ -373,7 +380,7 @@ def start_run(cfg):
     return rank, world, device, resume_from
 
 
-# ------------------------------------------------------------------------------------ models and data
+# ---------------------------------------------------------------------------------- models and data
 
 def resolve_models(cfg):
     """Fill policy / reward / cost from the toy world when they are empty (rank 0 builds it first).
@@ -404,8 +411,9 @@ def prompt_pool(cfg, toyworld_module, tokenizer):
 
 
 def batch_indices(cfg, n_prompts, position):
-    """Prompt indices of the `position`-th batch: a seeded permutation per pass over the prompts, so a
-    resumed run sees the same batches (under torchrun, rank r takes the r-th of `world` batches)."""
+    """Prompt indices of the `position`-th batch: a seeded permutation per pass over the prompts, so
+    a resumed run sees the same batches (under torchrun, rank r takes the r-th of `world`
+    batches)."""
     start = position * cfg.batch_size
     epoch = start // n_prompts
     order = np.concatenate([np.random.default_rng(cfg.seed + epoch + i).permutation(n_prompts)
@@ -422,22 +430,25 @@ def save_checkpoint(out_dir, cfg, policy, tokenizer, critic, optimizers, schedul
     A crash at any point leaves a complete checkpoint (or checkpoint.old, which load recovers); a
     failed write (full disk) removes checkpoint.tmp and says which checkpoint is still there.
     files.json lists every file's size (resume and evaluate.py check them) and the iteration."""
-    optimizer_states = [distributed.optimizer_state_dict(m, o) for m, o in zip((policy, critic), optimizers)]
+    optimizer_states = [distributed.optimizer_state_dict(m, o)
+                        for m, o in zip((policy, critic), optimizers)]
     # torchrun: every rank gathers the full weights, rank 0 writes them, and the others wait for it,
     # so no rank runs ahead (or exits and tears the process group down) while the write goes on.
     with distributed.full_parameters(policy), distributed.full_parameters(critic):
         if distributed.is_main():
-            _write_checkpoint(out_dir, cfg, policy, tokenizer, critic, optimizer_states, schedulers, state,
-                              iteration, total)
+            _write_checkpoint(out_dir, cfg, policy, tokenizer, critic, optimizer_states,
+                              schedulers, state, iteration, total)
     distributed.barrier()
 
 
 def _write_checkpoint(out_dir, cfg, policy, tokenizer, critic, optimizer_states, schedulers, state,
                       iteration, total):
-    final, tmp, old = (os.path.join(out_dir, n) for n in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
+    final, tmp, old = (os.path.join(out_dir, n)
+                       for n in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
     try:
         shutil.rmtree(tmp, ignore_errors=True)
-        policy.save_pretrained(os.path.join(tmp, "policy"))  # HF format: from_pretrained loads it alone
+        # HF format: from_pretrained loads it alone
+        policy.save_pretrained(os.path.join(tmp, "policy"))
         tokenizer.save_pretrained(os.path.join(tmp, "policy"))
         critic.save(os.path.join(tmp, "critic"))
         rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
@@ -582,7 +593,8 @@ def read_log(log_path):
 
 
 def truncate_log(log_path, iteration):
-    """Keep only the log lines of iterations <= the checkpoint's, so a resumed log has no duplicates."""
+    """Keep only the log lines of iterations <= the checkpoint's, so a resumed log has no
+    duplicates."""
     if not os.path.isfile(log_path):
         return
     lines = [json.dumps(r) + "\n" for r in read_log(log_path) if r["iteration"] <= iteration]

@@ -3,13 +3,15 @@
     python train.py --method gapo --p 2              # toy world on a laptop (built on first use)
     python train.py --method pgapo --pref 0.4,0.6    # P-GAPO with a preference vector
     python train.py --help                           # every flag, its meaning and default
-    python train.py --preset paper --method gapo --p 1 --lora_r 64   # Mistral-7B-SFT + beaver-7b, GPU
+    # Mistral-7B-SFT + beaver-7b, on a GPU:
+    python train.py --preset paper --method gapo --p 1 --lora_r 64
 
 The file reads top to bottom as the method: the Config, then one iteration, then the loop.
 One iteration (the paper's Sec. 3 and App. B; choices the paper leaves open: docs/decisions.md):
   1. rollout: sample responses for a batch of prompts            (rollout.generate)
   2. score: reward and cost -> objective matrix (B, K)           (rewards.objective_matrix)
-  3. shape: per-token rewards with the KL penalty, per objective  (rollout.kl_shaped_rewards, Eq. 14)
+  3. shape: per-token rewards with the KL penalty, per objective
+                                                                 (rollout.kl_shaped_rewards, Eq. 14)
   4. GAE: advantages and returns per objective                    (rollout.gae)
   5. PPO epochs x minibatches: K losses (Eq. 15), the method's weights (Eq. 6, Problem 7), one
      weighted backward, optimizer steps                           (gapo.py, mgda.py)
@@ -35,7 +37,8 @@ from rollout import (Rollout, decode_responses, gae, generate, kl_shaped_rewards
                      response_logprobs, response_values)
 from scale import distributed, memory
 
-OBJECTIVES = ["helpful", "harmless"]  # K = 2: reward, and minus cost (docs/decisions.md, "Objectives")
+# K = 2: reward, and minus cost (docs/decisions.md, "Objectives")
+OBJECTIVES = ["helpful", "harmless"]
 
 
 @dataclass
@@ -45,7 +48,7 @@ class Config:
     method: str = "gapo"  # one of gapo.METHODS
     p: float = 2.0  # p, GAPO's gradient-rescaling exponent (Eq. 6); mgda forces p = 0
     pref: str = "0.5,0.5"  # lambda, preference vector for morlhf and pgapo (K numbers >= 0, sum 1)
-    mgda_params: str = "last_block"  # parameters of the objective gradients g_i: last_block | lm_head | all
+    mgda_params: str = "last_block"  # parameters of the gradients g_i: last_block | lm_head | all
     seed: int = 0  # one seed for everything; CPU runs are reproducible
     out_dir: str = ""  # run folder; default runs/<method>[-p<p>|-pref<pref>]-s<seed>
     resume: bool = False  # continue the run in out_dir from its checkpoint
@@ -59,13 +62,13 @@ class Config:
     toy_dir: str = "cache/toyworld"  # where the toy world is built and cached
     toy_size: str = "default"  # default | tiny (tests)
     device: str = "auto"  # auto | cpu | cuda
-    num_threads: int = 1  # CPU threads for torch; 0 = torch's default. Tiny models run fastest on one
+    num_threads: int = 1  # torch CPU threads; 0 = torch's default. Tiny models run fastest on one
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16
     gradient_checkpointing: bool = False  # on actor and critic (non-reentrant)
     lora_r: int = 0  # > 0: policy and critic as LoRA adapters; pi_ref = policy with adapter off
-    # LoRA defaults (docs/decisions.md): lora_alpha 0 means 2 * lora_r (scale 2), and with lora_r > 0 any of
-    # actor_lr / critic_lr not given on the command line becomes LORA_LR[preset], 10x the preset's full
-    # fine-tuning actor lr (paper: 1e-5 for both, toy: 3e-3).
+    # LoRA defaults (docs/decisions.md): lora_alpha 0 means 2 * lora_r (scale 2), and with
+    # lora_r > 0 any of actor_lr / critic_lr not given on the command line becomes LORA_LR[preset],
+    # 10x the preset's full fine-tuning actor lr (paper: 1e-5 for both, toy: 3e-3).
     lora_alpha: int = 0  # LoRA scale alpha / r; 0 = 2 * lora_r (see above)
     # --- rollout (App. B.2)
     iterations: int = 60  # PPO iterations (rollout + update); 0 = `epochs` passes over the prompts
@@ -105,24 +108,30 @@ class Config:
     fastrl_eta: float = 0.1  # eta, fast-rl weight step (our choice; the paper does not give it)
     # --- bookkeeping
     save_every: int = 20  # iterations between checkpoints (and at the end)
-    stop_after: int = 0  # > 0: save and exit after this iteration (fits a job's time limit; --resume goes on)
+    stop_after: int = 0  # > 0: save and exit after this iteration (time limits; --resume goes on)
     score_batch_size: int = 16  # responses per forward of the reward and cost models
 
 
 PRESETS = {
     "toy": {},
     # The paper's setting: Sec. 4.1 models and data, Table 2 (shared by all methods).
-    "paper": dict(policy="HuggingFaceH4/mistral-7b-sft-beta", reward_model="PKU-Alignment/beaver-7b-v1.0-reward",
-                  cost_model="PKU-Alignment/beaver-7b-v1.0-cost", prompts="PKU-Alignment/PKU-SafeRLHF",
-                  # 16 prompts per device x gradient accumulation 8 = 128 per update, generated 16 at a time
-                  iterations=0, epochs=2.0, batch_size=128, max_prompt_length=256, max_new_tokens=256,
-                  temperature=0.7, top_p=1.0, repetition_penalty=1.05, ppo_epochs=1, minibatch_size=128,
-                  micro_batch_size=16, actor_lr=1e-6, critic_lr=5e-7, weight_decay=0.0, warmup_ratio=0.03,
+    "paper": dict(policy="HuggingFaceH4/mistral-7b-sft-beta",
+                  reward_model="PKU-Alignment/beaver-7b-v1.0-reward",
+                  cost_model="PKU-Alignment/beaver-7b-v1.0-cost",
+                  prompts="PKU-Alignment/PKU-SafeRLHF",
+                  # 16 prompts per device x gradient accumulation 8 = 128 per update,
+                  # generated 16 at a time
+                  iterations=0, epochs=2.0, batch_size=128, max_prompt_length=256,
+                  max_new_tokens=256, temperature=0.7, top_p=1.0, repetition_penalty=1.05,
+                  ppo_epochs=1, minibatch_size=128, micro_batch_size=16, actor_lr=1e-6,
+                  critic_lr=5e-7, weight_decay=0.0, warmup_ratio=0.03,
                   adam_beta1=0.9, adam_beta2=0.95,  # Safe RLHF's AdamW betas
-                  kl_coef=0.05, clip_eps=0.1, gradient_checkpointing=True, save_every=50, num_threads=0),
+                  kl_coef=0.05, clip_eps=0.1, gradient_checkpointing=True, save_every=50,
+                  num_threads=0),
 }
 
-LORA_LR = {"toy": 3e-3, "paper": 1e-5}  # actor and critic lr of LoRA runs (see Config.lora_alpha's comment)
+# actor and critic lr of LoRA runs (see Config.lora_alpha's comment)
+LORA_LR = {"toy": 3e-3, "paper": 1e-5}
 
 
 # ------------------------------------------------------------------------------------ one iteration
@@ -131,27 +140,33 @@ LORA_LR = {"toy": 3e-3, "paper": 1e-5}  # actor and critic lr of LoRA runs (see 
 def collect_rollout(cfg, policy, reference, critic, tokenizer, scorers, raw, formatted, state=None):
     """Steps 1-4 of the recipe. Returns the Rollout and the phase timings. With state (MethodState)
     and critic_init first_rollout, the first call starts the value heads at the mean return."""
-    # Generation: the whole rollout batch in one call (decoding is memory-bound, so B rows cost about
-    # what one row does). The forward passes below run in chunks of micro_batch_size (activation memory).
+    # Generation: the whole rollout batch in one call (decoding is memory-bound, so B rows cost
+    # about what one row does). The forward passes below run in chunks of micro_batch_size
+    # (activation memory).
     chunk = cfg.micro_batch_size
     t0 = time.perf_counter()
     input_ids, attention_mask, response_mask, P = generate(
-        policy, tokenizer, formatted, cfg.max_prompt_length, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-        cfg.repetition_penalty)
+        policy, tokenizer, formatted, cfg.max_prompt_length, cfg.max_new_tokens, cfg.temperature,
+        cfg.top_p, cfg.repetition_penalty)
     responses = decode_responses(tokenizer, input_ids, response_mask)
     t1 = time.perf_counter()
-    scores = objective_matrix(scorers[0], scorers[1], raw, responses, batch_size=cfg.score_batch_size)  # (B, K)
+    # (B, K)
+    scores = objective_matrix(scorers[0], scorers[1], raw, responses,
+                              batch_size=cfg.score_batch_size)
     t2 = time.perf_counter()
     device = input_ids.device
     R = response_mask.shape[1]
     policy.eval()
-    pieces = [(input_ids[i:i + chunk], attention_mask[i:i + chunk]) for i in range(0, len(formatted), chunk)]
-    logprobs = torch.cat([response_logprobs(policy, ids, mask, R) for ids, mask in pieces])  # (B, R)
-    ref_logprobs = torch.cat([response_logprobs(reference, ids, mask, R) for ids, mask in pieces])  # (B, R)
+    pieces = [(input_ids[i:i + chunk], attention_mask[i:i + chunk])
+              for i in range(0, len(formatted), chunk)]
+    # (B, R) each
+    logprobs = torch.cat([response_logprobs(policy, ids, mask, R) for ids, mask in pieces])
+    ref_logprobs = torch.cat([response_logprobs(reference, ids, mask, R) for ids, mask in pieces])
     values = torch.cat([response_values(critic, ids, mask, R) for ids, mask in pieces])  # (B, R, K)
     policy.train()
     response_mask, scores = response_mask.to(device), scores.to(device)
-    rewards = kl_shaped_rewards(scores, logprobs, ref_logprobs, response_mask, cfg.kl_coef, cfg.clip_score)
+    rewards = kl_shaped_rewards(scores, logprobs, ref_logprobs, response_mask, cfg.kl_coef,
+                                cfg.clip_score)
     if cfg.critic_init == "first_rollout" and state is not None and not state.value_heads_started:
         shift = gapo.mean_returns(rewards, response_mask, cfg.gamma)  # (K,)
         shift = distributed.all_reduce_mean(shift)  # every rank's critic moves the same
@@ -159,16 +174,17 @@ def collect_rollout(cfg, policy, reference, critic, tokenizer, scorers, raw, for
         values = values + shift  # exactly what the shifted critic would give (the head is linear)
         state.value_heads_started = True
     advantages, returns = gae(rewards, values, response_mask, cfg.gamma, cfg.gae_lambda)
-    rollout = Rollout(raw, responses, input_ids, attention_mask, response_mask, logprobs, ref_logprobs, values,
-                      scores, rewards, advantages, returns)
+    rollout = Rollout(raw, responses, input_ids, attention_mask, response_mask, logprobs,
+                      ref_logprobs, values, scores, rewards, advantages, returns)
     return rollout, {"generate": t1 - t0, "score": t2 - t1, "forward": time.perf_counter() - t2}
 
 
-def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state, mgda_params, iteration,
-               weigh=gapo.loss_weights):
+def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state, mgda_params,
+               iteration, weigh=gapo.loss_weights):
     """Step 5: PPO epochs over minibatches; returns averaged diagnostics for the log.
     weigh: the function that turns the K losses into weights (gapo.loss_weights); experiments pass a
-    wrapper with the same signature to time or record it (benchmarks/bench.py, experiments/study.py)."""
+    wrapper with the same signature to time or record it (benchmarks/bench.py,
+    experiments/study.py)."""
     B = rollout.input_ids.shape[0]
     R = rollout.response_mask.shape[1]
     device = rollout.input_ids.device
@@ -181,7 +197,8 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
         order = torch.randperm(B)
         for start in range(0, B, cfg.micro_batch_size):
             idx = order[start:start + cfg.micro_batch_size]
-            ids, mask, rmask = rollout.input_ids[idx], rollout.attention_mask[idx], rollout.response_mask[idx]
+            ids, mask, rmask = (rollout.input_ids[idx], rollout.attention_mask[idx],
+                                rollout.response_mask[idx])
             if cfg.method == "safe-rlhf":  # lambda every RL step, as Safe RLHF (docs/decisions.md)
                 # the step's episodes join the cost window once (first PPO epoch)
                 new = costs[idx.to(costs.device)] if epoch == 0 else costs[:0]
@@ -194,7 +211,8 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
                 cfg.whiten_advantages).to(device)  # (B, R, M)
             # Actor: K losses from one forward pass, the method's weights, one weighted backward.
             logprobs = response_logprobs(policy, ids, mask, R)
-            losses, info = gapo.ppo_losses(logprobs, rollout.logprobs[idx], advantages[idx], rmask, cfg.clip_eps)
+            losses, info = gapo.ppo_losses(logprobs, rollout.logprobs[idx], advantages[idx], rmask,
+                                           cfg.clip_eps)
             if not torch.isfinite(losses).all():
                 bad = int((~torch.isfinite(losses)).nonzero()[0])
                 raise FloatingPointError(f"iteration {iteration}: the PPO loss of objective {bad} "
@@ -212,7 +230,8 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
                 ((weights.to(losses.device) * losses).sum() / accumulate).backward()
             # Critic: clipped value loss, summed over the K heads.
             values = response_values(critic, ids, mask, R)
-            vloss = gapo.value_loss(values, rollout.values[idx], rollout.returns[idx], rmask, cfg.clip_value)
+            vloss = gapo.value_loss(values, rollout.values[idx], rollout.returns[idx], rmask,
+                                    cfg.clip_value)
             (vloss / accumulate).backward()
             info["value_loss"] = vloss.item()
             logs.append(info)
@@ -230,7 +249,8 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
                 steps.append({"actor_grad_norm": norms[0], "critic_grad_norm": norms[1],
                               "actor_clipped": float(clipped)})
     update = runs.average_logs(logs)
-    update.update(runs.average_logs(steps) if steps else {})  # actor_clipped: the share of clipped steps
+    # actor_clipped: the share of clipped steps
+    update.update(runs.average_logs(steps) if steps else {})
     # How far the critic was from the Monte Carlo return (gamma, lambda = 1) at rollout time, (K,).
     mc_returns, _ = gae(rollout.rewards, torch.zeros_like(rollout.values), rollout.response_mask,
                         cfg.gamma, 1.0)  # (B, R, K)
@@ -246,7 +266,8 @@ def cosine_schedule(optimizer, total_steps, warmup_ratio):
     def factor(step):
         if step < warmup:
             return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup)
+                                                 / max(1, total_steps - warmup))))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -290,11 +311,14 @@ def train(argv, make_weigh):
                                        lora=cfg.lora_r > 0)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}")
-    models = {"policy": policy, "critic": critic, "reward": scorers[0].model, "cost": scorers[1].model}
+    models = {"policy": policy, "critic": critic, "reward": scorers[0].model,
+              "cost": scorers[1].model}
     if cfg.lora_r == 0:
         models["reference"] = reference  # with LoRA the reference shares the policy's weights
-    print(memory.memory_plan(models, dtype=next(scorers[0].model.parameters()).dtype, master_dtype=torch.float32,
-                      trainable={"reward": False, "cost": False})[1])  # trainable weights: float32 masters
+    # trainable weights: float32 masters
+    print(memory.memory_plan(models, dtype=next(scorers[0].model.parameters()).dtype,
+                             master_dtype=torch.float32,
+                             trainable={"reward": False, "cost": False})[1])
 
     # Optimizers: AdamW on the trainable parameters, cosine schedule with warm-up (Table 2).
     iterations = cfg.iterations or max(1, int(cfg.epochs * len(raw) / (cfg.batch_size * world)))
@@ -306,8 +330,8 @@ def train(argv, make_weigh):
     state = gapo.MethodState(log_lambda=math.log(cfg.lambda_init))
     start = 0
     if resume_from:
-        start, method_state = runs.load_checkpoint(resume_from, policy, critic, optimizers, schedulers,
-                                                   world)
+        start, method_state = runs.load_checkpoint(resume_from, policy, critic, optimizers,
+                                                   schedulers, world)
         state = gapo.MethodState(**method_state)
         print(f"resumed {cfg.out_dir} at iteration {start}")
     log_path = os.path.join(cfg.out_dir, "log.jsonl")
@@ -321,11 +345,13 @@ def train(argv, make_weigh):
     t_start, reached = time.perf_counter(), start
     for iteration in bar:
         index = runs.batch_indices(cfg, len(raw), iteration * world + rank)
-        with distributed.unsharded(policy):  # FSDP: gather the policy once per rollout, not per token
+        # FSDP: gather the policy once per rollout, not per token
+        with distributed.unsharded(policy):
             rollout, timings = collect_rollout(cfg, policy, reference, critic, tokenizer, scorers,
-                                               [raw[i] for i in index], [formatted[i] for i in index],
-                                               state)
-        scores = distributed.all_gather_rows(rollout.scores).cpu()  # (world * B, K), all ranks' rows
+                                               [raw[i] for i in index],
+                                               [formatted[i] for i in index], state)
+        # (world * B, K), all ranks' rows
+        scores = distributed.all_gather_rows(rollout.scores).cpu()
         if cfg.method == "fast-rl":
             gapo.update_fastrl_weights(state, scores, cfg.fastrl_eta)
         t0 = time.perf_counter()
@@ -334,7 +360,8 @@ def train(argv, make_weigh):
         timings["update"] = time.perf_counter() - t0
 
         mask = rollout.response_mask
-        kl = distributed.all_reduce_mean(((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1).mean())
+        kl = distributed.all_reduce_mean(
+            ((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1).mean())
         record = {"iteration": iteration + 1,
                   **{f"score_{n}": scores[:, i].mean().item() for i, n in enumerate(OBJECTIVES)},
                   "kl": kl.item(), "response_length": mask.sum(1).mean().item(), **update,
@@ -348,8 +375,8 @@ def train(argv, make_weigh):
         tqdm.write(runs.format_log_line(record))
         stopping = iteration + 1 == cfg.stop_after
         if (iteration + 1) % cfg.save_every == 0 or iteration + 1 == iterations or stopping:
-            runs.save_checkpoint(cfg.out_dir, cfg, policy, tokenizer, critic, optimizers, schedulers,
-                                 state, iteration + 1, total=iterations)
+            runs.save_checkpoint(cfg.out_dir, cfg, policy, tokenizer, critic, optimizers,
+                                 schedulers, state, iteration + 1, total=iterations)
         reached = iteration + 1
         if stopping:
             print(f"stopped after iteration {iteration + 1} (--stop_after); continue with --resume")
