@@ -6,7 +6,7 @@
     python evaluate.py RUNS... --soup runs/ppo-h-s0 runs/ppo-s-s0 --soup_lambdas 0.2,0.4,0.6,0.8
     python evaluate.py runs/my-run --prompts PKU-Alignment/PKU-SafeRLHF --prompt_split test
 
-SPEC.md section 6 (section 4 for soups); Table 1 is the paper's. Each run's train_config.json
+The paper's Sec. 4.2 and Table 1 (docs/decisions.md, "Evaluation"). Each run's train_config.json
 gives the models and generation settings; prompts are the toy world's test prompts for toy runs,
 else the run's source with --prompt_split (or --prompts); sampling uses a fixed seed per batch, so
 every checkpoint sees the same noise. Helpful = mean reward, Harmless = mean -cost, Avg = their
@@ -19,7 +19,7 @@ checkpoint in <out>/cache/ (keyed by the checkpoint's files and time stamps, sco
 limit, seed, generation settings). Writes <out>/table.csv, runs.csv, results.json and pareto.png
 (non-dominated front, hypervolume per method family).
 
-Left out on purpose: the paper's GPT-4o pairwise judgement (SPEC section 6), and the critic. Pure
+Left out on purpose: the paper's GPT-4o pairwise judgement (not built yet), and the critic. Pure
 functions (metrics, aggregation, dominance, hypervolume, soup weights) come first, I/O after.
 """
 import argparse
@@ -39,7 +39,7 @@ import torch
 from model import interpolate_state_dicts
 from safetensors import SafetensorError
 
-METRICS = ["helpful", "harmless", "avg", "harmless_ratio"]  # SPEC section 6, Table 1
+METRICS = ["helpful", "harmless", "avg", "harmless_ratio"]  # Table 1
 TOY_METRICS = ["harmful_compliance", "over_refusal", "benign_helpful", "gt_safe",
                "cost_sign_agrees"]
 GEN_FIELDS = ["max_prompt_length", "max_new_tokens", "temperature", "top_p", "repetition_penalty"]
@@ -148,7 +148,8 @@ def reference_point(points, margin=0.05):
 
 
 def soup_state_dict(sd_h, sd_s, lam):
-    """Rewarded Soups (SPEC section 4): theta(lam) = lam theta_ppo-h + (1 - lam) theta_ppo-s."""
+    """Rewarded Soups (docs/decisions.md, "Baselines"):
+    theta(lam) = lam theta_ppo-h + (1 - lam) theta_ppo-s."""
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"a soup weight must lie in [0, 1], got {lam}; use --soup_lambdas like "
                          f"0.2,0.4,0.6,0.8.")

@@ -56,7 +56,7 @@ MISTRAL_7B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=3
 LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                 num_key_value_heads=32, max_position_embeddings=2048)
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-SPECIAL = dict(vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+TOKEN_IDS = dict(vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
 
 
 def parse_args(argv=None):
@@ -108,7 +108,7 @@ def parse_args(argv=None):
 
 def configs(tiny):
     size_m, size_l = (TINY, TINY) if tiny else (MISTRAL_7B, LLAMA_7B)
-    return MistralConfig(**{**size_m, **SPECIAL}), LlamaConfig(**{**size_l, **SPECIAL, "max_position_embeddings": 2048})
+    return MistralConfig(**{**size_m, **TOKEN_IDS}), LlamaConfig(**{**size_l, **TOKEN_IDS, "max_position_embeddings": 2048})
 
 
 @contextlib.contextmanager

@@ -46,9 +46,9 @@ def test_activation_and_cache_bytes_by_hand():
 
 
 def mistral_7b():
-    from benchmarks.bench import MISTRAL_7B, SPECIAL
+    from benchmarks.bench import MISTRAL_7B, TOKEN_IDS
     from transformers import MistralConfig
-    return MistralConfig(**MISTRAL_7B, **SPECIAL)
+    return MistralConfig(**MISTRAL_7B, **TOKEN_IDS)
 
 
 def test_paper_kv_cache_is_one_gib():
@@ -70,11 +70,11 @@ def test_lora_param_count_matches_peft():
 def test_memory_check_refuses_full_finetuning_on_one_80gb_gpu_and_names_the_fix(tmp_path):
     import runs
     import train
-    from benchmarks.bench import LLAMA_7B, SPECIAL
+    from benchmarks.bench import LLAMA_7B, TOKEN_IDS
     from transformers import LlamaConfig
     policy, scorer = tmp_path / "policy", tmp_path / "scorer"
     mistral_7b().save_pretrained(policy)
-    LlamaConfig(**LLAMA_7B, **SPECIAL, architectures=["LlamaModelForScore"]).save_pretrained(scorer)
+    LlamaConfig(**LLAMA_7B, **TOKEN_IDS, architectures=["LlamaModelForScore"]).save_pretrained(scorer)
     paths = ["--policy", str(policy), "--reward_model", str(scorer), "--cost_model", str(scorer)]
     h100 = 79 * 2**30  # what torch reports for an H100 80 GB, about
     full = runs.parse_config(train.Config, train.PRESETS, ["--preset", "paper"] + paths)  # full fine-tuning, checkpointing on
