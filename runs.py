@@ -173,8 +173,9 @@ def _check_numbers(cfg):
     if cfg.iterations == 0 and not cfg.epochs > 0:
         raise ValueError(f"--epochs must be greater than 0 when --iterations is 0 "
                          f"(got {cfg.epochs}).")
-    if cfg.lora_r > 0 and cfg.lora_alpha <= 0:
-        raise ValueError(f"--lora_alpha must be greater than 0 with LoRA (got {cfg.lora_alpha}).")
+    if cfg.lora_r > 0 and cfg.lora_alpha < 0:  # 0 means 2 * lora_r
+        raise ValueError(f"--lora_alpha must be 0 (meaning 2 * lora_r) or more (got "
+                         f"{cfg.lora_alpha}).")
 
 
 def _check_device(cfg):
