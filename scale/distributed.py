@@ -51,10 +51,45 @@ def init_distributed(device="auto"):
         device = torch.device("cpu")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
-        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())  # no exit warning
+        atexit.register(_teardown)
     if rank != 0:
         sys.stdout = open(os.devnull, "w")  # one log, rank 0's; errors still reach stderr
     return rank, world, device
+
+
+def _gloo_workers_busy():
+    """True while a gloo worker thread ("pt_gloo_runloop") of this process is not asleep (Linux)."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                head, tail = f.read().rsplit(")", 1)
+        except OSError:  # the thread exited meanwhile
+            continue
+        if head.rsplit("(", 1)[1] == "pt_gloo_runloop" and tail.split()[0] != "S":
+            return True
+    return False
+
+
+def _teardown():
+    """atexit: let gloo's worker threads go idle, then destroy the process group.
+
+    A gloo worker drops its last reference to a finished collective (and so to that collective's
+    Python-owned tensors, which takes the GIL) only after the caller's wait() has returned. If the
+    interpreter is finalizing by then, CPython 3.11 ends the thread inside a noexcept destructor and
+    the rank dies with SIGABRT "terminate called without an active exception" (1 torchrun launch in
+    about 15, after the final barrier of runs.save_checkpoint). destroy_process_group does not join
+    the workers here: FSDP still holds the group. So wait, with the GIL released, until no worker
+    is runnable on two looks in a row (a waiter for the GIL is woken as soon as it is free)."""
+    import time
+
+    if not dist.is_initialized():
+        return
+    if dist.get_backend() == "gloo" and os.path.isdir("/proc/self/task"):
+        idle, deadline = 0, time.monotonic() + 10.0
+        while idle < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+            idle = 0 if _gloo_workers_busy() else idle + 1
+    dist.destroy_process_group()  # no "destroy_process_group() was not called" warning at exit
 
 
 def is_distributed():
