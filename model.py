@@ -1,19 +1,22 @@
-"""Building and loading every network GAPO needs: policy, frozen reference, critic, score models.
+"""Building and loading every network GAPO needs: policy, frozen reference, critic, score
+models.
 
 What it does (the paper's Sec. 4.1 setting; choices in docs/decisions.md):
 - policy and reference: any causal LM from a Hugging Face Hub id or a local folder (the paper uses
-  HuggingFaceH4/mistral-7b-sft-beta). bf16 + non-reentrant gradient checkpointing on CUDA, float32 on
-  CPU. Optional LoRA (peft): the reference is then the same weights with the adapter switched off.
+  HuggingFaceH4/mistral-7b-sft-beta). bf16 + non-reentrant gradient checkpointing on CUDA, float32
+  on CPU. Optional LoRA (peft): the reference is then the same weights with the adapter switched
+  off.
 - critic: the policy's backbone (no LM head) plus one value head per objective, (B, T, K).
 - score models: `LlamaModelForScore`, the exact layout of PKU-Alignment/beaver-7b-v1.0-{reward,cost}
-  (LLaMA backbone `model.*` + `score_head`), or any AutoModelForSequenceClassification with one label.
-  The score is read at the last non-padding token, as the beaver models do.
+  (LLaMA backbone `model.*` + `score_head`), or any AutoModelForSequenceClassification with one
+  label. The score is read at the last non-padding token, as the beaver models do.
 - interpolate_state_dicts for Rewarded Soups (`soup`); param_count_from_config (meta device) for
   the memory plan (scale/memory.py) of whether a configuration fits.
 
 Run: nothing to run; `python -m pytest -q tests/test_model.py` checks it.
-Left out on purpose: multi-GPU sharding (scale/distributed.py does it), DeepSpeed, quantisation, value-head normalisers, and the beaver
-score models' training-time `normalizer` buffers (ignored on load: the published v1.0 scores are raw).
+Left out on purpose: multi-GPU sharding (scale/distributed.py does it), DeepSpeed, quantisation,
+value-head normalisers, and the beaver score models' training-time `normalizer` buffers (ignored on
+load: the published v1.0 scores are raw).
 """
 import copy
 import inspect
@@ -27,18 +30,21 @@ from dataclasses import dataclass
 import torch
 import transformers
 from torch import nn
-from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
-                          AutoTokenizer, LlamaConfig, LlamaModel, LlamaPreTrainedModel)
+from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM,
+                          AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig,
+                          LlamaModel, LlamaPreTrainedModel)
 
-transformers.utils.logging.disable_progress_bar()  # one bar per shard per model is noise in a training log
+# one bar per shard per model is noise in a training log
+transformers.utils.logging.disable_progress_bar()
 log = logging.getLogger(__name__)
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-# The beaver configs have said both over time (safe-rlhf renamed the class); same weights, same forward.
+# The beaver configs have said both over time (safe-rlhf renamed the class); same weights, same
+# forward.
 SCORE_ARCHITECTURES = ("LlamaModelForScore", "LlamaForScore")
 
 
-# ----------------------------------------------------------------------------- devices and loading helpers
+# --------------------------------------------------------------------- devices and loading helpers
 
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -56,17 +62,19 @@ def _dtype(dtype, device) -> torch.dtype:
 
 
 def _from_hub(loader, name_or_path, what, **kwargs):
-    """Call loader(name_or_path, **kwargs); a missing local folder or a hub miss becomes one clear sentence."""
+    """Call loader(name_or_path, **kwargs); a missing local folder or a hub miss becomes one clear
+    sentence."""
     name_or_path = str(name_or_path)
     try:
         return loader(name_or_path, **kwargs)
-    except OSError as err:  # transformers raises OSError for offline, unknown repo id and malformed path alike
+    except OSError as err:
+        # transformers raises OSError for offline, unknown repo id and malformed path alike
         if os.path.isdir(name_or_path):
             raise  # a real folder with a broken file: the original message is the useful one
         log.debug("loading %s failed: %s", name_or_path, err)
         raise FileNotFoundError(
-            f"The {what} '{name_or_path}' is not a local folder and could not be downloaded from the Hugging Face "
-            "Hub (offline?); download it first or pass a local path.") from None
+            f"The {what} '{name_or_path}' is not a local folder and could not be downloaded from "
+            "the Hugging Face Hub (offline?); download it first or pass a local path.") from None
 
 
 def _load_backbone(name_or_path, dtype):
@@ -82,17 +90,20 @@ def _load_backbone(name_or_path, dtype):
 
 
 def enable_checkpointing(model):
-    # Non-reentrant, so torch.autograd.grad over a subset of parameters (GAPO's last-layer gradients) works.
+    # Non-reentrant, so torch.autograd.grad over a subset of parameters (GAPO's last-layer
+    # gradients) works.
     kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):  # newer transformers renamed it; the old name warns
+    # newer transformers renamed it; the old name warns
+    if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _autocast_forward(compute_dtype):
-    """A forward method that runs the class's forward under autocast(compute_dtype). A function bound with
-    MethodType (not a closure over the model), so copy.deepcopy rebinds it to the copy."""
+    """A forward method that runs the class's forward under autocast(compute_dtype). A function
+    bound with MethodType (not a closure over the model), so copy.deepcopy rebinds it to the
+    copy."""
 
     def forward(self, *args, **kwargs):
         device_type = next(self.parameters()).device.type
@@ -103,17 +114,20 @@ def _autocast_forward(compute_dtype):
 
 
 def master_weights(model, compute_dtype):
-    """Keep `model`'s weights in float32 and compute in `compute_dtype` (bf16): mixed precision with fp32
-    master weights. AdamW then updates float32 numbers; updating bf16 weights in place rounds a 1e-6 step
-    away (bf16 keeps 8 bits of mantissa: a step smaller than |w| / 256 is lost; docs/decisions.md).
-    Every forward runs under torch.autocast, so matmuls read bf16 copies; FSDP2 (distributed.shard_model)
-    all-gathers bf16 directly (MixedPrecisionPolicy) and reduces gradients in float32.
-    Sets `model.compute_dtype`, which distributed.shard_model reads. No-op for float32. Returns the model."""
+    """Keep `model`'s weights in float32 and compute in `compute_dtype` (bf16): mixed precision with
+    fp32 master weights. AdamW then updates float32 numbers; updating bf16 weights in place rounds a
+    1e-6 step away (bf16 keeps 8 bits of mantissa: a step smaller than |w| / 256 is lost;
+    docs/decisions.md). Every forward runs under torch.autocast, so matmuls read bf16 copies; FSDP2
+    (distributed.shard_model) all-gathers bf16 directly (MixedPrecisionPolicy) and reduces gradients
+    in float32.
+    Sets `model.compute_dtype`, which distributed.shard_model reads. No-op for float32. Returns the
+    model."""
     if compute_dtype == torch.float32:
         return model
     model.float()
     forward = _autocast_forward(compute_dtype)
-    # HF generate inspects the forward's signature (logits_to_keep, cache arguments): keep the class's one.
+    # HF generate inspects the forward's signature (logits_to_keep, cache arguments): keep the
+    # class's one.
     forward.__signature__ = inspect.signature(type(model).forward)
     model.forward = types.MethodType(forward, model)
     model.compute_dtype = compute_dtype
@@ -121,8 +135,10 @@ def master_weights(model, compute_dtype):
 
 
 def _peft(fn, *args, **kwargs):
-    with warnings.catch_warnings():  # peft still reads the deprecated is_gradient_checkpointing: noise only
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    # peft still reads the deprecated is_gradient_checkpointing: noise only
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
+                                category=FutureWarning)
         return fn(*args, **kwargs)
 
 
@@ -136,9 +152,10 @@ def add_lora(model, r, alpha, dropout, task_type):
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) 0/1 mask -> (B, T) positions counted over real tokens only (pads get 0), as generate() numbers
-    them. A plain forward numbers the pad tokens too: harmless up to rounding for RoPE models (relative), wrong
-    for models with absolute positions. Pass these to every forward on left-padded batches."""
+    """(B, T) 0/1 mask -> (B, T) positions counted over real tokens only (pads get 0), as generate()
+    numbers them. A plain forward numbers the pad tokens too: harmless up to rounding for RoPE
+    models (relative), wrong for models with absolute positions. Pass these to every forward on
+    left-padded batches."""
     assert attention_mask.dim() == 2, attention_mask.shape
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
@@ -151,27 +168,31 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask.long()).argmax(-1)
 
 
-# ----------------------------------------------------------------------------- tokenizer, policy, reference
+# --------------------------------------------------------------------- tokenizer, policy, reference
 
 def load_tokenizer(name_or_path, padding_side="left"):
-    """Left padding for policy prompts (generation appends on the right); right padding for scorers."""
+    """Left padding for policy prompts (generation appends on the right); right padding for
+    scorers."""
     tok = _from_hub(AutoTokenizer.from_pretrained, name_or_path, "tokenizer")
     if tok.pad_token is None:
-        # Reuse an existing token so the embedding matrix keeps its shape; unk first, because eos as pad
-        # would make "last non-pad token" rules (AutoModelForSequenceClassification) skip a real eos.
+        # Reuse an existing token so the embedding matrix keeps its shape; unk first, because eos as
+        # pad would make "last non-pad token" rules (AutoModelForSequenceClassification) skip a real
+        # eos.
         if tok.unk_token is not None:
             tok.pad_token = tok.unk_token
         elif tok.eos_token is not None:
             tok.pad_token = tok.eos_token
         else:
-            raise ValueError(f"The tokenizer '{name_or_path}' has no pad, unk or eos token; add a pad token to it.")
+            raise ValueError(f"The tokenizer '{name_or_path}' has no pad, unk or eos token; "
+                             "add a pad token to it.")
     tok.padding_side = padding_side
     return tok
 
 
 def _weights_dtype(compute_dtype, lora_r, master):
-    """Full fine-tuning in bf16 loads float32 master weights (see master_weights); LoRA keeps the frozen base in
-    the compute dtype (peft already keeps the adapters in float32), and so does evaluation (master=False)."""
+    """Full fine-tuning in bf16 loads float32 master weights (see master_weights); LoRA keeps the
+    frozen base in the compute dtype (peft already keeps the adapters in float32), and so does
+    evaluation (master=False)."""
     return torch.float32 if master and lora_r == 0 else compute_dtype
 
 
@@ -185,9 +206,9 @@ def load_policy(
     lora_dropout=0.0,
     master=True,
 ):
-    """Causal LM in train mode; a peft model with LoRA on q,k,v,o when lora_r > 0 (lora_alpha 0 = 2 r).
-    Full fine-tuning in bf16 gets float32 master weights and bf16 autocast (master_weights); master=False
-    loads plain `dtype` weights (evaluation)."""
+    """Causal LM in train mode; a peft model with LoRA on q,k,v,o when lora_r > 0
+    (lora_alpha 0 = 2 r). Full fine-tuning in bf16 gets float32 master weights and bf16 autocast
+    (master_weights); master=False loads plain `dtype` weights (evaluation)."""
     device = torch.device(device)
     compute = _dtype(dtype, device)
     model = _from_hub(
@@ -209,10 +230,11 @@ def load_policy(
 
 
 class AdapterDisabledReference(nn.Module):
-    """The frozen reference as a view of a LoRA policy: same base weights, adapter off, no gradients.
+    """The frozen reference as a view of a LoRA policy: same base weights, adapter off, no
+    gradients.
 
-    The policy is kept outside the module tree on purpose, so .eval() / .requires_grad_(False) / .parameters()
-    on the reference never touch the policy being trained.
+    The policy is kept outside the module tree on purpose, so .eval() / .requires_grad_(False) /
+    .parameters() on the reference never touch the policy being trained.
     """
 
     def __init__(self, policy):
@@ -240,7 +262,8 @@ class AdapterDisabledReference(nn.Module):
 
 
 def load_reference(name_or_path, device, dtype=None, policy=None):
-    """Frozen eval-mode reference π_ref (Eq. 1). With a peft policy: no second copy of the weights."""
+    """Frozen eval-mode reference π_ref (Eq. 1). With a peft policy: no second copy of the
+    weights."""
     if policy is not None and hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config"):
         return AdapterDisabledReference(policy)
     device = torch.device(device)
@@ -250,28 +273,30 @@ def load_reference(name_or_path, device, dtype=None, policy=None):
     return model.eval().requires_grad_(False)
 
 
-# ----------------------------------------------------------------------------- critic
+# --------------------------------------------------------------------- critic
 
 class Critic(nn.Module):
-    """V(s_t) per objective: policy backbone (no LM head) + Linear(hidden, K). One head per objective (GAE per objective).
+    """V(s_t) per objective: policy backbone (no LM head) + Linear(hidden, K). One head per
+    objective (GAE per objective).
 
-    The value head stays float32 (tiny; avoids bf16 rounding of values and GAE inputs). Zero-initialised, so
-    the first values are 0 and early advantages are just the returns.
+    The value head stays float32 (tiny; avoids bf16 rounding of values and GAE inputs).
+    Zero-initialised, so the first values are 0 and early advantages are just the returns.
     """
 
     def __init__(self, backbone, num_objectives, base_name=None):
         super().__init__()
         self.backbone = backbone
         hidden = backbone.config.get_text_config().hidden_size
-        self.value_head = nn.Linear(hidden, num_objectives, device=next(backbone.parameters()).device)
+        self.value_head = nn.Linear(hidden, num_objectives,
+                                    device=next(backbone.parameters()).device)
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
         self.num_objectives = num_objectives
         self.base_name = base_name  # where a LoRA backbone's base weights come from (for load)
 
     @classmethod
-    def from_policy(cls, name_or_path, num_objectives, device, dtype=None, gradient_checkpointing=False, lora_r=0,
-                    lora_alpha=0):
+    def from_policy(cls, name_or_path, num_objectives, device, dtype=None,
+                    gradient_checkpointing=False, lora_r=0, lora_alpha=0):
         """The policy's backbone + a zero value head; float32 master weights as load_policy's."""
         device = torch.device(device)
         compute = _dtype(dtype, device)
@@ -286,11 +311,15 @@ class Critic(nn.Module):
         return cls(backbone, num_objectives, base_name=str(name_or_path)).train()
 
     def forward(self, input_ids, attention_mask):
-        """(B, T) ids and mask -> (B, T, K) float32 values; positions from the mask, so left padding is safe."""
-        assert input_ids.shape == attention_mask.shape and input_ids.dim() == 2, (input_ids.shape, attention_mask.shape)
+        """(B, T) ids and mask -> (B, T, K) float32 values; positions from the mask, so left padding
+        is safe."""
+        assert input_ids.shape == attention_mask.shape and input_ids.dim() == 2, (
+            input_ids.shape, attention_mask.shape)
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                               position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
-        with torch.autocast(hidden.device.type, enabled=False):  # the head computes in float32 (see class doc)
+                               position_ids=position_ids_from_mask(attention_mask),
+                               use_cache=False).last_hidden_state
+        # the head computes in float32 (see class doc)
+        with torch.autocast(hidden.device.type, enabled=False):
             values = self.value_head(hidden.float())  # (B, T, K)
         assert values.shape == (*input_ids.shape, self.num_objectives), values.shape
         return values
@@ -299,11 +328,13 @@ class Critic(nn.Module):
         from safetensors.torch import save_file
         os.makedirs(path, exist_ok=True)
         self.backbone.save_pretrained(path)  # full backbone, or only the adapter for a LoRA critic
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()},
+        save_file({k: v.detach().cpu().contiguous()
+                   for k, v in self.value_head.state_dict().items()},
                   os.path.join(path, "value_head.safetensors"))
         lora = hasattr(self.backbone, "peft_config")
         with open(os.path.join(path, "critic.json"), "w") as f:
-            json.dump({"num_objectives": self.num_objectives, "lora": lora, "base": self.base_name}, f, indent=1)
+            json.dump({"num_objectives": self.num_objectives, "lora": lora, "base": self.base_name},
+                      f, indent=1)
 
     @classmethod
     def load(cls, path, device, dtype=None):
@@ -321,22 +352,25 @@ class Critic(nn.Module):
             base = _load_backbone(meta["base"], dtype)
             backbone = _peft(PeftModel.from_pretrained, base, path, is_trainable=True)
         else:  # float32 master weights, as saved (from_policy)
-            backbone = master_weights(AutoModel.from_pretrained(path, dtype=torch.float32).to(device), dtype)
+            backbone = master_weights(
+                AutoModel.from_pretrained(path, dtype=torch.float32).to(device), dtype)
         critic = cls(backbone.to(device), meta["num_objectives"], base_name=meta["base"])
         critic.value_head.load_state_dict(load_file(os.path.join(path, "value_head.safetensors")))
         return critic.to(device).train()
 
 
-# ----------------------------------------------------------------------------- score models
+# --------------------------------------------------------------------- score models
 
 class LlamaModelForScore(LlamaPreTrainedModel):
-    """The beaver score model: LlamaModel (`model.*`) + `score_head = Linear(hidden, score_dim, bias)`.
+    """The beaver score model: LlamaModel (`model.*`) +
+    `score_head = Linear(hidden, score_dim, bias)`.
 
-    forward(input_ids, attention_mask) -> end scores, score_head(h) at the last real token: (B,) when
-    score_dim == 1, (B, score_dim) otherwise. Positions come from the mask, so the score of a text does not
-    depend on the padding side or on the other texts in the batch.
+    forward(input_ids, attention_mask) -> end scores, score_head(h) at the last real token: (B,)
+    when score_dim == 1, (B, score_dim) otherwise. Positions come from the mask, so the score of a
+    text does not depend on the padding side or on the other texts in the batch.
     """
-    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^normalizer\."]  # training-time extras, not used
+    # training-time extras, not used
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^normalizer\."]
 
     def __init__(self, config):
         super().__init__(config)
@@ -352,15 +386,18 @@ class LlamaModelForScore(LlamaPreTrainedModel):
         assert input_ids.dim() == 2, input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        # (B, T, H)
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                            position_ids=position_ids_from_mask(attention_mask)).last_hidden_state  # (B, T, H)
-        end = hidden[torch.arange(input_ids.shape[0], device=hidden.device), last_token_index(attention_mask)]
+                            position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
+        end = hidden[torch.arange(input_ids.shape[0], device=hidden.device),
+                     last_token_index(attention_mask)]
         scores = self.score_head(end).float()  # (B, score_dim)
         return scores[:, 0] if self.config.score_dim == 1 else scores
 
 
 class SequenceClassifierScore(nn.Module):
-    """Wraps an AutoModelForSequenceClassification with one label so calling it returns (B,) like the beaver."""
+    """Wraps an AutoModelForSequenceClassification with one label so calling it returns (B,) like
+    the beaver."""
 
     def __init__(self, model):
         super().__init__()
@@ -371,7 +408,8 @@ class SequenceClassifierScore(nn.Module):
         return self.model.config
 
     def forward(self, input_ids, attention_mask=None, **kwargs):
-        # The HF head pools at the last token that is not pad_token_id (its own rule, padding-side robust).
+        # The HF head pools at the last token that is not pad_token_id (its own rule, padding-side
+        # robust).
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
 
 
@@ -380,7 +418,8 @@ def _is_score_config(config):
 
 
 def new_score_model(config) -> LlamaModelForScore:
-    """A fresh, randomly initialised LlamaModelForScore from a LlamaConfig or a dict of its fields."""
+    """A fresh, randomly initialised LlamaModelForScore from a LlamaConfig or a dict of its
+    fields."""
     if isinstance(config, dict):
         config = LlamaConfig(**{"score_dim": 1, "bias": False, **config})
     return LlamaModelForScore(config)
@@ -389,45 +428,54 @@ def new_score_model(config) -> LlamaModelForScore:
 def _check_head(info, name_or_path):
     missing = [k for k in info["missing_keys"] if "score" in k]
     if missing:
-        raise ValueError(f"'{name_or_path}' has no trained score head ({', '.join(sorted(missing))} missing); "
+        raise ValueError(f"'{name_or_path}' has no trained score head "
+                         f"({', '.join(sorted(missing))} missing); "
                          "pass a reward or cost model checkpoint, not a plain language model.")
     unused = [k for k in info["unexpected_keys"] if "score" in k]
-    if unused:  # e.g. score_head.bias in the weights while config.bias is false: scores would be off by it
-        raise ValueError(f"'{name_or_path}' holds {', '.join(sorted(unused))} that its config.json does not declare; "
+    # e.g. score_head.bias in the weights while config.bias is false: scores would be off by it
+    if unused:
+        raise ValueError(f"'{name_or_path}' holds {', '.join(sorted(unused))} that its config.json "
+                         "does not declare; "
                          "fix the config (score_dim / bias) to match the weights.")
 
 
 def load_score_model(name_or_path, device=None, dtype=None):
-    """-> (frozen score model returning (B,) end scores, tokenizer with right padding and a pad token)."""
+    """-> (frozen score model returning (B,) end scores, tokenizer with right padding and a pad
+    token)."""
     device = torch.device(device) if device is not None else pick_device()
     dtype = _dtype(dtype, device)
     config = _from_hub(AutoConfig.from_pretrained, name_or_path, "score model")
     tokenizer = load_tokenizer(name_or_path, padding_side="right")
     if _is_score_config(config):
-        model, info = LlamaModelForScore.from_pretrained(str(name_or_path), dtype=dtype, output_loading_info=True)
+        model, info = LlamaModelForScore.from_pretrained(str(name_or_path), dtype=dtype,
+                                                         output_loading_info=True)
         if getattr(config, "do_normalize", False):
-            log.warning("score model '%s' asks for normalised scores (do_normalize); raw scores are returned",
-                        name_or_path)
+            log.warning("score model '%s' asks for normalised scores (do_normalize); "
+                        "raw scores are returned", name_or_path)
     else:
         archs = config.architectures or []
         if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
-            raise ValueError(f"'{name_or_path}' is a {archs[0]}, not a reward or cost model; pass a beaver "
-                             "LlamaModelForScore checkpoint or an AutoModelForSequenceClassification with one label.")
+            raise ValueError(f"'{name_or_path}' is a {archs[0]}, not a reward or cost model; "
+                             "pass a beaver LlamaModelForScore checkpoint or an "
+                             "AutoModelForSequenceClassification with one label.")
         if config.num_labels != 1:
-            raise ValueError(f"The score model '{name_or_path}' has {config.num_labels} labels; pass a reward model "
-                             "with exactly one output (num_labels == 1) or a beaver LlamaModelForScore checkpoint.")
-        model, info = AutoModelForSequenceClassification.from_pretrained(str(name_or_path), dtype=dtype,
-                                                                         output_loading_info=True)
+            raise ValueError(f"The score model '{name_or_path}' has {config.num_labels} labels; "
+                             "pass a reward model with exactly one output (num_labels == 1) or a "
+                             "beaver LlamaModelForScore checkpoint.")
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            str(name_or_path), dtype=dtype, output_loading_info=True)
         if model.config.pad_token_id is None:
-            model.config.pad_token_id = tokenizer.pad_token_id  # HF's pooling refuses batches > 1 without it
+            # HF's pooling refuses batches > 1 without it
+            model.config.pad_token_id = tokenizer.pad_token_id
         if model.config.pad_token_id == tokenizer.eos_token_id:
-            log.warning("score model '%s' pads with its eos token: HF pools before a trailing eos", name_or_path)
+            log.warning("score model '%s' pads with its eos token: HF pools before a trailing eos",
+                        name_or_path)
         model = SequenceClassifierScore(model)
     _check_head(info, name_or_path)
     return model.to(device).eval().requires_grad_(False), tokenizer
 
 
-# ----------------------------------------------------------------------------- soups and memory
+# --------------------------------------------------------------------- soups and memory
 
 def interpolate_state_dicts(sd_a, sd_b, lam):
     """Rewarded Soups: lam * a + (1 - lam) * b per float tensor (computed in fp32, cast back to a's
@@ -440,8 +488,9 @@ def interpolate_state_dicts(sd_a, sd_b, lam):
     for k, a in sd_a.items():
         b = sd_b[k]
         if a.shape != b.shape:
-            raise ValueError(f"Parameter '{k}' has shape {tuple(a.shape)} in one state dict and {tuple(b.shape)} "
-                             "in the other; interpolate checkpoints of the same model.")
+            raise ValueError(f"Parameter '{k}' has shape {tuple(a.shape)} in one state dict and "
+                             f"{tuple(b.shape)} in the other; "
+                             "interpolate checkpoints of the same model.")
         if a.is_floating_point():
             out[k] = (lam * a.float() + (1.0 - lam) * b.to(a.device).float()).to(a.dtype)
         else:
@@ -450,8 +499,10 @@ def interpolate_state_dicts(sd_a, sd_b, lam):
 
 
 def param_count_from_config(config, head="causal_lm") -> int:
-    """Parameter count of a model built from `config` (or a hub id / folder) on the meta device: no memory.
-    head: "causal_lm" (policy/reference), "base" (critic backbone, + value head ignored), "score" (score model)."""
+    """Parameter count of a model built from `config` (or a hub id / folder) on the meta device:
+    no memory.
+    head: "causal_lm" (policy/reference), "base" (critic backbone, + value head ignored), "score"
+    (score model)."""
     if not isinstance(config, transformers.PretrainedConfig):
         config = _from_hub(AutoConfig.from_pretrained, config, "model config")
     with torch.device("meta"):

@@ -1,4 +1,5 @@
-"""Rollout: sample responses, then turn K scores into per-token rewards, values and GAE advantages.
+"""Rollout: sample responses, then turn K scores into per-token rewards, values and GAE
+advantages.
 
 Implements the paper's App. B.2 (Eqs. 10-14) for K objectives at once:
   1. sample y ~ pi_theta(. | x) for a batch of prompts (temperature, top_p, repetition penalty);
@@ -29,7 +30,8 @@ class Rollout:
     responses: list  # B decoded response strings (eos and padding removed)
     input_ids: torch.Tensor  # (B, T) left-padded prompt, then response, right-padded
     attention_mask: torch.Tensor  # (B, T) 1 on real prompt tokens and on response tokens up to eos
-    response_mask: torch.Tensor  # (B, R) float, 1 on response tokens up to and including the first eos
+    # (B, R) float, 1 on response tokens up to and including the first eos
+    response_mask: torch.Tensor
     logprobs: torch.Tensor  # (B, R) log pi_old(y_t), the policy that sampled
     ref_logprobs: torch.Tensor  # (B, R) log pi_ref(y_t)
     values: torch.Tensor  # (B, R, K) critic values V_i(s_t) before each response token
@@ -86,8 +88,10 @@ def generate(policy, tokenizer, prompt_texts, max_prompt_length, max_new_tokens,
     response_mask = response_mask_from_ids(response_ids, tokenizer.eos_token_id)
     attention_mask = torch.cat([prompt_mask, response_mask.long()], dim=1)  # (B, T)
     # Tokens after eos become pad so that no later forward ever reads them.
-    input_ids = torch.where(attention_mask.bool(), output, torch.full_like(output, tokenizer.pad_token_id))
-    assert input_ids.shape == attention_mask.shape and response_mask.shape == (len(prompt_texts), input_ids.shape[1] - P)
+    input_ids = torch.where(attention_mask.bool(), output,
+                            torch.full_like(output, tokenizer.pad_token_id))
+    assert (input_ids.shape == attention_mask.shape
+            and response_mask.shape == (len(prompt_texts), input_ids.shape[1] - P))
     return input_ids, attention_mask, response_mask, P
 
 
@@ -115,20 +119,23 @@ def decode_responses(tokenizer, input_ids, response_mask):
         ids = ids[mask.bool()].tolist()
         if ids and ids[-1] == tokenizer.eos_token_id:
             ids = ids[:-1]
-        texts.append(tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+        texts.append(tokenizer.decode(ids, skip_special_tokens=True,
+                                      clean_up_tokenization_spaces=False))
     return texts
 
 
 def response_logprobs(model, input_ids, attention_mask, R):
-    """log pi(y_t | x, y_<t) for the last R tokens: (B, R) float32. Differentiable when grads are on.
+    """log pi(y_t | x, y_<t) for the last R tokens: (B, R) float32. Differentiable when grads are
+    on.
 
     Positions come from the attention mask so left padding does not shift them (HF computes them
     the same way inside generate). Only the R logit rows that predict response tokens are
-    normalised, which keeps the (B, R, V) float32 tensor as small as it can be; the LM head itself only runs on
-    the last R + 1 positions (`logits_to_keep`), not on the prompt's."""
+    normalised, which keeps the (B, R, V) float32 tensor as small as it can be; the LM head itself
+    only runs on the last R + 1 positions (`logits_to_keep`), not on the prompt's."""
     position_ids = position_ids_from_mask(attention_mask)
+    # (B, R + 1, V): positions T - R - 1 .. T - 1
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   use_cache=False, logits_to_keep=R + 1).logits  # (B, R + 1, V): positions T - R - 1 .. T - 1
+                   use_cache=False, logits_to_keep=R + 1).logits
     logits = logits[:, :-1].float()  # (B, R, V): row P + t - 1 predicts token P + t
     targets = input_ids[:, -R:]  # (B, R)
     logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -137,7 +144,8 @@ def response_logprobs(model, input_ids, attention_mask, R):
 
 
 def response_values(critic, input_ids, attention_mask, R):
-    """V_i(s_t) for each response token: (B, R, K), read at the index before the token (as logits)."""
+    """V_i(s_t) for each response token: (B, R, K), read at the index before the token (as
+    logits)."""
     values = critic(input_ids=input_ids, attention_mask=attention_mask)  # (B, T, K)
     return values[:, -R - 1:-1].float()
 
@@ -145,9 +153,10 @@ def response_values(critic, input_ids, attention_mask, R):
 def kl_shaped_rewards(scores, logprobs, ref_logprobs, response_mask, kl_coef, clip_score):
     """Eq. 14 per objective: r_i,t = -beta (log pi - log pi_ref) + clip(score_i) at the last token.
 
-    Decision (docs/decisions.md, "KL sign"): the KL penalty enters EVERY objective with the same, negative sign;
-    the paper's flipped sign on the harmlessness channel is a typo that would reward drifting away
-    from the reference. scores (B, K), logprobs / ref_logprobs / response_mask (B, R) -> (B, R, K).
+    Decision (docs/decisions.md, "KL sign"): the KL penalty enters EVERY objective with the same,
+    negative sign; the paper's flipped sign on the harmlessness channel is a typo that would reward
+    drifting away from the reference. scores (B, K), logprobs / ref_logprobs / response_mask (B, R)
+    -> (B, R, K).
     """
     B, K = scores.shape
     assert logprobs.shape == ref_logprobs.shape == response_mask.shape and logprobs.shape[0] == B
@@ -159,8 +168,9 @@ def kl_shaped_rewards(scores, logprobs, ref_logprobs, response_mask, kl_coef, cl
 
 
 def gae(rewards, values, response_mask, gamma, lam):
-    """Generalised advantage estimation per objective (gamma = 1, lambda = 0.95 by default, docs/decisions.md
-    section 2). rewards / values (B, R, K), mask (B, R) -> advantages, returns (B, R, K).
+    """Generalised advantage estimation per objective (gamma = 1, lambda = 0.95 by default,
+    docs/decisions.md section 2). rewards / values (B, R, K), mask (B, R) -> advantages, returns
+    (B, R, K).
 
     delta_t = r_t + gamma V_{t+1} - V_t with V = 0 after the last response token;
     A_t = delta_t + gamma lambda A_{t+1}. Masked positions get advantage 0."""
@@ -181,7 +191,8 @@ def gae(rewards, values, response_mask, gamma, lam):
 
 
 def whiten(x, mask, eps=1e-8):
-    """Zero mean, unit variance over the masked tokens, per last-dim channel. x (B, R, M), mask (B, R)."""
+    """Zero mean, unit variance over the masked tokens, per last-dim channel.
+    x (B, R, M), mask (B, R)."""
     m = mask.unsqueeze(-1)
     count = m.sum()
     mean = (x * m).sum(dim=(0, 1)) / count  # (M,)
