@@ -46,7 +46,7 @@ LOCK = ".lock"  # in the run folder: held (flock) by the one process driving the
 # What train.py writes in a run folder; only these and no checkpoint: a failed start.
 RUN_FILES = {"train_config.json", "log.jsonl", "checkpoint", "checkpoint.tmp", "checkpoint.old",
              LOCK}
-DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?$")
+DEVICES = re.compile(r"(auto|cpu|cuda(:\d+)?)$")  # match() anchors the start
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -417,7 +417,9 @@ def batch_indices(cfg, n_prompts, position):
     batches)."""
     start = position * cfg.batch_size
     epoch = start // n_prompts
-    order = np.concatenate([np.random.default_rng(cfg.seed + epoch + i).permutation(n_prompts)
+    # Seeded by the pair (seed, epoch): seed + epoch would give seed s at epoch e + 1 the order of
+    # seed s + 1 at epoch e, so the seeds of a study would not be independent.
+    order = np.concatenate([np.random.default_rng((cfg.seed, epoch + i)).permutation(n_prompts)
                             for i in (0, 1)])
     offset = start % n_prompts
     return order[offset:offset + cfg.batch_size].tolist()

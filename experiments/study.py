@@ -72,7 +72,8 @@ def changed_settings(run_dir, train_argv):
     changed): such a run is stale and is trained again. Model paths and bookkeeping fields are not compared."""
     with open(os.path.join(run_dir, "train_config.json")) as f:
         saved = json.load(f)
-    wanted = dataclasses.asdict(runs.parse_config(train.Config, train.PRESETS, train_argv))
+    wanted = dataclasses.asdict(runs.parse_config(train.Config, train.PRESETS, train_argv,
+                                                      lora_lr=train.LORA_LR))
     skip = {"policy", "reward_model", "cost_model", "out_dir", "resume", "overwrite", "iterations", "save_every",
             "stop_after", "device", "num_threads"}
     return [f"{k} {saved[k]} -> {v}" for k, v in wanted.items() if k not in skip and k in saved and saved[k] != v]

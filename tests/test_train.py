@@ -374,3 +374,17 @@ def test_nan_before_any_checkpoint_does_not_claim_one(tiny_toyworld, tmp_path, m
         run(["--method", "ppo-h"], tiny_toyworld, tmp_path / "run")
     assert "is not finite; no checkpoint was saved yet" in str(stop.value)
     assert "kept" not in str(stop.value)
+
+
+def test_batch_orders_of_different_seeds_are_not_shifted_copies():
+    """Seed s at epoch e + 1 must not replay seed s + 1 at epoch e (a study's seeds are independent;
+    seeding by seed + epoch did exactly that), and the order is a deterministic function of
+    (seed, position), which resume relies on."""
+    n, B = 64, 32  # two batches per pass over the prompts: position p + 2 is one epoch later
+    cfg = {seed: runs.parse_config(train.Config, train.PRESETS, ["--seed", str(seed)])
+           for seed in range(3)}
+    orders = {seed: [runs.batch_indices(cfg[seed], n, p) for p in range(6)] for seed in range(3)}
+    assert orders[0][3] == runs.batch_indices(cfg[0], n, 3)  # deterministic
+    assert sorted(orders[0][0] + orders[0][1]) == list(range(n))  # the first pass covers every prompt
+    shifted = [orders[s][p + 2] == orders[s + 1][p] for s in (0, 1) for p in range(4)]
+    assert not any(shifted), shifted
