@@ -25,7 +25,6 @@ import logging
 import os
 import types
 import warnings
-from dataclasses import dataclass
 
 import torch
 import transformers
@@ -280,7 +279,8 @@ class Critic(nn.Module):
     objective (GAE per objective).
 
     The value head stays float32 (tiny; avoids bf16 rounding of values and GAE inputs).
-    Zero-initialised, so the first values are 0 and early advantages are just the returns.
+    Zero-initialised here; train.py then sets each head's bias to the first rollout's mean
+    return, so values start on the score scale (docs/decisions.md, "The update").
     """
 
     def __init__(self, backbone, num_objectives, base_name=None):
@@ -337,7 +337,7 @@ class Critic(nn.Module):
                       f, indent=1)
 
     @classmethod
-    def load(cls, path, device, dtype=None):
+    def load(cls, path, device, dtype=None, gradient_checkpointing=False):
         from safetensors.torch import load_file
         meta_file = os.path.join(str(path), "critic.json")
         if not os.path.isfile(meta_file):
@@ -354,6 +354,8 @@ class Critic(nn.Module):
         else:  # float32 master weights, as saved (from_policy)
             backbone = master_weights(
                 AutoModel.from_pretrained(path, dtype=torch.float32).to(device), dtype)
+        if gradient_checkpointing:  # as from_policy: a resumed critic keeps the memory plan's shape
+            enable_checkpointing(backbone)
         critic = cls(backbone.to(device), meta["num_objectives"], base_name=meta["base"])
         critic.value_head.load_state_dict(load_file(os.path.join(path, "value_head.safetensors")))
         return critic.to(device).train()
@@ -475,7 +477,7 @@ def load_score_model(name_or_path, device=None, dtype=None):
     return model.to(device).eval().requires_grad_(False), tokenizer
 
 
-# --------------------------------------------------------------------- soups and memory
+# --------------------------------------------------------------------- soups and sizes
 
 def interpolate_state_dicts(sd_a, sd_b, lam):
     """Rewarded Soups: lam * a + (1 - lam) * b per float tensor (computed in fp32, cast back to a's

@@ -8,7 +8,7 @@ Implements the paper's App. B.2 (Eqs. 10-14) for K objectives at once:
   4. per-token reward of objective i (Eq. 14, with the KL sign of docs/decisions.md):
         r_i,t = -beta (log pi_theta(y_t) - log pi_ref(y_t)) + clip(score_i) * [t = last token]
   5. GAE per objective (gamma, lambda_GAE), returns = advantages + values;
-  6. whitening per objective, done later by gapo.py because morlhf whitens the combination instead.
+  6. (ablation only, --whiten_advantages) whitening, done later by gapo.py: advantages stay raw.
 
 Shapes: B prompts, P prompt tokens (left padded), R response tokens (right padded), T = P + R,
 V vocab, K objectives. Position t of a response token y_t sits at sequence index P + t; the logits
@@ -169,7 +169,7 @@ def kl_shaped_rewards(scores, logprobs, ref_logprobs, response_mask, kl_coef, cl
 
 def gae(rewards, values, response_mask, gamma, lam):
     """Generalised advantage estimation per objective (gamma = 1, lambda = 0.95 by default,
-    docs/decisions.md section 2). rewards / values (B, R, K), mask (B, R) -> advantages, returns
+    docs/decisions.md, "GAE"). rewards / values (B, R, K), mask (B, R) -> advantages, returns
     (B, R, K).
 
     delta_t = r_t + gamma V_{t+1} - V_t with V = 0 after the last response token;

@@ -15,7 +15,8 @@ that train.py reads top to bottom as the method:
   saved).
 - `resolve_models` / `prompt_pool`: the built-in toy world fills any model or prompt path left
   empty.
-- `log_record` helpers: log.jsonl (one JSON line per iteration) and the one-line terminal summary.
+- `read_log` / `append_log` / `format_log_line` / `summary`: log.jsonl (one JSON line per
+  iteration), the one-line terminal record, and the start-to-end summary with the next command.
 
 Run: nothing to run; `python -m pytest -q tests/test_train.py` exercises it through train.py.
 Left out on purpose: experiment trackers (log.jsonl is plain JSON lines), multi-node file systems.

@@ -205,22 +205,25 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
                 gapo.update_lagrange_multiplier(state, distributed.all_gather_rows(new).tolist(),
                                                 cfg.cost_threshold, cfg.lambda_lr, cfg.lambda_max,
                                                 cfg.lambda_window)
-            # Recomputed per step on the whole rollout (cheap): safe-rlhf's lambda moves every step.
-            advantages = gapo.method_advantages(
-                cfg.method, rollout.advantages.cpu(), rollout.response_mask.cpu(), pref, state,
-                cfg.whiten_advantages).to(device)  # (B, R, M)
+            # Once per update, and again at every step for safe-rlhf, whose lambda moves each step.
+            if epoch == 0 and start == 0 or cfg.method == "safe-rlhf":
+                advantages = gapo.method_advantages(
+                    cfg.method, rollout.advantages.cpu(), rollout.response_mask.cpu(), pref, state,
+                    cfg.whiten_advantages).to(device)  # (B, R, M)
             # Actor: K losses from one forward pass, the method's weights, one weighted backward.
             logprobs = response_logprobs(policy, ids, mask, R)
             losses, info = gapo.ppo_losses(logprobs, rollout.logprobs[idx], advantages[idx], rmask,
                                            cfg.clip_eps)
-            if not torch.isfinite(losses).all():
-                bad = int((~torch.isfinite(losses)).nonzero()[0])
+            # (M,) ranks whose loss is not finite: under torchrun every rank stops together
+            nonfinite = distributed.all_reduce_sum((~torch.isfinite(losses)).float())
+            if nonfinite.any():
+                bad = int(nonfinite.nonzero()[0])
                 raise FloatingPointError(f"iteration {iteration}: the PPO loss of objective {bad} "
                                          f"is not finite")
             try:
                 weights, wlog = weigh(cfg.method, losses, mgda_params, cfg.p, pref,
-                                                  reduce_grads=distributed.global_gradients,
-                                                  weight_scale=cfg.weight_scale)
+                                      reduce_grads=distributed.global_gradients,
+                                      weight_scale=cfg.weight_scale)
             except FloatingPointError as err:
                 raise FloatingPointError(f"iteration {iteration}: {err}") from None
             info.update(wlog)
@@ -294,7 +297,8 @@ def train(argv, make_weigh):
         reference = load_reference(cfg.policy, device, dtype, policy=policy)
         if resume_from:
             runs.load_policy_weights(policy, os.path.join(resume_from, "policy"))
-            critic = Critic.load(os.path.join(resume_from, "critic"), device, dtype)
+            critic = Critic.load(os.path.join(resume_from, "critic"), device, dtype,
+                                 cfg.gradient_checkpointing)
         else:
             critic = Critic.from_policy(cfg.policy, len(OBJECTIVES), device, dtype,
                                         cfg.gradient_checkpointing, cfg.lora_r, cfg.lora_alpha)

@@ -158,9 +158,11 @@ def claim_rows(table, lambdas):
                 differences(per_seed(table, f"gapo p={p}", "avg"), per_seed(table, "mgda", "avg")))
     balanced = [(f"pgapo λ_h={lam}", f"morlhf λ_h={lam}") for lam in ("0.4", "0.6")]
     if all(a in table and b in table for a, b in balanced):
-        per_lam = [dict(zip(sorted(set(table[a]) & set(table[b])),
-                            differences(per_seed(table, a, "avg"), per_seed(table, b, "avg"))))
-                   for a, b in balanced]
+        per_lam = []
+        for a, b in balanced:  # {seed: difference}, only where both runs have a value
+            va, vb = per_seed(table, a, "avg"), per_seed(table, b, "avg")
+            per_lam.append({s: va[s] - vb[s] for s in set(va) & set(vb)
+                            if va[s] is not None and vb[s] is not None})
         seeds = sorted(set(per_lam[0]) & set(per_lam[1]))
         add("P-GAPO is above MORLHF at a balanced preference", "pgapo λ_h=0.4,0.6",
             "morlhf λ_h=0.4,0.6", "avg", [(per_lam[0][s] + per_lam[1][s]) / 2 for s in seeds])

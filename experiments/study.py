@@ -196,6 +196,8 @@ def alpha_probe(train_argv):
         log_path = os.path.join(out_dir, "log.jsonl")  # already cut to the checkpoint's iterations
         done = sum(1 for line in open(log_path) if line.strip()) if os.path.isfile(log_path) else 0
         calls = [done * per_iteration]
+        if done == 0 and os.path.isfile(path):  # a fresh start (train.py has checked the folder)
+            os.remove(path)
 
         def weigh(method, losses, params, p, preference, **kwargs):
             iteration, minibatch = divmod(calls[0], per_iteration)
@@ -210,8 +212,6 @@ def alpha_probe(train_argv):
             return gapo.loss_weights(method, losses, params, p, preference, **kwargs)
         return weigh
 
-    if not cfg.resume and os.path.isfile(path):
-        os.remove(path)
     train.main(train_argv, make_weigh=make_weigh)
 
 

@@ -27,7 +27,6 @@ import contextlib
 import math
 import os
 import sys
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -115,12 +114,16 @@ def barrier():
 
 @contextlib.contextmanager
 def main_first():
-    """Rank 0 runs the block first (builds the toy world, fills the download cache), then the others."""
+    """Rank 0 runs the block first (builds the toy world, fills the download cache), then the others.
+    If rank 0 fails inside, it still releases the others (who then fail on their own, in one line,
+    rather than wait in the barrier until the collective timeout)."""
     if not is_main():
         barrier()
-    yield
-    if is_main():
-        barrier()
+    try:
+        yield
+    finally:
+        if is_main():
+            barrier()
 
 
 def broadcast_object(obj):

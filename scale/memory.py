@@ -107,7 +107,8 @@ def activation_and_cache_bytes(config, batch, seq_len, dtype, checkpointing, res
                   = B * T * bytes * L * A         without
       logits      = B * V * (T * bytes + 3 * R * 4)  (bf16 logits for all T; float32 log-softmax of the R
                                                       response rows, kept, plus its input and output grads)
-    A back-of-the-envelope figure (good to ~20%), not an allocator trace: bench.py prints both to compare.
+    A back-of-the-envelope figure (good to ~20%), not an allocator trace: `python -m benchmarks.bench`
+    prints both to compare.
     """
     bytes_ = torch.tensor([], dtype=dtype).element_size()
     L, h, i, V = config.num_hidden_layers, config.hidden_size, config.intermediate_size, config.vocab_size
