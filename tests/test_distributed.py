@@ -199,6 +199,25 @@ def worker(out_dir):
             for a, b in zip(opt.state.values(), fresh.state.values())]
     out["optimizer_round_trip"] = bool(same) and all(same)
     out["gathered_sizes"] = distributed.all_gather_rows(torch.full((2, 3), float(rank))).shape[0]
+
+    # Sharded loading: the policy saved above, read by rank 0 only, comes back sharded, the last
+    # block whole, float32 masters and the rotary buffers filled; gathered, it equals the file.
+    import model as model_lib
+    saved = os.path.join(out_dir, "policy")
+    loaded = distributed.load_sharded(
+        lambda d: model_lib.load_policy(saved, d, "bfloat16"), torch.device("cpu"),
+        distributed.policy_sharder(lambda m: gapo.mgda_parameters(m, "last_block")))
+    out["loaded_sharded"] = sum(isinstance(q, DTensor) for q in loaded.parameters())
+    out["loaded_whole"] = sum(not isinstance(q, DTensor) for q in loaded.parameters())
+    with distributed.full_parameters(loaded):
+        if rank == 0:
+            from safetensors.torch import load_file
+            file = load_file(os.path.join(saved, "model.safetensors"))
+            mine = loaded.state_dict()
+            out["loaded_equal"] = sorted(file) == sorted(mine) and all(
+                torch.equal(file[k], mine[k]) for k in file)
+            out["loaded_dtypes"] = sorted({str(v.dtype) for v in mine.values()})
+    out["rotary"] = [float(b.float().sum()) for n, b in loaded.named_buffers() if "inv_freq" in n]
     if rank == 0:
         with open(os.path.join(out_dir, "rank0.json"), "w") as f:
             json.dump(out, f)
@@ -260,6 +279,15 @@ def test_fsdp2_step_with_whole_last_block_equals_one_process_step(two_ranks):
 def test_optimizer_state_round_trip_and_gather(two_ranks):
     ranks, _ = two_ranks
     assert ranks["optimizer_round_trip"] and ranks["gathered_sizes"] == 4
+
+
+def test_sharded_loading_gathers_back_to_the_checkpoint_exactly(two_ranks):
+    ranks, _ = two_ranks
+    assert ranks["loaded_sharded"] > 0 and ranks["loaded_whole"] == 9  # the last block whole
+    assert ranks["loaded_equal"] and ranks["loaded_dtypes"] == ["torch.float32"]  # masters
+    expected = [float(b.float().sum()) for n, b in make_tiny_mistral(VOCAB).named_buffers()
+                if "inv_freq" in n]
+    assert ranks["rotary"] == expected and expected  # recomputed by rank 0, not to_empty's garbage
 
 
 def test_torchrun_train_and_resume_match_an_uninterrupted_run(tiny_toyworld, tmp_path):
