@@ -298,8 +298,10 @@ def train(argv, make_weigh):
             runs.write_config(cfg)  # with the resolved model paths, for evaluate.py
         dtype = None if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
         if device.type == "cuda":  # refuse a plan that cannot fit before loading anything
+            host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
             memory.check_memory(cfg, torch.cuda.get_device_properties(device).total_memory, world,
-                                     dtype or torch.bfloat16)
+                                dtype or torch.bfloat16, host_bytes=host,
+                                local_world=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
 
         # The models: policy, frozen reference, critic (K value heads), reward and cost scorers.
         tokenizer = load_tokenizer(cfg.policy, padding_side="left")

@@ -110,6 +110,30 @@ def test_plan_counts_float32_master_weights_and_the_kept_block():
     assert two > (one - extra) / 2 + 16 * memory.block_param_count(c) / 2
 
 
+def test_load_peak_by_hand_and_for_the_paper():
+    """Sharded loading: shards + the whole last block + the float32 embedding in flight per
+    GPU, one float32 policy on rank 0's host; whole loads: every model per GPU, one model per
+    rank on the host."""
+    from transformers import MistralConfig
+    c = MistralConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+    counts = {"policy": 1000, "critic": 900, "reward": 500, "cost": 500}
+    gpu, host = memory.load_bytes(c, counts, torch.bfloat16, 2, 0)
+    weights = 4 * (1000 + 900) + 2 * (1000 + 500 + 500)
+    assert gpu == int(weights / 2 + 4 * memory.block_param_count(c) / 2 + 4 * 100 * 64)
+    assert host == 4 * 1000
+    assert memory.load_bytes(c, counts, torch.bfloat16, 1, 0) == (weights, 4 * 1000)
+    lora = memory.load_bytes(c, counts, torch.bfloat16, 4, 2, local_world=2)
+    adapter = 4 * memory.lora_param_count(c, 2)
+    assert lora == (2 * (1000 + 900 + 500 + 500) + 2 * adapter, 2 * (2 * 1000 + adapter))
+    from model import param_count_from_config
+    m = mistral_7b()
+    n = param_count_from_config(m, "causal_lm")
+    paper = {"policy": n, "critic": param_count_from_config(m, "base"), "reward": n, "cost": n}
+    gpu, host = memory.load_bytes(m, paper, torch.bfloat16, 8, 0)
+    assert 12 * 2**30 < gpu < 14 * 2**30 and 26 * 2**30 < host < 28 * 2**30  # was ~94 GiB per GPU
+
+
 # ----------------------------------------------------------------------------- shared by ranks and the reference
 
 def make_batch(policy):
