@@ -18,6 +18,7 @@ Left out on purpose: multi-GPU sharding (scale/distributed.py does it), DeepSpee
 value-head normalisers, and the beaver score models' training-time `normalizer` buffers (ignored on
 load: the published v1.0 scores are raw).
 """
+import contextlib
 import copy
 import inspect
 import json
@@ -60,12 +61,41 @@ def _dtype(dtype, device) -> torch.dtype:
     return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
+_META = {"on": False}  # set by meta_loading
+
+
+@contextlib.contextmanager
+def meta_loading():
+    """Inside the block the loaders below build their model with every parameter and buffer on
+    the meta device (from_pretrained's device_map="meta": same config, classes, head checks and
+    dtype handling, no memory) and leave it there (`_place` skips the move). Sharded loading uses
+    it on every rank (scale.distributed.load_sharded): FSDP shards the empty model, then rank 0's
+    weights are broadcast into the shards."""
+    _META["on"] = True
+    try:
+        yield
+    finally:
+        _META["on"] = False
+
+
+def _pretrained(loader, name_or_path, **kwargs):
+    """loader(name_or_path, **kwargs), on the meta device inside meta_loading."""
+    if _META["on"]:
+        kwargs["device_map"] = "meta"
+    return loader(str(name_or_path), **kwargs)
+
+
+def _place(module, device):
+    """module.to(device), except for a meta model (meta_loading), which stays empty."""
+    return module if _META["on"] else module.to(device)
+
+
 def _from_hub(loader, name_or_path, what, **kwargs):
     """Call loader(name_or_path, **kwargs); a missing local folder or a hub miss becomes one clear
     sentence."""
     name_or_path = str(name_or_path)
     try:
-        return loader(name_or_path, **kwargs)
+        return _pretrained(loader, name_or_path, **kwargs)
     except OSError as err:
         # transformers raises OSError for offline, unknown repo id and malformed path alike
         if os.path.isdir(name_or_path):
@@ -215,7 +245,8 @@ def load_policy(
         name_or_path,
         "policy model",
         dtype=_weights_dtype(compute, lora_r, master),
-    ).to(device)
+    )
+    model = _place(model, device)
     model.config.use_cache = (
         False  # training forwards; rollout passes use_cache=True to generate explicitly
     )
@@ -266,8 +297,8 @@ def load_reference(name_or_path, device, dtype=None, policy=None):
     if policy is not None and hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config"):
         return AdapterDisabledReference(policy)
     device = torch.device(device)
-    model = _from_hub(AutoModelForCausalLM.from_pretrained, name_or_path, "reference model",
-                      dtype=_dtype(dtype, device)).to(device)
+    model = _place(_from_hub(AutoModelForCausalLM.from_pretrained, name_or_path,
+                             "reference model", dtype=_dtype(dtype, device)), device)
     model.config.use_cache = False
     return model.eval().requires_grad_(False)
 
@@ -300,7 +331,8 @@ class Critic(nn.Module):
         """The policy's backbone + a zero value head; float32 master weights as load_policy's."""
         device = torch.device(device)
         compute = _dtype(dtype, device)
-        backbone = _load_backbone(name_or_path, _weights_dtype(compute, lora_r, True)).to(device)
+        backbone = _place(_load_backbone(name_or_path, _weights_dtype(compute, lora_r, True)),
+                          device)
         backbone.config.use_cache = False
         if gradient_checkpointing:
             enable_checkpointing(backbone)
@@ -353,12 +385,15 @@ class Critic(nn.Module):
             backbone = _peft(PeftModel.from_pretrained, base, path, is_trainable=True)
         else:  # float32 master weights, as saved (from_policy)
             backbone = master_weights(
-                AutoModel.from_pretrained(path, dtype=torch.float32).to(device), dtype)
+                _place(_pretrained(AutoModel.from_pretrained, path, dtype=torch.float32), device),
+                dtype)
         if gradient_checkpointing:  # as from_policy: a resumed critic keeps the memory plan's shape
             enable_checkpointing(backbone)
-        critic = cls(backbone.to(device), meta["num_objectives"], base_name=meta["base"])
-        critic.value_head.load_state_dict(load_file(os.path.join(path, "value_head.safetensors")))
-        return critic.to(device).train()
+        critic = cls(_place(backbone, device), meta["num_objectives"], base_name=meta["base"])
+        if not _META["on"]:  # a meta critic gets its head from rank 0 (load_sharded)
+            critic.value_head.load_state_dict(
+                load_file(os.path.join(path, "value_head.safetensors")))
+        return _place(critic, device).train()
 
 
 # --------------------------------------------------------------------- score models
@@ -449,8 +484,8 @@ def load_score_model(name_or_path, device=None, dtype=None):
     config = _from_hub(AutoConfig.from_pretrained, name_or_path, "score model")
     tokenizer = load_tokenizer(name_or_path, padding_side="right")
     if _is_score_config(config):
-        model, info = LlamaModelForScore.from_pretrained(str(name_or_path), dtype=dtype,
-                                                         output_loading_info=True)
+        model, info = _pretrained(LlamaModelForScore.from_pretrained, name_or_path, dtype=dtype,
+                                  output_loading_info=True)
         if getattr(config, "do_normalize", False):
             log.warning("score model '%s' asks for normalised scores (do_normalize); "
                         "raw scores are returned", name_or_path)
@@ -464,8 +499,8 @@ def load_score_model(name_or_path, device=None, dtype=None):
             raise ValueError(f"The score model '{name_or_path}' has {config.num_labels} labels; "
                              "pass a reward model with exactly one output (num_labels == 1) or a "
                              "beaver LlamaModelForScore checkpoint.")
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            str(name_or_path), dtype=dtype, output_loading_info=True)
+        model, info = _pretrained(AutoModelForSequenceClassification.from_pretrained,
+                                  name_or_path, dtype=dtype, output_loading_info=True)
         if model.config.pad_token_id is None:
             # HF's pooling refuses batches > 1 without it
             model.config.pad_token_id = tokenizer.pad_token_id
@@ -474,7 +509,7 @@ def load_score_model(name_or_path, device=None, dtype=None):
                         name_or_path)
         model = SequenceClassifierScore(model)
     _check_head(info, name_or_path)
-    return model.to(device).eval().requires_grad_(False), tokenizer
+    return _place(model, device).eval().requires_grad_(False), tokenizer
 
 
 # --------------------------------------------------------------------- soups and sizes

@@ -18,8 +18,10 @@ Every helper is a no-op (or the plain torch call) in a single process, so train.
 
 Run: `torchrun --nproc_per_node 8 train.py --preset paper --method gapo --p 1` (see README);
 tests: `python -m pytest -q tests/test_distributed.py` (2 gloo processes on CPU).
-Left out on purpose: tensor/pipeline parallelism, multi-node launch details, meta-device loading
-(each rank loads every model whole, then shards: about 68 GB per GPU at start-up for the paper's models),
+- sharded loading (`load_sharded`, full fine-tuning): every rank builds each model on the meta
+  device, shards it, and receives its slices of rank 0's weights (rank 0 alone reads the files).
+Left out on purpose: tensor/pipeline parallelism, multi-node launch details, sharded loading of
+LoRA runs (they replicate the bf16 bases: every rank loads every model whole, as in one process),
 and sharded (per-rank) checkpoint files: checkpoints are full, rank 0 writes them.
 """
 import atexit
@@ -275,16 +277,54 @@ def shard_model(model, keep=(), own_group=()):
     return model
 
 
-def shard_for_training(policy, critic, reference, scorers, keep, lora):
-    """train.py's hook: FSDP2 on every model (full fine-tuning), `keep` = the MGDA parameters (kept whole).
-    LoRA runs are replicated instead (every rank holds the bf16 bases, as on one GPU; only the adapters'
-    gradients are all-reduced), because sharding frozen bases under adapters saves little at 7B."""
-    if not is_distributed() or lora:
-        return
-    shard_model(policy, keep)
-    shard_model(critic, own_group=[critic.value_head])
-    for model in [reference, *scorers]:
-        shard_model(model)
+def load_sharded(load, device, shard):
+    """Load one model sharded: no rank ever holds it whole on its device (torchrun, full
+    fine-tuning; LoRA runs replicate and load as in one process).
+
+    load(device) is a model.py loader. Every rank runs it inside model.meta_loading (the
+    architecture, empty), `shard(model)` applies FSDP2 (shard_model), and to_empty allocates only
+    this rank's shards and the parameters kept whole. Rank 0 alone reads the weights, on the CPU,
+    with the same loader (so the same dtype, master weights and head checks), and
+    set_model_state_dict broadcasts them one tensor at a time, each rank keeping its slice.
+    Non-persistent buffers (the rotary inv_freq) are in no state dict, so they are broadcast from
+    rank 0's copy too rather than left as to_empty's garbage. Costs: on the device, this rank's
+    shards plus the largest single tensor in flight; on rank 0's host, one full copy of this
+    model, freed before the next model is read. Returns the sharded model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    from model import meta_loading
+
+    with torch.random.fork_rng(devices=[]), meta_loading():  # draws nothing that counts
+        model = load(device)
+    shard(model)
+    model.to_empty(device=device)
+    source = load(torch.device("cpu")) if is_main() else None
+    # Loading draws random numbers (a new head's initialisation, overwritten or not); every rank
+    # used to draw them itself. Rank 0's generator after its read, on every rank, keeps the
+    # sampling stream of a whole-model load.
+    torch.set_rng_state(broadcast_object(torch.get_rng_state()))
+    full = source.state_dict() if is_main() else {}
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True,
+                                                               broadcast_from_rank0=True))
+    persistent = set(model.state_dict().keys())
+    own = dict(source.named_buffers()) if is_main() else {}
+    for name, buf in model.named_buffers():
+        if name not in persistent:
+            if is_main():
+                buf.copy_(own[name])
+            dist.broadcast(buf, src=0)
+    del full, own, source
+    return model
+
+
+def policy_sharder(keep):
+    """shard(model) for load_sharded: the policy, `keep(model)` (its MGDA parameters) kept whole."""
+    return lambda model: shard_model(model, keep(model))
+
+
+def critic_sharder(critic):
+    """shard(model) for load_sharded: the critic, its float32 value head in a group of its own."""
+    return shard_model(critic, own_group=[critic.value_head])
 
 
 def adamw(model, lr, weight_decay, betas=(0.9, 0.999)):

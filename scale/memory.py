@@ -9,8 +9,9 @@
 
 Run: nothing to run; tests/test_model.py and tests/test_distributed.py check the arithmetic by hand,
 and `python -m benchmarks.bench` prints the estimate beside a measured peak.
-Left out on purpose: allocator fragmentation and the CUDA context (leave headroom), and the
-load-time peak (every rank still loads each model whole before sharding).
+- `load_bytes`: the load-time peak, on the GPU and in host memory; check_memory refuses a run
+  whose training peak or load peak does not fit.
+Left out on purpose: allocator fragmentation and the CUDA context (leave headroom).
 """
 from dataclasses import dataclass
 
@@ -174,25 +175,60 @@ def plan_bytes(cfg, policy_config, counts, dtype, world, lora_r, checkpointing):
     size = torch.tensor([], dtype=dtype).element_size()
     gathered_policy = counts["policy"] * size if sharded else 0
     kept_block = 16 * block_param_count(policy_config) * (1 - 1 / world) if sharded else 0
-    return int(
-        states
-        + kept_block
-        + max(extra.kv_cache + gathered_policy, extra.activations + extra.logits)
-    )
+    train = states + kept_block + max(extra.kv_cache + gathered_policy,
+                                      extra.activations + extra.logits)
+    return int(max(train, load_bytes(policy_config, counts, dtype, world, lora_r)[0]))
 
 
-def check_memory(cfg, device_bytes, world=1, dtype=torch.bfloat16):
-    """Refuse, before loading, a plan whose estimate exceeds the GPU's memory, naming the flags that would fit.
-    Reads only the four models' configs (meta-device parameter counts). Returns the estimate in bytes."""
+def load_bytes(policy_config, counts, dtype, world, lora_r, local_world=None):
+    """-> (bytes per GPU, bytes of host memory per node) at the load-time peak, when all the models
+    are in place and nothing else is yet (train.py's loading, docs/decisions.md).
+
+    Weights only: float32 masters (4 bytes) for the policy and critic of full fine-tuning, `dtype`
+    for the rest and for LoRA bases (adapters: float32). Sharded loading (torchrun, full
+    fine-tuning; distributed.load_sharded): on each GPU the shards, the policy's last block whole,
+    plus the largest tensor in flight (the float32 embedding matrix, received whole before it is
+    sliced); on the host, rank 0's one full copy of the largest model (the float32 policy).
+    Otherwise (one process, or LoRA under torchrun): every model whole on each GPU, and on the host
+    each of the node's `local_world` ranks (default: world) holds the model it is reading whole
+    before moving it to its GPU."""
+    size = torch.tensor([], dtype=dtype).element_size()
+    full = not lora_r
+    master = 4 if full else size
+    adapter = 0 if full else 4 * lora_param_count(policy_config, lora_r)
+    weights = {"policy": counts["policy"] * master + adapter,
+               "critic": counts["critic"] * master + adapter,
+               "reward": counts["reward"] * size, "cost": counts["cost"] * size}
+    if full:
+        weights["reference"] = counts["policy"] * size
+    largest = max(weights.values())
+    if world > 1 and full:
+        embedding = 4 * policy_config.vocab_size * policy_config.hidden_size
+        block = 4 * block_param_count(policy_config) * (1 - 1 / world)
+        return int(sum(weights.values()) / world + block + embedding), int(largest)
+    return int(sum(weights.values())), int(largest * (local_world or world))
+
+
+def check_memory(cfg, device_bytes, world=1, dtype=torch.bfloat16, host_bytes=None,
+                 local_world=None):
+    """Refuse, before loading, a plan whose estimate exceeds the GPU's memory, naming the flags
+    that would fit, or (host_bytes given) whose load-time host peak (load_bytes) exceeds the
+    node's memory. Reads only the four models' configs (meta-device parameter counts). Returns
+    the GPU estimate in bytes (the larger of the training and the load-time peak)."""
     policy_config = AutoConfig.from_pretrained(cfg.policy)
     counts = {"policy": param_count_from_config(policy_config, "causal_lm"),
               "critic": param_count_from_config(policy_config, "base"),
               "reward": param_count_from_config(cfg.reward_model, "score"),
               "cost": param_count_from_config(cfg.cost_model, "score")}
     need = plan_bytes(cfg, policy_config, counts, dtype, world, cfg.lora_r, cfg.gradient_checkpointing)
+    gib = lambda b: f"{b / 2**30:.1f} GiB"
+    host = load_bytes(policy_config, counts, dtype, world, cfg.lora_r, local_world)[1]
+    if host_bytes is not None and host > host_bytes:
+        raise ValueError(f"Loading the models needs about {gib(host)} of host memory but this "
+                         f"machine has {gib(host_bytes)}; run fewer processes per machine, or full "
+                         "fine-tuning under torchrun, where rank 0 alone reads the weights.")
     if need <= device_bytes:
         return need
-    gib = lambda b: f"{b / 2**30:.1f} GiB"
     for flags, lora_r, ckpt in [("--gradient_checkpointing", cfg.lora_r, True),
                                 ("--lora_r 64", 64, cfg.gradient_checkpointing),
                                 ("--lora_r 64 --gradient_checkpointing", 64, True)]:

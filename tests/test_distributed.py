@@ -110,6 +110,30 @@ def test_plan_counts_float32_master_weights_and_the_kept_block():
     assert two > (one - extra) / 2 + 16 * memory.block_param_count(c) / 2
 
 
+def test_load_peak_by_hand_and_for_the_paper():
+    """Sharded loading: shards + the whole last block + the float32 embedding in flight per
+    GPU, one float32 policy on rank 0's host; whole loads: every model per GPU, one model per
+    rank on the host."""
+    from transformers import MistralConfig
+    c = MistralConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+    counts = {"policy": 1000, "critic": 900, "reward": 500, "cost": 500}
+    gpu, host = memory.load_bytes(c, counts, torch.bfloat16, 2, 0)
+    weights = 4 * (1000 + 900) + 2 * (1000 + 500 + 500)
+    assert gpu == int(weights / 2 + 4 * memory.block_param_count(c) / 2 + 4 * 100 * 64)
+    assert host == 4 * 1000
+    assert memory.load_bytes(c, counts, torch.bfloat16, 1, 0) == (weights, 4 * 1000)
+    lora = memory.load_bytes(c, counts, torch.bfloat16, 4, 2, local_world=2)
+    adapter = 4 * memory.lora_param_count(c, 2)
+    assert lora == (2 * (1000 + 900 + 500 + 500) + 2 * adapter, 2 * (2 * 1000 + adapter))
+    from model import param_count_from_config
+    m = mistral_7b()
+    n = param_count_from_config(m, "causal_lm")
+    paper = {"policy": n, "critic": param_count_from_config(m, "base"), "reward": n, "cost": n}
+    gpu, host = memory.load_bytes(m, paper, torch.bfloat16, 8, 0)
+    assert 12 * 2**30 < gpu < 14 * 2**30 and 26 * 2**30 < host < 28 * 2**30  # was ~94 GiB per GPU
+
+
 # ----------------------------------------------------------------------------- shared by ranks and the reference
 
 def make_batch(policy):
@@ -199,6 +223,25 @@ def worker(out_dir):
             for a, b in zip(opt.state.values(), fresh.state.values())]
     out["optimizer_round_trip"] = bool(same) and all(same)
     out["gathered_sizes"] = distributed.all_gather_rows(torch.full((2, 3), float(rank))).shape[0]
+
+    # Sharded loading: the policy saved above, read by rank 0 only, comes back sharded, the last
+    # block whole, float32 masters and the rotary buffers filled; gathered, it equals the file.
+    import model as model_lib
+    saved = os.path.join(out_dir, "policy")
+    loaded = distributed.load_sharded(
+        lambda d: model_lib.load_policy(saved, d, "bfloat16"), torch.device("cpu"),
+        distributed.policy_sharder(lambda m: gapo.mgda_parameters(m, "last_block")))
+    out["loaded_sharded"] = sum(isinstance(q, DTensor) for q in loaded.parameters())
+    out["loaded_whole"] = sum(not isinstance(q, DTensor) for q in loaded.parameters())
+    with distributed.full_parameters(loaded):
+        if rank == 0:
+            from safetensors.torch import load_file
+            file = load_file(os.path.join(saved, "model.safetensors"))
+            mine = loaded.state_dict()
+            out["loaded_equal"] = sorted(file) == sorted(mine) and all(
+                torch.equal(file[k], mine[k]) for k in file)
+            out["loaded_dtypes"] = sorted({str(v.dtype) for v in mine.values()})
+    out["rotary"] = [float(b.float().sum()) for n, b in loaded.named_buffers() if "inv_freq" in n]
     if rank == 0:
         with open(os.path.join(out_dir, "rank0.json"), "w") as f:
             json.dump(out, f)
@@ -260,6 +303,15 @@ def test_fsdp2_step_with_whole_last_block_equals_one_process_step(two_ranks):
 def test_optimizer_state_round_trip_and_gather(two_ranks):
     ranks, _ = two_ranks
     assert ranks["optimizer_round_trip"] and ranks["gathered_sizes"] == 4
+
+
+def test_sharded_loading_gathers_back_to_the_checkpoint_exactly(two_ranks):
+    ranks, _ = two_ranks
+    assert ranks["loaded_sharded"] > 0 and ranks["loaded_whole"] == 9  # the last block whole
+    assert ranks["loaded_equal"] and ranks["loaded_dtypes"] == ["torch.float32"]  # masters
+    expected = [float(b.float().sum()) for n, b in make_tiny_mistral(VOCAB).named_buffers()
+                if "inv_freq" in n]
+    assert ranks["rotary"] == expected and expected  # recomputed by rank 0, not to_empty's garbage
 
 
 def test_torchrun_train_and_resume_match_an_uninterrupted_run(tiny_toyworld, tmp_path):
