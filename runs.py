@@ -39,6 +39,8 @@ import torch
 
 import gapo
 from data import format_policy_prompt, load_prompts
+from model import Critic, load_policy, load_reference, load_score_model, load_tokenizer
+from rewards import Scorer
 from scale import distributed
 
 # Fields a resumed run may change: they do not change what the run computes.
@@ -424,6 +426,59 @@ def batch_indices(cfg, n_prompts, position):
                             for i in (0, 1)])
     offset = start % n_prompts
     return order[offset:offset + cfg.batch_size].tolist()
+
+
+# ------------------------------------------------------------------------------------ models
+
+def loaded_scorer(loaded, path, dtype):
+    """(score model, its tokenizer) through `loaded` (whole, or sharded on every rank)."""
+    tokenizers = []
+
+    def load(device):
+        model, tokenizer = load_score_model(path, device, dtype)
+        tokenizers.append(tokenizer)
+        return model
+    return loaded(load), tokenizers[-1]
+
+
+def load_models(cfg, device, dtype, world, resume_from, K):
+    """The networks of a run: (tokenizer, policy, reference, critic with K heads, [reward, cost]
+    Scorers, MGDA parameters or None), fresh or from the checkpoint resume_from. Under torchrun
+    FSDP2 shards them, keeping the MGDA parameters whole."""
+    tokenizer = load_tokenizer(cfg.policy, padding_side="left")
+    # torchrun, full fine-tuning: each model built empty on every rank, sharded by FSDP2, then
+    # filled from rank 0's copy (distributed.load_sharded); otherwise loaded whole.
+    sharded = world > 1 and cfg.lora_r == 0
+    gradient_method = cfg.method in gapo.GRADIENT_METHODS
+
+    def loaded(load, shard=distributed.shard_model):
+        return distributed.load_sharded(load, device, shard) if sharded else load(device)
+
+    # The parameters whose objective gradients g_i feed the Gram matrix (docs/decisions.md):
+    # kept whole by FSDP.
+    def mgda(model):
+        return gapo.mgda_parameters(model, cfg.mgda_params) if gradient_method else []
+
+    # Sharded loading reads a resumed policy straight from the checkpoint (HF format).
+    policy_path = os.path.join(resume_from, "policy") if resume_from and sharded else cfg.policy
+    policy = loaded(lambda d: load_policy(policy_path, d, dtype, cfg.gradient_checkpointing,
+                                          cfg.lora_r, cfg.lora_alpha),
+                    distributed.policy_sharder(mgda))
+    reference = loaded(lambda d: load_reference(cfg.policy, d, dtype, policy=policy))
+    if resume_from and not sharded:
+        load_policy_weights(policy, os.path.join(resume_from, "policy"))
+    if resume_from:
+        critic = loaded(lambda d: Critic.load(os.path.join(resume_from, "critic"), d, dtype,
+                                              cfg.gradient_checkpointing),
+                        distributed.critic_sharder)
+    else:
+        critic = loaded(lambda d: Critic.from_policy(cfg.policy, K, d, dtype,
+                                                     cfg.gradient_checkpointing, cfg.lora_r,
+                                                     cfg.lora_alpha),
+                        distributed.critic_sharder)
+    scorers = [Scorer(*loaded_scorer(loaded, path, dtype), name=name)
+               for path, name in [(cfg.reward_model, "reward"), (cfg.cost_model, "cost")]]
+    return tokenizer, policy, reference, critic, scorers, mgda(policy) or None
 
 
 # ------------------------------------------------------------------------------------ checkpoints

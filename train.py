@@ -31,8 +31,7 @@ from tqdm import tqdm
 
 import gapo
 import runs
-from model import Critic, load_policy, load_reference, load_score_model, load_tokenizer
-from rewards import Scorer, objective_matrix
+from rewards import objective_matrix
 from rollout import (Rollout, decode_responses, gae, generate, kl_shaped_rewards,
                      response_logprobs, response_values)
 from scale import distributed, memory
@@ -276,17 +275,6 @@ def cosine_schedule(optimizer, total_steps, warmup_ratio):
 
 # ------------------------------------------------------------------------------------ the loop
 
-def loaded_scorer(loaded, path, dtype):
-    """(score model, its tokenizer) through `loaded` (whole, or sharded on every rank)."""
-    tokenizers = []
-
-    def load(device):
-        model, tokenizer = load_score_model(path, device, dtype)
-        tokenizers.append(tokenizer)
-        return model
-    return loaded(load), tokenizers[-1]
-
-
 def train(argv, make_weigh):
     """The loop: read the Config, load the models, then iterate, log and checkpoint."""
     try:
@@ -297,48 +285,13 @@ def train(argv, make_weigh):
         if rank == 0:
             runs.write_config(cfg)  # with the resolved model paths, for evaluate.py
         dtype = None if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
-        if device.type == "cuda":  # refuse a plan that cannot fit before loading anything
-            host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-            memory.check_memory(cfg, torch.cuda.get_device_properties(device).total_memory, world,
-                                dtype or torch.bfloat16, host_bytes=host,
-                                local_world=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+        memory.check_device(cfg, device, world, dtype)  # CUDA: refuse a plan that cannot fit
 
-        # The models: policy, frozen reference, critic (K value heads), reward and cost scorers.
-        tokenizer = load_tokenizer(cfg.policy, padding_side="left")
-        # torchrun, full fine-tuning: each model built empty on every rank, sharded by FSDP2, then
-        # filled from rank 0's copy (distributed.load_sharded); otherwise loaded whole.
-        sharded = world > 1 and cfg.lora_r == 0
-        gradient_method = cfg.method in gapo.GRADIENT_METHODS
-
-        def loaded(load, shard=distributed.shard_model):
-            return distributed.load_sharded(load, device, shard) if sharded else load(device)
-
-        # The parameters whose objective gradients g_i feed the Gram matrix (docs/decisions.md):
-        # kept whole by FSDP.
-        def mgda(model):
-            return gapo.mgda_parameters(model, cfg.mgda_params) if gradient_method else []
-
-        # Sharded loading reads a resumed policy straight from the checkpoint (HF format).
-        policy_path = os.path.join(resume_from, "policy") if resume_from and sharded else cfg.policy
-        policy = loaded(lambda d: load_policy(policy_path, d, dtype, cfg.gradient_checkpointing,
-                                              cfg.lora_r, cfg.lora_alpha),
-                        distributed.policy_sharder(mgda))
-        reference = loaded(lambda d: load_reference(cfg.policy, d, dtype, policy=policy))
-        if resume_from and not sharded:
-            runs.load_policy_weights(policy, os.path.join(resume_from, "policy"))
-        if resume_from:
-            critic = loaded(lambda d: Critic.load(os.path.join(resume_from, "critic"), d, dtype,
-                                                  cfg.gradient_checkpointing),
-                            distributed.critic_sharder)
-        else:
-            critic = loaded(lambda d: Critic.from_policy(cfg.policy, len(OBJECTIVES), d, dtype,
-                                                         cfg.gradient_checkpointing, cfg.lora_r,
-                                                         cfg.lora_alpha),
-                            distributed.critic_sharder)
-        scorers = [Scorer(*loaded_scorer(loaded, path, dtype), name=name)
-                   for path, name in [(cfg.reward_model, "reward"), (cfg.cost_model, "cost")]]
+        # The models: policy, frozen reference, critic (K value heads), reward and cost scorers;
+        # under torchrun sharded by FSDP2, with the MGDA parameters kept whole (runs.load_models).
+        tokenizer, policy, reference, critic, scorers, mgda_params = runs.load_models(
+            cfg, device, dtype, world, resume_from, len(OBJECTIVES))
         raw, formatted = runs.prompt_pool(cfg, toyworld, tokenizer)
-        mgda_params = mgda(policy) or None
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}")
     models = {"policy": policy, "critic": critic, "reward": scorers[0].model,

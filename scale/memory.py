@@ -13,6 +13,7 @@ and `python -m benchmarks.bench` prints the estimate beside a measured peak.
   whose training peak or load peak does not fit.
 Left out on purpose: allocator fragmentation and the CUDA context (leave headroom).
 """
+import os
 from dataclasses import dataclass
 
 import torch
@@ -241,3 +242,14 @@ def check_memory(cfg, device_bytes, world=1, dtype=torch.bfloat16, host_bytes=No
     raise ValueError(f"This run needs about {gib(need)} per GPU but the GPU has {gib(device_bytes)}, and still does "
                      "not fit with --lora_r 64 --gradient_checkpointing; lower --micro_batch_size and --batch_size "
                      "or run full fine-tuning on more GPUs with torchrun.")
+
+
+def check_device(cfg, device, world, dtype=None):
+    """Before anything loads, on CUDA: check_memory against this GPU and this machine's RAM
+    (shared by the LOCAL_WORLD_SIZE ranks of a node). Nothing to check on the CPU."""
+    if device.type != "cuda":
+        return None
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return check_memory(cfg, torch.cuda.get_device_properties(device).total_memory, world,
+                        dtype or torch.bfloat16, host_bytes=host,
+                        local_world=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
