@@ -14,7 +14,8 @@ that train.py reads top to bottom as the method:
   continues bit for bit (RNG states, optimizer and scheduler states, the method's state are all
   saved).
 - `resolve_models` / `prompt_pool`: the built-in toy world fills any model or prompt path left
-  empty.
+  empty; `load_models` builds the networks (sharded by FSDP2 under torchrun, from the checkpoint
+  on resume).
 - `read_log` / `append_log` / `format_log_line` / `summary`: log.jsonl (one JSON line per
   iteration), the one-line terminal record, and the start-to-end summary with the next command.
 
