@@ -10,8 +10,7 @@ The file reads top to bottom as the method: the Config, then one iteration, then
 One iteration (the paper's Sec. 3 and App. B; choices the paper leaves open: docs/decisions.md):
   1. rollout: sample responses for a batch of prompts            (rollout.generate)
   2. score: reward and cost -> objective matrix (B, K)           (rewards.objective_matrix)
-  3. shape: per-token rewards with the KL penalty, per objective
-                                                                 (rollout.kl_shaped_rewards, Eq. 14)
+  3. shape: per-token rewards with the KL penalty (Eq. 14)       (rollout.kl_shaped_rewards)
   4. GAE: advantages and returns per objective                    (rollout.gae)
   5. PPO epochs x minibatches: K losses (Eq. 15), the method's weights (Eq. 6, Problem 7), one
      weighted backward, optimizer steps                           (gapo.py, mgda.py)
