@@ -12,7 +12,8 @@ that train.py reads top to bottom as the method:
 - `save_checkpoint` / `load_checkpoint`: atomic checkpoints (everything written to checkpoint.tmp,
   then two renames), so a crash at any moment leaves the last good checkpoint; a resumed CPU run
   continues bit for bit (RNG states, optimizer and scheduler states, the method's state are all
-  saved).
+  saved). Every rank writes its own shard of the optimizer states (optim/), which resume on any
+  number of ranks.
 - `resolve_models` / `prompt_pool`: the built-in toy world fills any model or prompt path left
   empty; `load_models` builds the networks (sharded by FSDP2 under torchrun, from the checkpoint
   on resume).
@@ -273,7 +274,7 @@ def check_checkpoint(path):
     with open(manifest) as f:
         files = json.load(f)["files"]
     for rel, size in files.items():
-        if not rel.endswith((".safetensors", ".bin", ".pt")):
+        if not rel.endswith((".safetensors", ".bin", ".pt", ".distcp", ".metadata")):
             continue  # text files (configs) may be edited by hand; weights may not shrink
         full = os.path.join(path, rel)
         actual = os.path.getsize(full) if os.path.isfile(full) else None
@@ -489,24 +490,63 @@ def save_checkpoint(out_dir, cfg, policy, tokenizer, critic, optimizers, schedul
     """Write out_dir/checkpoint atomically: everything goes to checkpoint.tmp, then two renames.
     A crash at any point leaves a complete checkpoint (or checkpoint.old, which load recovers); a
     failed write (full disk) removes checkpoint.tmp and says which checkpoint is still there.
-    files.json lists every file's size (resume and evaluate.py check them) and the iteration."""
-    optimizer_states = [distributed.optimizer_state_dict(m, o)
-                        for m, o in zip((policy, critic), optimizers)]
-    # torchrun: every rank gathers the full weights, rank 0 writes them, and the others wait for it,
-    # so no rank runs ahead (or exits and tears the process group down) while the write goes on.
-    with distributed.full_parameters(policy), distributed.full_parameters(critic):
-        if distributed.is_main():
-            _write_checkpoint(out_dir, cfg, policy, tokenizer, critic, optimizer_states,
-                              schedulers, state, iteration, total)
-    distributed.barrier()
+    files.json lists every file's size (resume and evaluate.py check them) and the iteration.
 
+    Collective under torchrun. The AdamW states (two float32 numbers per weight, the bulk) go to
+    optim/ with torch.distributed.checkpoint: each rank writes its own shard, nothing is gathered,
+    and any world size resumes them. The policy (Hugging Face format, for from_pretrained and
+    evaluate.py) and the critic are gathered and written by rank 0."""
+    from torch.distributed.checkpoint.api import CheckpointException
 
-def _write_checkpoint(out_dir, cfg, policy, tokenizer, critic, optimizer_states, schedulers, state,
-                      iteration, total):
     final, tmp, old = (os.path.join(out_dir, n)
                        for n in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
-    try:
+    if distributed.is_main():
         shutil.rmtree(tmp, ignore_errors=True)
+    distributed.barrier()  # no rank writes its shard into the folder rank 0 is still clearing
+    error = None
+    try:
+        distributed.save_optimizers(_optimized(policy, critic, optimizers),
+                                    os.path.join(tmp, "optim"))
+    except (Exception, CheckpointException) as err:
+        error = _checkpoint_error(err)  # the same on every rank: the save gathers all results
+    if error is None:
+        # Every rank gathers the full weights, rank 0 writes them, and the others wait for its
+        # verdict, so no rank runs ahead (or exits and tears the process group down) meanwhile.
+        with distributed.full_parameters(policy), distributed.full_parameters(critic):
+            if distributed.is_main():
+                error = _write_checkpoint(tmp, cfg, policy, tokenizer, critic, schedulers, state,
+                                          iteration, total)
+        error = distributed.broadcast_object(error)
+    if error is None and distributed.is_main():
+        if os.path.isdir(final):
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier()  # the renamed checkpoint is there before any rank goes on
+    if error is not None:
+        if distributed.is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise SaveError(f"saving the checkpoint of iteration {iteration} failed ({error}); free "
+                        f"disk space")
+
+
+def _optimized(policy, critic, optimizers):
+    """{name: (model, optimizer)}: the names key the optimizer states in optim/."""
+    return dict(zip(("policy", "critic"), zip((policy, critic), optimizers)))
+
+
+def _checkpoint_error(err):
+    """What a failed write (or read) says: for torch.distributed.checkpoint's exception (a page
+    of every rank's traceback), the first rank's error alone."""
+    if getattr(err, "failures", None):  # CheckpointException
+        err = next(iter(err.failures.values()))[0]  # (exception, traceback)
+    return str(err)
+
+
+def _write_checkpoint(tmp, cfg, policy, tokenizer, critic, schedulers, state, iteration, total):
+    """Rank 0's part of a save into tmp, optim/ already there: None, or why it failed."""
+    try:
         # HF format: from_pretrained loads it alone
         policy.save_pretrained(os.path.join(tmp, "policy"))
         tokenizer.save_pretrained(os.path.join(tmp, "policy"))
@@ -515,24 +555,19 @@ def _write_checkpoint(out_dir, cfg, policy, tokenizer, critic, optimizer_states,
                "python": random.getstate(),
                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
         torch.save({"iteration": iteration, "method_state": dataclasses.asdict(state),
-                    "optimizers": optimizer_states,
                     "schedulers": [s.state_dict() for s in schedulers],
                     "rng": rng}, os.path.join(tmp, "trainer_state.pt"))
         with open(os.path.join(tmp, "train_config.json"), "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=1)
+        # Walked here, after every rank's optim/ shard is complete (the save above returned on
+        # every rank only once all of them had written).
         files = {os.path.relpath(os.path.join(d, n), tmp): os.path.getsize(os.path.join(d, n))
                  for d, _, names in os.walk(tmp) for n in names}
         with open(os.path.join(tmp, "files.json"), "w") as f:
             json.dump({"iteration": iteration, "iterations": total, "files": files}, f, indent=1)
     except Exception as err:  # OSError, SafetensorError, torch's writer error: "could not write"
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise SaveError(f"saving the checkpoint of iteration {iteration} failed ({err}); free disk "
-                        f"space") from None
-    if os.path.isdir(final):
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(final, old)
-    os.rename(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+        return str(err)
+    return None
 
 
 def checkpoint_note(out_dir):
@@ -623,16 +658,41 @@ def load_checkpoint(resume_from, policy, critic, optimizers, schedulers, world):
         raise CheckpointError(f"{path} cannot be read ({type(err).__name__}: {reason}); restore "
                               f"the checkpoint from a copy, or start afresh with "
                               f"--overwrite.") from None
-    for m, o, s in zip((policy, critic), optimizers, saved["optimizers"]):
-        distributed.load_optimizer_state_dict(m, o, s)
+    if "optimizers" in saved:  # saved before optim/: full state dicts, rank 0's layout
+        for m, o, s in zip((policy, critic), optimizers, saved["optimizers"]):
+            distributed.load_optimizer_state_dict(m, o, s)
+    else:  # each rank reads the slices it holds now, whatever the world size that saved them
+        from torch.distributed.checkpoint.api import CheckpointException
+        optim = os.path.join(resume_from, "optim")
+        try:
+            distributed.load_optimizers(_optimized(policy, critic, optimizers), optim)
+        except (Exception, CheckpointException) as err:  # a missing or foreign folder
+            reason = _checkpoint_error(err).strip().splitlines()[-1]
+            raise CheckpointError(f"{optim} cannot be read ({reason}); restore the checkpoint "
+                                  f"from a copy, or start afresh with --overwrite.") from None
     for scheduler, s in zip(schedulers, saved["schedulers"]):
-        scheduler.load_state_dict(s)
+        scheduler.load_state_dict(_regrouped(s, len(scheduler.optimizer.param_groups)))
     torch.set_rng_state(saved["rng"]["torch"])
     np.random.set_state(saved["rng"]["numpy"])
     random.setstate(saved["rng"]["python"])
     if saved["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
     return saved["iteration"], saved["method_state"]
+
+
+def _regrouped(scheduler_state, groups):
+    """A scheduler's state for `groups` param groups: its per-group lists (base_lrs, _last_lr,
+    lr_lambdas) sized anew. One process has one group, torchrun two (sharded and whole, see
+    distributed.adamw), and every group of an optimizer here follows the same learning rate."""
+    out = dict(scheduler_state)
+    for key, value in scheduler_state.items():
+        if isinstance(value, list) and len(value) != groups:
+            if any(repr(v) != repr(value[0]) for v in value):
+                raise CheckpointError(f"the checkpoint's learning-rate schedule differs between "
+                                      f"param groups ({key}); it cannot resume on "
+                                      f"{groups} group(s).")
+            out[key] = value[:1] * groups
+    return out
 
 
 # ------------------------------------------------------------------------------------ logging

@@ -29,6 +29,7 @@ import contextlib
 import math
 import os
 import sys
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -400,3 +401,52 @@ def load_optimizer_state_dict(model, optimizer, state):
     optimizer.zero_grad(set_to_none=True)  # torch creates the empty state to fill only when no grads are held
     set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
                              options=StateDictOptions(full_state_dict=True))
+
+
+# Flattened ("state.<parameter name>.exp_avg", "param_groups.<parameter name>.lr"): keyed by
+# parameter, not by param group, so a save with one group (one process) loads into two groups
+# (torchrun: sharded and whole, see adamw) and back, hyperparameters included.
+_FLAT = {"flatten_optimizer_state_dict": True}
+
+
+@contextlib.contextmanager
+def _one_process_is_meant():
+    """Silence torch.distributed.checkpoint's warning that it "assumes" one process: it warns even
+    when told so (no_dist), and one process is an ordinary run here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _local_state_dicts(named):
+    """{name: this rank's optimizer state dict} for {name: (model, optimizer)}; sharded states stay
+    DTensors, which torch.distributed.checkpoint writes and reads slice by slice."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    return {name: get_optimizer_state_dict(m, o, options=StateDictOptions(**_FLAT))
+            for name, (m, o) in named.items()}
+
+
+def save_optimizers(named, path):
+    """Collective: every rank writes its own shard of the optimizer states of {name: (model,
+    optimizer)} to the folder `path` (torch.distributed.checkpoint), so no rank gathers them; one
+    process writes the same format. load_optimizers reads it back on any number of ranks."""
+    import torch.distributed.checkpoint as dcp
+    with _one_process_is_meant():
+        dcp.save(_local_state_dicts(named), checkpoint_id=path, no_dist=not is_distributed())
+
+
+def load_optimizers(named, path):
+    """Collective inverse of save_optimizers into freshly built models and optimizers, sharded
+    over any number of ranks (each reads the slices it holds)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    for _, optimizer in named.values():
+        # torch fills in the empty state to load into (an Adam step at learning rate 0, which
+        # leaves the weights bit for bit) only when no gradients are held.
+        optimizer.zero_grad(set_to_none=True)
+    states = _local_state_dicts(named)
+    with _one_process_is_meant():
+        dcp.load(states, checkpoint_id=path, no_dist=not is_distributed())
+    for name, (m, o) in named.items():
+        set_optimizer_state_dict(m, o, optim_state_dict=states[name],
+                                 options=StateDictOptions(**_FLAT))

@@ -6,6 +6,7 @@ the test compares it with one process doing the same on the union of the two ran
 """
 import inspect
 import json
+import math
 import os
 import subprocess
 import sys
@@ -359,6 +360,51 @@ def test_torchrun_bf16_checkpointing_two_iterations_checkpoint_and_resume(tiny_t
     from transformers import AutoModelForCausalLM
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "checkpoint" / "policy")
     assert next(saved.parameters()).dtype == torch.float32  # the master weights, exported in HF format
+
+
+def optimizer_steps(checkpoint):
+    """{(model, parameter name): AdamW's step count} from a checkpoint's optim/ folder."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    flat = checkpoint.parent / "optim.pt"
+    dcp_to_torch_save(checkpoint / "optim", flat)
+    saved = torch.load(flat, weights_only=False)
+    return {(model, key): int(value) for model, state in saved.items()
+            for key, value in state.items() if key.endswith(".step")}
+
+
+def test_checkpoints_resume_on_another_world_size(tiny_toyworld, tmp_path):
+    """Iteration 1 on 2 ranks (sharded optimizer states, two param groups), iteration 2 in one
+    process (whole states, one group) from its checkpoint, iteration 3 on 2 ranks again from the
+    one-process checkpoint: every rank writes and reads its own slices, and AdamW's step count
+    goes on across both changes."""
+    out = tmp_path / "run"
+    args = ["train.py", "--toy_size", "tiny", "--toy_dir", tiny_toyworld, "--method", "gapo",
+            "--iterations", "3", "--batch_size", "4", "--minibatch_size", "4",
+            "--micro_batch_size", "2", "--max_new_tokens", "8", "--out_dir", str(out)]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    steps = []
+    for launcher, extra in [(torchrun, ["--stop_after", "1"]),
+                            ([sys.executable], ["--resume", "--stop_after", "2"]),
+                            (torchrun, ["--resume"])]:
+        result = subprocess.run(launcher + args + extra, cwd=ROOT, capture_output=True,
+                                text=True, timeout=300, env=env)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+        steps.append(optimizer_steps(out / "checkpoint"))
+    with open(out / "log.jsonl") as f:
+        log = [json.loads(line) for line in f]
+    assert [r["iteration"] for r in log] == [1, 2, 3]
+    for r in log[1:]:
+        numbers = [r[k] for k in ("score_helpful", "score_harmless", "kl", "value_loss")]
+        numbers += r["alpha"] + r["weights"]
+        assert all(math.isfinite(x) for x in numbers), r
+    assert {model for model, _ in steps[0]} == {"policy", "critic"}
+    per_iteration = set(steps[0].values())
+    assert len(per_iteration) == 1 and per_iteration.pop() > 0
+    for n, saved in enumerate(steps[1:], start=2):
+        assert saved.keys() == steps[0].keys()  # keyed by parameter name, whatever the sharding
+        assert all(saved[k] == n * steps[0][k] for k in saved)
 
 
 def test_adamw_groups_split_sharded_and_whole():

@@ -186,6 +186,7 @@ def one_checkpoint(tiny_toyworld, tmp_path_factory):
     ("trainer_state.pt", "is damaged: trainer_state.pt is"),
     ("policy/model.safetensors", "is damaged: policy/model.safetensors is"),
     ("critic/model.safetensors", "is damaged: critic/model.safetensors is"),
+    ("optim/__0_0.distcp", "is damaged: optim/__0_0.distcp is"),  # the optimizer states
     ("files.json", "trainer_state.pt cannot be read"),  # a checkpoint from before files.json
 ])
 def test_a_damaged_checkpoint_is_one_sentence_on_resume(one_checkpoint, tmp_path, damaged, message):
@@ -232,15 +233,15 @@ def test_ctrl_c_is_one_line_naming_the_checkpoint_and_the_resume(tiny_toyworld, 
 
 def test_a_full_disk_during_a_save_keeps_the_last_checkpoint_and_no_tmp(tiny_toyworld, tmp_path,
                                                                          monkeypatch):
-    real, calls = torch.save, {"n": 0}
+    real, out = torch.save, tmp_path / "run"
 
+    # The disk fills up during the second save (in torch.distributed.checkpoint's optimizer files,
+    # the first thing a save writes with torch.save).
     def save(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
+        if runs.checkpoint_iteration(out) == 1:
             raise OSError(28, "No space left on device")
         return real(*args, **kwargs)
     monkeypatch.setattr(runs.torch, "save", save)
-    out = tmp_path / "run"
     with pytest.raises(SystemExit, match=r"saving the checkpoint of iteration 2 failed \(\[Errno "
                                          r"28\] No space left on device\); free disk space; the "
                                          r"last good checkpoint \(iteration 1\) is kept"):
@@ -346,8 +347,12 @@ def test_actor_gradient_norm_is_logged_before_clipping_and_betas_reach_adam(tiny
     # Raw GAPO p = 2 weights (alpha_i / n_i^2) give a far larger gradient than the sum-one scale.
     assert raw["actor_grad_norm"] > 10 * free["actor_grad_norm"]
     assert raw["raw_weight_sum"] == free["raw_weight_sum"] > 1
-    saved = torch.load(tmp_path / "tight" / "checkpoint" / "trainer_state.pt", weights_only=False)
-    assert [o["param_groups"][0]["betas"] for o in saved["optimizers"]] == [(0.9, 0.95)] * 2
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    dcp_to_torch_save(tmp_path / "tight" / "checkpoint" / "optim", tmp_path / "optim.pt")
+    saved = torch.load(tmp_path / "optim.pt", weights_only=False)  # {model: flattened state}
+    betas = {model: {v for k, v in state.items() if k.endswith(".betas")}
+             for model, state in saved.items()}
+    assert betas == {"policy": {(0.9, 0.95)}, "critic": {(0.9, 0.95)}}
     paper = runs.parse_config(train.Config, train.PRESETS, ["--preset", "paper"])
     assert (paper.adam_beta1, paper.adam_beta2) == (0.9, 0.95)
     toy = runs.parse_config(train.Config, train.PRESETS, [])
