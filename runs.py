@@ -41,7 +41,8 @@ import torch
 
 import gapo
 from data import format_policy_prompt, load_prompts
-from model import Critic, load_policy, load_reference, load_score_model, load_tokenizer
+from model import (Critic, default_dtype, load_policy, load_reference, load_score_model,
+                   load_tokenizer)
 from rewards import Scorer
 from scale import distributed
 
@@ -447,6 +448,8 @@ def load_models(cfg, device, dtype, world, resume_from, K):
     """The networks of a run: (tokenizer, policy, reference, critic with K heads, [reward, cost]
     Scorers, MGDA parameters or None), fresh or from the checkpoint resume_from. Under torchrun
     FSDP2 shards them, keeping the MGDA parameters whole."""
+    # One dtype for every rank's build: sharded loading builds on `device` but reads on the CPU.
+    dtype = dtype or default_dtype(device)
     tokenizer = load_tokenizer(cfg.policy, padding_side="left")
     # torchrun, full fine-tuning: each model built empty on every rank, sharded by FSDP2, then
     # filled from rank 0's copy (distributed.load_sharded); otherwise loaded whole.
@@ -540,8 +543,11 @@ def _checkpoint_error(err):
     """What a failed write (or read) says: for torch.distributed.checkpoint's exception (a page
     of every rank's traceback), the first rank's error alone."""
     if getattr(err, "failures", None):  # CheckpointException
-        err = next(iter(err.failures.values()))[0]  # (exception, traceback)
-    return str(err)
+        errors = [e for e, _ in err.failures.values()]  # (exception, traceback) per rank
+        if any(isinstance(e, KeyboardInterrupt) for e in errors):
+            raise KeyboardInterrupt  # Ctrl-C inside the write: stop as Ctrl-C, not as a disk error
+        err = errors[0]
+    return (str(err).strip().splitlines() or [type(err).__name__])[-1]
 
 
 def _write_checkpoint(tmp, cfg, policy, tokenizer, critic, schedulers, state, iteration, total):
@@ -664,10 +670,14 @@ def load_checkpoint(resume_from, policy, critic, optimizers, schedulers, world):
     else:  # each rank reads the slices it holds now, whatever the world size that saved them
         from torch.distributed.checkpoint.api import CheckpointException
         optim = os.path.join(resume_from, "optim")
+        if not os.path.isfile(os.path.join(optim, ".metadata")):
+            raise CheckpointError(f"{optim} holds no optimizer states (.metadata is missing); "
+                                  f"restore the checkpoint from a copy, or start afresh with "
+                                  f"--overwrite.")
         try:
             distributed.load_optimizers(_optimized(policy, critic, optimizers), optim)
         except (Exception, CheckpointException) as err:  # a missing or foreign folder
-            reason = _checkpoint_error(err).strip().splitlines()[-1]
+            reason = _checkpoint_error(err)
             raise CheckpointError(f"{optim} cannot be read ({reason}); restore the checkpoint "
                                   f"from a copy, or start afresh with --overwrite.") from None
     for scheduler, s in zip(schedulers, saved["schedulers"]):

@@ -3,8 +3,8 @@
 What it does (the paper trains on 8 GPUs; docs/decisions.md, "Gradient accumulation with MGDA"):
 - one process per GPU (nccl; gloo on CPU), every rank samples and scores its own share of the prompts;
 - FSDP2 (`torch.distributed.fsdp.fully_shard`) shards every decoder layer and the rest of each model,
-  EXCEPT the parameters GAPO differentiates separately (docs/decisions.md, "Which last layer": by default the policy's last
-  block): torch.autograd.grad with respect to a sharded parameter fails in torch 2.13 ("appears to not
+  EXCEPT the parameters GAPO differentiates separately (docs/decisions.md, "Which last layer": by
+  default the policy's last block): torch.autograd.grad with respect to a sharded parameter fails in torch 2.13 ("appears to not
   have been used in the graph": the forward runs on unsharded copies), so those stay whole on every rank
   (`ignored_params`) and their gradients get an explicit all-reduce (`all_reduce_grads`);
 - `global_gradients`: the K per-objective gradients g_i averaged over ranks BEFORE the Gram matrix, so
@@ -12,17 +12,21 @@ What it does (the paper trains on 8 GPUs; docs/decisions.md, "Gradient accumulat
   of the Gram matrices); the weighted backward then goes through FSDP's own gradient reduction;
 - global statistics (`all_gather_rows`) for the Lagrange multiplier and the fast-rl weights;
 - `clip_grad_norm_` over a mix of sharded and whole gradients (torch's own refuses the mix);
-- checkpoint helpers: full parameters for save_pretrained on rank 0, full optimizer state dicts;
+- sharded loading (`load_sharded`, full fine-tuning): every rank builds each model on the meta
+  device, shards it, and receives its slices of rank 0's weights (rank 0 alone reads the files);
+- checkpoint helpers: full parameters for save_pretrained on rank 0, and the optimizer states
+  written shard by shard by every rank (`save_optimizers` / `load_optimizers`,
+  torch.distributed.checkpoint), which resume on any number of ranks;
 - memory planning lives beside it, in scale/memory.py.
 Every helper is a no-op (or the plain torch call) in a single process, so train.py calls them always.
 
 Run: `torchrun --nproc_per_node 8 train.py --preset paper --method gapo --p 1` (see README);
 tests: `python -m pytest -q tests/test_distributed.py` (2 gloo processes on CPU).
-- sharded loading (`load_sharded`, full fine-tuning): every rank builds each model on the meta
-  device, shards it, and receives its slices of rank 0's weights (rank 0 alone reads the files).
 Left out on purpose: tensor/pipeline parallelism, multi-node launch details, sharded loading of
 LoRA runs (they replicate the bf16 bases: every rank loads every model whole, as in one process),
-and sharded (per-rank) checkpoint files: checkpoints are full, rank 0 writes them.
+and a sharded export of the weights (rank 0 gathers the policy and critic for the Hugging Face
+files). Optimizer states of parameters that never received a gradient are not saved, so such a
+run (an unused trainable module) cannot resume.
 """
 import atexit
 import contextlib

@@ -393,3 +393,30 @@ def test_batch_orders_of_different_seeds_are_not_shifted_copies():
     assert sorted(orders[0][0] + orders[0][1]) == list(range(n))  # the first pass covers every prompt
     shifted = [orders[s][p + 2] == orders[s + 1][p] for s in (0, 1) for p in range(4)]
     assert not any(shifted), shifted
+
+
+def test_ctrl_c_inside_the_optimizer_write_is_an_interruption_not_a_disk_error(
+        tiny_toyworld, tmp_path, capsys, monkeypatch):
+    """torch.distributed.checkpoint wraps whatever a rank raised, Ctrl-C included, in its own
+    exception; the run must still stop as interrupted (exit 130), keeping the last checkpoint."""
+    import traceback
+    from torch.distributed.checkpoint.api import CheckpointException
+    from scale import distributed
+    real, calls = distributed.save_optimizers, []
+
+    def save(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second checkpoint
+            raise CheckpointException("save failed", {0: (KeyboardInterrupt(),
+                                                          traceback.StackSummary())})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(distributed, "save_optimizers", save)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        run(["--method", "ppo-h", "--save_every", "1"], tiny_toyworld, out)
+    err = capsys.readouterr().err
+    assert stop.value.code == 130 and "interrupted; the last good checkpoint (iteration 1)" in err
+    assert "free disk space" not in err
+    assert runs._checkpoint_error(CheckpointException("x", {0: (AssertionError(), None)})) == \
+        "AssertionError"  # an empty message still names what failed
