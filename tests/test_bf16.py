@@ -30,6 +30,11 @@ SMALL = [
 ]
 
 
+def run(toy, out, *flags):
+    """train.main on the tiny toy world with the small batch shape, into `out`."""
+    return train.main(SMALL + ["--toy_dir", toy, "--out_dir", str(out), *flags])
+
+
 def toy_policy(toy):
     from worlds import toyworld
 
@@ -48,26 +53,8 @@ def test_bf16_lr_1e6_changes_most_weights(tiny_toyworld, tmp_path):
     ).save_pretrained(sft)
     AutoTokenizer.from_pretrained(toy_policy(tiny_toyworld)).save_pretrained(sft)
     out = tmp_path / "run"
-    train.main(
-        SMALL
-        + [
-            "--toy_dir",
-            tiny_toyworld,
-            "--out_dir",
-            str(out),
-            "--iterations",
-            "2",
-            "--dtype",
-            "bfloat16",
-            "--gradient_checkpointing",
-            "--actor_lr",
-            "1e-6",
-            "--critic_lr",
-            "1e-6",
-            "--policy",
-            str(sft),
-        ]
-    )
+    run(tiny_toyworld, out, "--iterations", "2", "--dtype", "bfloat16", "--gradient_checkpointing",
+        "--actor_lr", "1e-6", "--critic_lr", "1e-6", "--policy", str(sft))
     start = AutoModelForCausalLM.from_pretrained(sft, dtype=torch.float32).state_dict()
     saved = AutoModelForCausalLM.from_pretrained(
         out / "checkpoint" / "policy", dtype=torch.float32
@@ -97,22 +84,7 @@ def test_lora_defaults_move_the_policy_within_a_few_iterations(tiny_toyworld, tm
         ("old", ["--lora_alpha", "16", "--actor_lr", "3e-4", "--critic_lr", "1e-3"]),
     ]:
         out = tmp_path / name
-        train.main(
-            SMALL
-            + [
-                "--toy_dir",
-                tiny_toyworld,
-                "--out_dir",
-                str(out),
-                "--iterations",
-                "3",
-                "--lora_r",
-                "64",
-                "--ppo_epochs",
-                "1",
-            ]
-            + extra
-        )
+        run(tiny_toyworld, out, "--iterations", "3", "--lora_r", "64", "--ppo_epochs", "1", *extra)
         with open(out / "train_config.json") as f:
             saved = json.load(f)
         if name == "new":
