@@ -356,7 +356,9 @@ def save_random_models(args, root):
     mistral, llama = configs(args.tiny)
     device = torch.device(args.device)
     tokenizer = word_tokenizer()
-    paths = {name: os.path.join(root, name) for name in ("policy", "reward", "cost")}
+    # The reward and cost models would be the same random weights (same seed), so one folder serves
+    # both: at 7B that is 13 GiB less to write and read.
+    paths = {name: os.path.join(root, name) for name in ("policy", "score")}
     for name, path in paths.items():
         with building(device, torch.bfloat16):
             torch.manual_seed(args.seed)
@@ -364,6 +366,7 @@ def save_random_models(args, root):
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
         del model
+    paths["reward"] = paths["cost"] = paths.pop("score")
     paths["prompts"] = os.path.join(root, "prompts.jsonl")
     generator = torch.Generator().manual_seed(args.seed)
     with open(paths["prompts"], "w") as f:
