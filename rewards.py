@@ -16,6 +16,7 @@ Left out on purpose: Safe RLHF's optional score regulariser (default 0 there), l
 schedules, multi-GPU training, and clever truncation (over-long texts lose their START, so the
 response end and eos that the score is read at survive; they are counted).
 """
+import contextlib
 import logging
 import random
 from dataclasses import dataclass
@@ -158,13 +159,15 @@ def cost_model_loss(safer_costs, unsafer_costs, safer_is_safe, unsafer_is_safe, 
 
 def train_score_model(model, tokenizer, pairs, kind="reward", epochs=1, lr=1e-4, batch_size=8,
                       device=None, progress=True, seed=0, max_length=512,
-                      weight_decay=0.0) -> dict:
+                      weight_decay=0.0, params=None, autocast_dtype=None) -> dict:
     """Train a score model (e.g. new_score_model(...)) on PreferencePair-like objects with AdamW.
 
     kind="reward": Bradley-Terry on (better, worse). kind="cost": `better` is the SAFER response;
     the pairwise term plus the sign term from better_safe / worse_safe (skipped where a label is
-    None). Leaves the model in eval mode. Returns {"loss", "first_epoch_loss", "train_accuracy",
-    "steps", "pairs"}.
+    None). params: the parameters to train (default all; the rest are frozen, e.g. a pretrained
+    lower stack). autocast_dtype: compute dtype under torch.autocast (e.g. bfloat16 on a CPU with
+    bf16 units), weights stay as they are. Leaves the model in eval mode. Returns {"loss",
+    "first_epoch_loss", "train_accuracy", "steps", "pairs"}.
     """
     if kind not in ("reward", "cost"):
         raise ValueError(f"Unknown score-model kind '{kind}'; use 'reward' or 'cost'.")
@@ -176,8 +179,14 @@ def train_score_model(model, tokenizer, pairs, kind="reward", epochs=1, lr=1e-4,
     device = torch.device(device) if device is not None else _device(model)
     torch.manual_seed(seed)
     order_rng = random.Random(seed)
-    model.to(device).train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    model.to(device).train()
+    params = list(model.parameters()) if params is None else list(params)
+    model.requires_grad_(False)
+    for param in params:
+        param.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
     eos = tokenizer.eos_token or ""
     steps_per_epoch = (len(pairs) + batch_size - 1) // batch_size
     bar = tqdm(total=epochs * steps_per_epoch, disable=not progress, desc=f"train {kind} model")
@@ -193,7 +202,8 @@ def train_score_model(model, tokenizer, pairs, kind="reward", epochs=1, lr=1e-4,
                      + [format_scorer_text(p.prompt, p.worse, eos) for p in batch])
             # (2n, T): better rows first
             ids, mask = _encode(tokenizer, texts, max_length, device)
-            scores = _scores(model, ids, mask)
+            with autocast:
+                scores = _scores(model, ids, mask)
             better, worse = scores[:n], scores[n:]  # (n,), (n,)
             if kind == "reward":
                 loss = bradley_terry_loss(better, worse)
