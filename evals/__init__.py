@@ -1,0 +1,1 @@
+"""Evaluation pieces beyond the learned scores: refusal detection, real prompt sets, the LLM judge."""
