@@ -46,7 +46,7 @@ GEN_FIELDS = ["max_prompt_length", "max_new_tokens", "temperature", "top_p", "re
 # Config fields that do not change what a run learns: runs equal but for these are seeds of one
 # method.
 NOT_METHOD = {"seed", "out_dir", "resume", "overwrite", "device", "save_every", "score_batch_size",
-              "toy_dir", "num_threads", "stop_after"}
+              "toy_dir", "smol_dir", "num_threads", "stop_after"}
 METHOD_ORDER = ["sft", "ppo-h", "ppo-s", "safe-rlhf", "fast-rl", "mgda", "gapo", "gapo-eq17",
                 "pgapo", "morlhf", "soup"]
 

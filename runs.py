@@ -231,8 +231,9 @@ def check_config(cfg, K):
     if cfg.mgda_params not in ("last_block", "lm_head", "all"):
         raise ValueError(f"unknown mgda_params {cfg.mgda_params!r}; choose last_block, lm_head "
                          f"or all.")
-    if cfg.toy_size not in ("default", "tiny"):
-        raise ValueError(f"unknown toy_size {cfg.toy_size!r}; choose default or tiny.")
+    for name in ("toy_size", "smol_size"):
+        if getattr(cfg, name) not in ("default", "tiny"):
+            raise ValueError(f"unknown {name} {getattr(cfg, name)!r}; choose default or tiny.")
     if cfg.critic_init not in ("first_rollout", "zero"):
         raise ValueError(f"unknown critic_init {cfg.critic_init!r}; choose first_rollout or zero.")
     if cfg.weight_scale not in ("sum_one", "raw"):
@@ -251,7 +252,9 @@ def default_out_dir(cfg):
         tag += f"-p{cfg.p:g}"
     if cfg.method in ("pgapo", "morlhf"):
         tag += "-pref" + cfg.pref.replace(",", "_")
-    return os.path.join("runs", f"{tag}-s{cfg.seed}")
+    # runs of other presets get their own folder, so `evaluate.py runs/smol` takes them together
+    folder = "runs" if cfg.preset == "toy" else os.path.join("runs", cfg.preset)
+    return os.path.join(folder, f"{tag}-s{cfg.seed}")
 
 
 # ------------------------------------------------------------------------------------ run folder
@@ -393,6 +396,16 @@ def resolve_models(cfg):
     """Fill policy / reward / cost from the toy world when they are empty (rank 0 builds it first).
     Returns the toy world module when the prompts come from it, else None."""
     if cfg.policy and cfg.reward_model and cfg.cost_model and cfg.prompts:
+        return None
+    if cfg.preset == "smol":
+        from worlds import smol
+        with distributed.main_first():
+            print(f"smol: using (or preparing, on first use) SmolLM2-135M-Instruct and its reward "
+                  f"and cost models in {cfg.smol_dir}")
+            paths = smol.ensure_smol(cfg.smol_dir, cfg.smol_data, cfg.smol_policy, cfg.smol_size)
+        for key, part in (("policy", "policy"), ("reward_model", "reward"),
+                          ("cost_model", "cost"), ("prompts", "prompts")):
+            setattr(cfg, key, getattr(cfg, key) or paths[part])
         return None
     from worlds import toyworld
     with distributed.main_first():

