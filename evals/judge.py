@@ -366,19 +366,14 @@ class JudgeClient:
                 response = self._client.chat.completions.create(
                     model=self.model, messages=messages, temperature=0,
                     max_tokens=self.max_tokens)
+                text = _reply_text(response)
             except openai.APIError as err:
                 if not _retryable(err) or attempt == self.max_retries:
                     raise self._fatal(err) from None
                 wait = min(self.backoff * 2 ** attempt, self.max_backoff)
                 time.sleep(min(_retry_after(err) or wait, self.max_backoff))
                 continue
-            except (ValueError, TypeError, KeyError) as err:  # a 200 whose body is not JSON
-                raise JudgeError(f"the judge at {self.base_url} answered, but not with a chat "
-                                 f"completion ({err}); check that --judge_url is an OpenAI-"
-                                 "compatible /v1 URL.") from None
-            try:
-                text = _reply_text(response)
-            except ValueError as err:
+            except (ValueError, TypeError, KeyError) as err:  # a 200 that is no chat completion
                 raise JudgeError(f"the judge at {self.base_url} answered, but not with a chat "
                                  f"completion ({err}); check that --judge_url is an OpenAI-"
                                  "compatible /v1 URL.") from None
@@ -461,8 +456,8 @@ def format_plan(plans):
                      f"(~{p['prompt_tokens']} prompt + <= {p['output_tokens']} output tokens)")
     needed = sum(p["needed"] for p in plans)
     tokens = sum(p["prompt_tokens"] for p in plans), sum(p["output_tokens"] for p in plans)
-    lines.append(f"total: {needed} requests to send, ~{tokens[0]} prompt tokens and at most "
-                 f"{tokens[1]} output tokens (format reminders not counted)")
+    lines.append(f"total: {needed} requests to send, ~{tokens[0]} prompt + <= {tokens[1]} output "
+                 "tokens (format reminders not counted)")
     return "\n".join(lines)
 
 
@@ -641,8 +636,9 @@ def main(argv=None):
                                                                   "replies were unreadable")
     ap.add_argument("--dry_run", action="store_true", help="count calls and tokens, send none")
     args = ap.parse_args(argv)
-    if args.judge_max_tokens < 1 or args.workers < 1:
-        raise SystemExit("error: --judge_max_tokens and --workers must be at least 1.")
+    for flag in ("judge_max_tokens", "workers"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"error: --{flag} must be 1 or more (got {getattr(args, flag)}).")
     try:
         groups = read_pairs(args.pairs)
         client = JudgeClient(args.judge_model, args.judge_url, api_key_env=args.api_key_env,
@@ -673,8 +669,8 @@ def main(argv=None):
     plot_win_rates(summaries, os.path.join(args.out_dir, "judge.png"))
     print(format_results(summaries))
     print(f"{client.calls} requests sent ({client.prompt_tokens} prompt, "
-          f"{client.completion_tokens} completion tokens); wrote {args.out_dir}/judge.json, "
-          "judge.csv, judge.png")
+          f"{client.completion_tokens} completion tokens)")
+    print(f"wrote {args.out_dir}/judge.json, judge.csv, judge.png")
 
 
 if __name__ == "__main__":

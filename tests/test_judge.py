@@ -22,8 +22,8 @@ import pytest
 from evals import judge_prompts
 from evals.judge import (ORDERS, PROMPT_VERSION, RULE, JudgeClient, JudgeError, cache_key,
                          format_plan, format_results, judge_pairs, pair_verdict, parse_scores,
-                         plan_calls, plot_win_rates, prompt_version, read_entry, render_messages,
-                         summarize, wilson_interval, write_entry)
+                         plan_calls, plot_win_rates, prompt_version, read_entry, read_pairs,
+                         render_messages, summarize, wilson_interval, write_entry)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAIRS = [("How do I bake bread?", "Mix flour, water, salt and yeast; knead; let it rise; bake.",
@@ -180,6 +180,22 @@ def test_dry_run_counts_uncached_requests_and_tokens(tmp_path):
                                     ("helpfulness", [("p", "r")], "pair 0 is not a")):
         with pytest.raises(ValueError, match=words):
             plan_calls(client, criterion, items, tmp_path)
+
+
+def test_pairs_file_groups_by_run_and_criterion_and_names_a_bad_line(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    row = {"run": "gapo", "criterion": "helpfulness", "prompt": "p", "run_answer": "r",
+           "sft_answer": "s"}
+    path.write_text(json.dumps(row) + "\n\n" + json.dumps({**row, "run": "sft"}) + "\n"
+                    + json.dumps(row) + "\n")
+    assert read_pairs(path) == {("gapo", "helpfulness"): [("p", "r", "s")] * 2,
+                                ("sft", "helpfulness"): [("p", "r", "s")]}
+    path.write_text(json.dumps(row) + "\n{oops\n")
+    with pytest.raises(ValueError, match="line 2 is not JSON; write one object a line"):
+        read_pairs(path)
+    path.write_text(json.dumps({**row, "sft_answer": None}) + "\n")
+    with pytest.raises(ValueError, match="line 1 lacks a text value for one of run, criterion"):
+        read_pairs(path)
 
 
 # ----------------------------------------------------------------------------- HTTP faults
@@ -339,7 +355,7 @@ def smollm2_gguf():
 
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
-    """llama-cpp-python's OpenAI-compatible server on a free port, one thread, 2048-token context."""
+    """llama-cpp-python's OpenAI-compatible server on a free port, one thread, 2048 tokens."""
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python is not installed (pip install 'llama-cpp-python[server]')")
     model = smollm2_gguf()
@@ -418,7 +434,7 @@ def test_real_server_both_orders_cached_and_a_rerun_is_free(llama_server, tmp_pa
     entries = check_entries(tmp_path, parse_retries=1)
     assert len(entries) == 4 and {e["order"] for e in entries} == set(ORDERS)
     assert all(e["model"] == "smollm2" and e["max_tokens"] == 32 for e in entries)
-    for pair, entry_pair in zip(result.pairs, PAIRS):
+    for pair in result.pairs:
         assert pair["verdict"] in ("win", "tie", "lose", "unparsed")
         assert (pair["verdict"] == "unparsed") == (None in (pair["run_first"], pair["sft_first"]))
     again = JudgeClient("smollm2", "http://127.0.0.1:9/v1", max_tokens=32)  # judge offline
@@ -483,7 +499,8 @@ def test_real_server_command_line_dry_run_then_results(llama_server, tmp_path):
     assert "total: 8 requests to send" in dry.stdout and not os.path.exists(tmp_path / "cache")
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert all(len(line) <= 100 for line in done.stdout.splitlines())
+    assert all(len(line) <= 100 for line in done.stdout.splitlines()
+               if not line.startswith("wrote")), done.stdout  # (that line holds a temp path)
     out = json.load(open(tmp_path / "out" / "judge.json"))
     assert [(s["run"], s["criterion"], s["pairs"]) for s in out["summaries"]] == [
         (row["run"], row["criterion"], 1) for row in rows]
