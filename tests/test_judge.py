@@ -486,7 +486,9 @@ def test_real_server_unreadable_replies_are_retried_then_unparsed(llama_server, 
 
 def test_real_server_command_line_dry_run_then_results(llama_server, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
-    rows = [{"run": run, "criterion": c, "prompt": p, "run_answer": r, "sft_answer": s}
+    # Each run answers in its own words: the same texts would be one judgement, cached once.
+    rows = [{"run": run, "criterion": c, "prompt": p, "run_answer": f"{r} ({run})",
+             "sft_answer": s}
             for run in ("gapo p=2", "ppo-h") for c in ("helpfulness", "harmlessness")
             for p, r, s in PAIRS[:1]]
     pairs.write_text("".join(json.dumps(row) + "\n" for row in rows))
