@@ -181,8 +181,10 @@ WIDTH = 100  # printed tables and notes fit a terminal this wide; the CSV/JSON h
 def _columns(cols, agg, first, seeds=True):
     """Lines of one table: a row per group, 'mean±std' when a group has several seeds."""
     def cell(row, key):
-        share = key in TOY_METRICS + ["harmless_ratio"]
-        text = (lambda x: f"{100 * x:.1f}") if share else "{:+.3f}".format
+        from evals.chat import CHAT_SHARES
+        share = key in TOY_METRICS + ["harmless_ratio"] or key in CHAT_SHARES
+        text = ((lambda x: f"{100 * x:.1f}") if share else "{:.1f}".format if key == "words"
+                else "{:+.3f}".format)
         unit = "%" if share else ""
         if row.get(key) is None:
             return "n/a"
@@ -197,7 +199,7 @@ def _columns(cols, agg, first, seeds=True):
                       for i, (c, w) in enumerate(zip(line, widths))) for line in lines]
 
 
-def format_table(agg, toy):
+def format_table(agg, toy, chat=False):
     """The printable tables, each under WIDTH columns: the paper's Table 1 numbers, then (toy world)
     the ground truth beside them, with a legend; the counts and stds are in table.csv too."""
     cols = [("Helpful", "helpful"), ("Harmless", "harmless"), ("Avg", "avg"),
@@ -209,6 +211,11 @@ def format_table(agg, toy):
               ("cost sign ok", "cost_sign_agrees")]
         lines += [""] + _columns(gt, agg, "ground truth", seeds=False)
         lines += textwrap.wrap(TOY_LEGEND, WIDTH)
+    if chat:
+        from evals.chat import CHAT_COLUMNS, CHAT_LEGEND
+        lines += [""] + _columns([(c[1], c[0]) for c in CHAT_COLUMNS], agg, "real prompts",
+                                 seeds=False)
+        lines += textwrap.wrap(CHAT_LEGEND, WIDTH)
     return "\n".join(lines)
 
 
@@ -230,6 +237,7 @@ class Target:
     lam: float = None
     group: str = ""  # its table row (group_labels)
     progress: tuple = ()  # (iteration of the checkpoint, iterations planned), when known
+    sft: str = ""  # name of the SFT target it is compared with (judge, samples)
 
 
 def find_runs(root):
@@ -280,7 +288,14 @@ def checkpoint_progress(ckpt, cfg):
 
 def ensure_toy_models(cfg, name):
     """A toy run's models live in the toy world's cache: rebuild it, as train.py does, when it was
-    deleted or damaged (the build is seeded, so it is the world the run trained in)."""
+    deleted or damaged (the build is seeded, so it is the world the run trained in). A smol run's
+    parts are prepared again the same way (a no-op when they are there)."""
+    if cfg.get("preset") == "smol" and cfg.get("policy", "").startswith(
+            os.path.abspath(cfg.get("smol_dir", "cache/smol"))):
+        from worlds import smol
+        smol.ensure_smol(cfg["smol_dir"], cfg.get("smol_data", "data"),
+                         cfg.get("smol_policy", ""), cfg.get("smol_size", "default"))
+        return
     from worlds import toyworld
     root = os.path.dirname(str(cfg.get("policy", "")))
     if not root or {k: cfg.get(k + "_model", cfg.get("policy")) for k in ("reward", "cost")} != \
@@ -332,10 +347,36 @@ class Context:
     cache: dict = field(default_factory=dict)
 
 
-def prompt_set(ctx, cfg):
-    """(name, raw prompts, is_toy) of a run's evaluation set; the toy world's test prompts
-    interleave benign and harmful ones, so --limit keeps both classes."""
+def eval_sets(ctx, cfg):
+    """(folder, set names) when the run is evaluated on the real prompt sets (evals/), else None:
+    smol runs by default, any run with --eval_sets; --judge_sets' .jsonl files are added."""
     a = ctx.args
+    if not a.eval_sets and (a.prompts or cfg.get("preset") != "smol"):
+        return None
+    from evals.prompt_sets import STANDARD_SETS
+    names = [n for n in a.eval_sets.split(",") if n] if a.eval_sets else list(STANDARD_SETS)
+    names += [n for n in (a.judge_sets_parsed or {}) if n.endswith(".jsonl") and n not in names]
+    data = cfg.get("smol_data") or "data"
+    folder = a.eval_data or (os.path.join(data, "eval") if os.path.isdir(data) else "data/eval")
+    return folder, names
+
+
+def prompt_set(ctx, cfg):
+    """(name, raw prompts, kind) of a run's evaluation set, kind "toy", "sets" (the real prompt
+    sets; their EvalPrompt rows are in ctx.cache["rows", name]) or "". The toy world's test
+    prompts interleave benign and harmful ones, so --limit keeps both classes; --limit applies
+    to each real set."""
+    a = ctx.args
+    sets = eval_sets(ctx, cfg)
+    if sets:
+        key = ("sets", *sets[0:1], *sets[1], a.limit)
+        if key not in ctx.cache:
+            from evals.prompt_sets import load_eval_sets
+            rows = load_eval_sets(*sets, limit=a.limit)
+            name = f"{', '.join(sets[1])} ({sets[0]})"
+            ctx.cache["rows", name] = rows
+            ctx.cache[key] = (name, [r.prompt for r in rows], "sets")
+        return ctx.cache[key]
     source = a.prompts or (cfg.get("prompts") or "toy")
     if not a.prompts and source != "toy" and os.path.isfile(source):
         raise ValueError(f"the run trained on the file {source}, which has no held-out split; "
@@ -357,7 +398,7 @@ def prompt_set(ctx, cfg):
         if not prompts:
             raise ValueError(f"the prompt set {source} is empty; give --prompts a file or data set "
                              f"with prompts.")
-        ctx.cache[key] = (name, prompts, source == "toy")
+        ctx.cache[key] = (name, prompts, "toy" if source == "toy" else "")
     return ctx.cache[key]
 
 
@@ -432,7 +473,7 @@ def evaluate_targets(ctx, targets, loader):
     something is missing."""
     rows, loaded, a = [], None, ctx.args
     for t in targets:
-        name, prompts, toy = prompt_set(ctx, t.config)
+        name, prompts, kind = prompt_set(ctx, t.config)
         checkpoints = [t.checkpoint] if t.checkpoint else list(t.soup)  # none for the SFT start
         ident = {"models": [fingerprint(p) for c in checkpoints
                             for p in (c, os.path.join(c, "policy"))]
@@ -462,12 +503,17 @@ def evaluate_targets(ctx, targets, loader):
             print(f"{t.name}: {len(result['responses'])} responses generated and scored in "
                   f"{time.time() - t0:.1f} s")
         family, _, lam = run_label(t.config)
+        if kind == "sets":  # the real sets: refusal metrics per set (evals/chat.py)
+            from evals.chat import set_metrics
+            rows_of = ctx.cache["rows", name] * a.samples_per_prompt
+            extra = set_metrics(rows_of, result["responses"])
+        else:
+            extra = (toy_metrics(result["prompts"], result["responses"], result["cost"])
+                     if kind == "toy" else {})
         rows.append({"name": t.name, "group": t.group, "family": family, "lam": lam,
                      "seed": t.config.get("seed"), "prompts": name, "n_prompts": len(prompts),
-                     "n_responses": len(result["responses"]), "cache": path,
-                     **response_metrics(result["reward"], result["cost"]),
-                     **(toy_metrics(result["prompts"], result["responses"], result["cost"])
-                        if toy else {})})
+                     "n_responses": len(result["responses"]), "cache": path, "sft": t.sft,
+                     **response_metrics(result["reward"], result["cost"]), **extra})
     return rows
 
 
@@ -522,8 +568,51 @@ def plot_pareto(agg, path, ref, volumes):
     return ax
 
 
+def _answers(row):
+    """(prompts, responses) of an evaluated row, from its cache file."""
+    with open(row["cache"]) as f:
+        result = json.load(f)
+    return result["prompts"], result["responses"]
+
+
+def write_chat_samples(ctx, per_run, path):
+    """samples.md: a few prompts of every real set, the SFT answer first, then each run's."""
+    from evals.chat import write_samples
+    rows = sorted(per_run, key=lambda r: (r["sft"] != "", r["name"]))  # SFT rows first
+    answers = {r["name"]: dict(zip(*_answers(r))) for r in rows}
+    write_samples(path, ctx.cache["rows", rows[0]["prompts"]], answers, ctx.args.samples)
+    print(f"wrote {path} (sample answers of every model)")
+
+
+def judge_runs(ctx, per_run):
+    """The paper's pairwise judgement (evals/judge.py) of every run against its SFT model on the
+    --judge_sets, from the answers just evaluated; writes judge.json, judge.csv, judge.png."""
+    from evals.chat import judge_groups
+    from evals.judge import JudgeClient, JudgeError, format_plan, judge_and_write, plan_calls
+    a = ctx.args
+    set_of = {r.prompt: r.set for key, rows in ctx.cache.items() if key[0] == "rows"
+              for r in rows}
+    sft = {r["name"]: _answers(r) for r in per_run if not r["sft"]}
+    runs = [(r["name"], r["sft"], *_answers(r)) for r in per_run if r["sft"] in sft]
+    groups = judge_groups(runs, sft, a.judge_sets_parsed, set_of)
+    if not groups:
+        raise ValueError(f"no answers to judge: the runs were not evaluated on any of the judge "
+                         f"sets ({', '.join(a.judge_sets_parsed)}); add them with --eval_sets.")
+    client = JudgeClient(a.judge, a.judge_url, max_tokens=a.judge_max_tokens)
+    cache = os.path.join(a.out, "cache", "judge")
+    print(format_plan([{"run": run, **plan_calls(client, criterion, items, cache)}
+                       for (run, criterion), items in groups.items()]))
+    if a.judge_dry_run:
+        return None
+    try:
+        return judge_and_write(client, groups, cache, a.out, a.judge_workers)
+    except JudgeError as err:
+        raise ValueError(str(err)) from None
+
+
 def write_outputs(out, per_run, agg, meta):
-    keys = METRICS + (TOY_METRICS if meta["toy"] else [])
+    from evals.chat import CHAT_METRICS
+    keys = METRICS + (TOY_METRICS if meta["toy"] else CHAT_METRICS if meta["chat"] else [])
     table_cols = (["method", "seeds", "n_prompts", "n_responses"]
                   + [c for k in keys for c in (k, k + "_std")])
     value = lambda r, c: len(r["seeds"]) if c == "seeds" else r.get("group" if c == "method" else c)
@@ -558,6 +647,23 @@ def parse_args(argv):
         help="PPO_H_RUN PPO_S_RUN (repeatable), or 'auto': pair the given PPO-H and PPO-S runs "
         "by seed")
     add("--soup_lambdas", default="0.2,0.4,0.6,0.8")
+    add("--eval_sets", default="",
+        help="comma-separated real prompt sets: redteam, alpaca, xstest-safe, xstest-unsafe or "
+        ".jsonl files (default: all four for smol runs, none for others)")
+    add("--eval_data", default="",
+        help="folder holding the real prompt sets' files (default: <the run's smol_data>/eval, "
+        "else data/eval)")
+    add("--samples", type=int, default=2, help="prompts per real set shown in samples.md")
+    add("--judge", default="", metavar="MODEL",
+        help="judge model name: compare each run's answers with its SFT model's (evals/judge.py)")
+    add("--judge_url", default="https://api.openai.com/v1",
+        help="OpenAI-compatible base URL of the judge; key from $OPENAI_API_KEY")
+    add("--judge_sets", default="alpaca=helpfulness,redteam=harmlessness",
+        help="SET=CRITERION pairs; a SET may be a .jsonl file of prompts")
+    add("--judge_dry_run", action="store_true",
+        help="print the judge calls and tokens still needed, send none")
+    add("--judge_workers", type=int, default=4, help="judge requests in flight at once")
+    add("--judge_max_tokens", type=int, default=512, help="cap on each judge reply")
     add("--device", default="auto")
     add("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
     add("--num_threads", type=int, default=1,
@@ -574,6 +680,16 @@ def parse_args(argv):
         ap.error(f"--batch_size must be 1 or more (got {args.batch_size}).")
     if args.num_threads < 0:
         ap.error(f"--num_threads must be 0 or more (got {args.num_threads}).")
+    for flag in ("samples", "judge_workers", "judge_max_tokens"):
+        if getattr(args, flag) < 1:
+            ap.error(f"--{flag} must be 1 or more (got {getattr(args, flag)}).")
+    args.judge_sets_parsed = {}
+    if args.judge:
+        from evals.chat import parse_judge_sets
+        try:
+            args.judge_sets_parsed = parse_judge_sets(args.judge_sets)
+        except ValueError as err:
+            ap.error(str(err))
     try:
         lambdas = [float(x) for x in args.soup_lambdas.split(",")]
     except ValueError:
@@ -621,14 +737,19 @@ def plan_jobs(args, ctx, fail):
             targets.remove(t)
     if not targets:
         raise SystemExit("error: nothing to evaluate: no valid run or checkpoint was given.")
-    sft = {}
+    sft, keys = {}, []
     for t in targets:
         cfg = {k: t.config.get(k) for k in ["policy", "reward_model", "cost_model", "prompts",
-                                            "prompt_split"] + GEN_FIELDS}
-        sft.setdefault(json.dumps(cfg, sort_keys=True),
-                       Target(f"sft (start of {t.name})", {**cfg, "method": "sft"}))
+                                            "prompt_split", "preset", "smol_data"] + GEN_FIELDS}
+        keys.append(json.dumps(cfg, sort_keys=True))
+        sft.setdefault(keys[-1], Target(f"sft (start of {t.name})", {**cfg, "method": "sft"}))
     if len(sft) == 1:
         next(iter(sft.values())).name = "sft"
+    for t, key in zip(targets, keys):
+        t.sft = sft[key].name
+    for s in soups:
+        for t in s:
+            t.sft = next((x.sft for x in targets if x.checkpoint == t.soup[0]), "")
     if args.samples_per_prompt is None:
         toy = all((args.prompts or t.config.get("prompts") or "toy") == "toy" for t in targets)
         args.samples_per_prompt = 4 if toy else 1  # the toy test set is small (40 prompts)
@@ -694,7 +815,10 @@ def main(argv=None):
     if not per_run:
         raise SystemExit("error: no checkpoint could be evaluated (see the errors above).")
     toy = all(TOY_METRICS[0] in r for r in per_run)
-    agg = sorted(aggregate(per_run, METRICS + (TOY_METRICS if toy else [])), key=sort_key)
+    chat = not toy and all("words" in r for r in per_run)  # the real prompt sets (evals/chat.py)
+    from evals.chat import CHAT_METRICS
+    extra = TOY_METRICS if toy else (CHAT_METRICS if chat else [])
+    agg = sorted(aggregate(per_run, METRICS + extra), key=sort_key)
     pts = [(r["helpful"], r["harmless"]) for r in agg]
     ref, front = reference_point(pts), [agg[i]["group"] for i in pareto_front(pts)]
     volumes = ({fam: hypervolume_2d([(r["helpful"], r["harmless"]) for r in agg
@@ -707,13 +831,14 @@ def main(argv=None):
     header = (f"Evaluated on {', '.join(sets)}: {scored} per run (seeds = runs averaged in a row), "
               f"sampling seed {args.seed}. Helpful = mean reward, Harmless = mean -cost, Avg = "
               f"their mean, Harmless ratio = share with cost <= 0; ± = sample std over seeds.")
-    print("\n" + textwrap.fill(header, WIDTH) + "\n\n" + format_table(agg, toy) + "\n")
+    print("\n" + textwrap.fill(header, WIDTH) + "\n\n" + format_table(agg, toy, chat) + "\n")
     print(textwrap.fill(f"non-dominated (Helpful, Harmless): {', '.join(front)}", WIDTH))
     rule = "per-axis minimum over all points minus 5% of the axis range"
     print(textwrap.fill(f"hypervolume w.r.t. the reference point ({ref[0]:.3f}, {ref[1]:.3f}) = "
                         f"{rule}: " + ", ".join(f"{k} {v:.3f}" for k, v in volumes.items()), WIDTH))
     os.makedirs(args.out, exist_ok=True)
-    write_outputs(args.out, per_run, agg, {"header": header, "toy": toy, "prompt_sets": sets,
+    write_outputs(args.out, per_run, agg, {"header": header, "toy": toy, "chat": chat,
+                                           "prompt_sets": sets,
                                            "seed": args.seed,
                                            "samples_per_prompt": args.samples_per_prompt,
                                            "pareto_front": front,
@@ -726,6 +851,13 @@ def main(argv=None):
         print("matplotlib is not installed, so there is no pareto.png; pip install matplotlib.")
     print(f"wrote {args.out}/table.csv, runs.csv, results.json, pareto.png (every column and "
           f"std; the cached responses are in {args.out}/cache/)")
+    if chat:
+        write_chat_samples(ctx, per_run, os.path.join(args.out, "samples.md"))
+    if args.judge:
+        try:
+            judge_runs(ctx, per_run)
+        except (OSError, ValueError) as err:
+            fail("--judge", err)
     if failed:
         print(f"{len(failed)} input(s) failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

@@ -621,6 +621,32 @@ def read_pairs(path):
     return groups
 
 
+def judge_and_write(client, groups, cache_dir, out_dir, workers=4, retry_unparsed=False):
+    """Judge every {(run, criterion): items} group, print the table, write judge.json, judge.csv
+    and judge.png into out_dir; returns the summaries. evaluate.py --judge calls this too."""
+    summaries, pairs = [], []
+    for (run, criterion), items in groups.items():
+        result = judge_pairs(client, criterion, items, cache_dir, run=run, workers=workers,
+                             retry_unparsed=retry_unparsed)
+        summaries.append(result.summary())
+        pairs.append({"run": run, "criterion": criterion, "pairs": result.pairs})
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "judge.json"), "w", encoding="utf-8") as f:
+        json.dump({"summaries": summaries, "pairs": pairs, "prompt_version": PROMPT_VERSION,
+                   "calls": client.calls, "prompt_tokens": client.prompt_tokens,
+                   "completion_tokens": client.completion_tokens}, f, indent=1)
+    with open(os.path.join(out_dir, "judge.csv"), "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(summaries[0]))
+        writer.writeheader()
+        writer.writerows(summaries)
+    plot_win_rates(summaries, os.path.join(out_dir, "judge.png"))
+    print(format_results(summaries))
+    print(f"{client.calls} requests sent ({client.prompt_tokens} prompt, "
+          f"{client.completion_tokens} completion tokens)")
+    print(f"wrote {out_dir}/judge.json, judge.csv, judge.png")
+    return summaries
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pairs", required=True, help="JSONL: run, criterion, prompt, run_answer, "
@@ -649,28 +675,10 @@ def main(argv=None):
         print(format_plan(plans))
         if args.dry_run:
             return
-        summaries, pairs = [], []
-        for (run, criterion), items in groups.items():
-            result = judge_pairs(client, criterion, items, args.cache_dir, run=run,
-                                 workers=args.workers, retry_unparsed=args.retry_unparsed)
-            summaries.append(result.summary())
-            pairs.append({"run": run, "criterion": criterion, "pairs": result.pairs})
+        judge_and_write(client, groups, args.cache_dir, args.out_dir, args.workers,
+                        args.retry_unparsed)
     except (OSError, ValueError, JudgeError) as err:
         raise SystemExit(f"error: {err}")
-    os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, "judge.json"), "w", encoding="utf-8") as f:
-        json.dump({"summaries": summaries, "pairs": pairs, "prompt_version": PROMPT_VERSION,
-                   "calls": client.calls, "prompt_tokens": client.prompt_tokens,
-                   "completion_tokens": client.completion_tokens}, f, indent=1)
-    with open(os.path.join(args.out_dir, "judge.csv"), "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(summaries[0]))
-        writer.writeheader()
-        writer.writerows(summaries)
-    plot_win_rates(summaries, os.path.join(args.out_dir, "judge.png"))
-    print(format_results(summaries))
-    print(f"{client.calls} requests sent ({client.prompt_tokens} prompt, "
-          f"{client.completion_tokens} completion tokens)")
-    print(f"wrote {args.out_dir}/judge.json, judge.csv, judge.png")
 
 
 if __name__ == "__main__":
