@@ -751,7 +751,8 @@ def plan_jobs(args, ctx, fail):
         for t in s:
             t.sft = next((x.sft for x in targets if x.checkpoint == t.soup[0]), "")
     if args.samples_per_prompt is None:
-        toy = all((args.prompts or t.config.get("prompts") or "toy") == "toy" for t in targets)
+        toy = not args.eval_sets and all((args.prompts or t.config.get("prompts") or "toy")
+                                         == "toy" for t in targets)
         args.samples_per_prompt = 4 if toy else 1  # the toy test set is small (40 prompts)
     jobs = [([t], lambda t: load_eval_policy(t.config, "", ctx)) for t in sft.values()]
     jobs += [([t], lambda t: load_eval_policy(t.config, t.checkpoint, ctx)) for t in targets]

@@ -140,7 +140,8 @@ def wilson_interval(k, n, z=Z95):
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # It always holds p; the clamps keep rounding (low = 1e-17 at k = 0) from saying otherwise.
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
 def summarize(verdicts, run="", criterion="", judge=""):
