@@ -5,6 +5,8 @@
     python evaluate.py runs/study --soup auto   # every run in runs/study, + Rewarded Soups
     python evaluate.py RUNS... --soup runs/ppo-h-s0 runs/ppo-s-s0 --soup_lambdas 0.2,0.4,0.6,0.8
     python evaluate.py runs/my-run --prompts PKU-Alignment/PKU-SafeRLHF --prompt_split test
+    python evaluate.py runs/smol                # smol runs: the real prompt sets, refusals
+    python evaluate.py runs/smol --judge gpt-4o --judge_url https://api.openai.com/v1
 
 The paper's Sec. 4.2 and Table 1 (docs/decisions.md, "Evaluation"). Each run's train_config.json
 gives the models and generation settings; prompts are the toy world's test prompts for toy runs,
@@ -19,8 +21,15 @@ checkpoint in <out>/cache/ (keyed by the checkpoint's files and time stamps, sco
 limit, seed, generation settings). Writes <out>/table.csv, runs.csv, results.json and pareto.png
 (non-dominated front, hypervolume per method family).
 
-Left out on purpose: the paper's GPT-4o pairwise judgement (not built yet), and the critic. Pure
-functions (metrics, aggregation, dominance, hypervolume, soup weights) come first, I/O after.
+Smol runs (or any run with --eval_sets) are evaluated on the real prompt sets instead (evals/:
+red-team, AlpacaEval, XSTest; --limit applies per set): the learned scores over all of them, plus
+over-refusal, compliance, length and empty answers (evals/chat.py), and samples.md with a few
+answers of every model. --judge MODEL --judge_url URL adds the paper's pairwise judgement against
+the SFT model (evals/judge.py: both answer orders, a win only when both agree, cached per call;
+--judge_dry_run counts the calls and tokens first): judge.json, judge.csv, judge.png.
+
+Left out on purpose: the critic. Pure functions (metrics, aggregation, dominance, hypervolume, soup
+weights) come first, I/O after.
 """
 import argparse
 import csv
