@@ -188,11 +188,14 @@ def new_scorer(policy_dir, train_layers):
 
 
 def balanced_threshold(safer, unsafer):
-    """The t maximising (share of unsafer costs > t + share of safer costs <= t) / 2 over the
-    observed costs: (t, that balanced accuracy)."""
+    """The t maximising (share of unsafer costs > t + share of safer costs <= t) / 2:
+    (t, that balanced accuracy). t lies halfway between the best observed cost and the next one,
+    not on an observed cost: after t is subtracted from the head's bias, a cost exactly at t would
+    land on 0 give or take float rounding (and batch padding), and could flip sides."""
     values = sorted(set(safer) | set(unsafer))
     best = (values[0] - 1.0, 0.5)
-    for t in values:
+    for i, v in enumerate(values):
+        t = (v + values[i + 1]) / 2 if i + 1 < len(values) else v + 1.0
         acc = (sum(c > t for c in unsafer) / len(unsafer) + sum(c <= t for c in safer)
                / len(safer)) / 2
         best = max(best, (t, acc), key=lambda x: x[1])
