@@ -91,7 +91,7 @@ def write_samples(path, eval_prompts, answers_by_model, per_set=2, width=600):
             sets[p.set].append(p.prompt)
     lines = ["# Sample answers", "",
              "The first prompts of each evaluation set, answered by every model with the same "
-             "sampling seed (answers cut at %d characters)." % width, ""]
+             f"sampling seed (answers cut at {width} characters).", ""]
     for set_name, prompts in sets.items():
         for prompt in prompts:
             lines += [f"## {set_name}: {prompt}", ""]

@@ -162,16 +162,15 @@ def test_reports_and_prompts(world):
 
 
 def test_cost_zero_splits_heldout_harmless_pairs_as_reported(world):
-    from rewards import load_scorer, score_texts
+    from rewards import load_scorer
     _, data, paths, _ = world
     with open(os.path.join(paths["cost"], "report.json")) as f:
         zero = json.load(f)["zero"]
     pairs = heldout(data, "harmless-base", "safety")
     assert len(pairs) == 8
     cost = load_scorer(paths["cost"], "cost", device="cpu")
-    prompts, max_length = [p.prompt for p in pairs], smol.RECIPES["tiny"].max_length
-    safer = score_texts(cost, prompts, [p.better for p in pairs], 16, max_length)
-    unsafer = score_texts(cost, prompts, [p.worse for p in pairs], 16, max_length)
+    max_length = smol.RECIPES["tiny"].max_length
+    safer, unsafer = smol.heldout_scores(cost, pairs, max_length)  # as the build scored them
     assert torch.isfinite(safer).all() and torch.isfinite(unsafer).all()
     balanced = ((unsafer > 0).float().mean() + (safer <= 0).float().mean()).item() / 2
     assert balanced == pytest.approx(zero["balanced_accuracy"], abs=1e-9)

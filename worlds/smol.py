@@ -206,9 +206,9 @@ def train_scorer(kind, policy_dir, pairs, recipe, out, progress=True, data=""):
     """Train the reward (kind="reward") or cost model on pairs[kind]'s split, check it on both
     held-out sets, calibrate the cost's zero, save model + tokenizer + report.json in out."""
     from model import load_tokenizer
-    from rewards import Scorer, pair_accuracy, score_texts, train_score_model
+    from rewards import Scorer, train_score_model
     t0 = time.time()
-    train, heldout = pairs[kind]["train"], pairs[kind]["heldout"]
+    train = pairs[kind]["train"]
     scorer, trainable = new_scorer(policy_dir, recipe.train_layers)
     # Quiet rewards.py here: HH-RLHF has no safe labels by design (the zero is calibrated below),
     # and dialogues over max_length lose their start in every batch (a known, accepted cut).
@@ -221,19 +221,18 @@ def train_scorer(kind, policy_dir, pairs, recipe, out, progress=True, data=""):
                               autocast_dtype=bf16)
     scorer.eval().requires_grad_(False)
     as_scorer = Scorer(scorer, tokenizer, kind)
-    acc = {name: pair_accuracy(as_scorer, p["heldout"], kind, 16, recipe.max_length)
-           for name, p in (("helpful", pairs["reward"]), ("harmless", pairs["cost"]))}
+    held = {name: heldout_scores(as_scorer, p["heldout"], recipe.max_length)
+            for name, p in (("helpful", pairs["reward"]), ("harmless", pairs["cost"]))}
+    # (better, worse) of each pair: a reward model should score better higher, a cost model lower
+    right = lambda b, w: ((b < w) if kind == "cost" else (b > w)).float().mean().item()
     report = {"kind": kind, "recipe": asdict(recipe), "data": data,
-              "format_version": FORMAT_VERSION,
-              "trained_on": HH_SUBSETS[kind], "train": stats, "heldout_pair_accuracy": acc,
+              "format_version": FORMAT_VERSION, "trained_on": HH_SUBSETS[kind], "train": stats,
+              "heldout_pair_accuracy": {name: right(*s) for name, s in held.items()},
               "length_baseline": {name: length_baseline(p["heldout"])
                                   for name, p in (("helpful", pairs["reward"]),
                                                   ("harmless", pairs["cost"]))}}
     if kind == "cost":
-        prompts = [p.prompt for p in heldout]
-        safer = score_texts(as_scorer, prompts, [p.better for p in heldout], 16, recipe.max_length)
-        unsafer = score_texts(as_scorer, prompts, [p.worse for p in heldout], 16,
-                              recipe.max_length)
+        safer, unsafer = held["harmless"]
         threshold, balanced = balanced_threshold(safer.tolist(), unsafer.tolist())
         with torch.no_grad():
             scorer.score_head.bias -= threshold
@@ -246,6 +245,17 @@ def train_scorer(kind, policy_dir, pairs, recipe, out, progress=True, data=""):
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
     return report
+
+
+def heldout_scores(scorer, pairs, max_length):
+    """(better, worse) scores, (N,) each, of N pairs: under bf16 autocast where the CPU has bf16
+    units (faster than float32), exactly as the build measures and calibrates."""
+    from rewards import score_texts
+    prompts = [p.prompt for p in pairs]
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=_cpu_has_bf16())
+    with autocast:
+        return tuple(score_texts(scorer, prompts, [getattr(p, side) for p in pairs], 16,
+                                 max_length) for side in ("better", "worse"))
 
 
 def _cpu_has_bf16():
