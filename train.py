@@ -120,7 +120,7 @@ PRESETS = {
     # sized for a laptop CPU: LoRA on policy and critic (pi_ref = adapter off, no second copy),
     # short answers, the paper's sampling (temperature 0.7, repetition penalty 1.05) and betas,
     # bf16 compute (1.4x faster than float32 on a CPU with avx512_bf16; --dtype float32 on others).
-    "smol": dict(lora_r=16, iterations=30, batch_size=8, minibatch_size=8, micro_batch_size=8,
+    "smol": dict(lora_r=16, iterations=40, batch_size=8, minibatch_size=8, micro_batch_size=8,
                  max_prompt_length=128, max_new_tokens=48, temperature=0.7, dtype="bfloat16",
                  repetition_penalty=1.05, ppo_epochs=1, actor_lr=1e-5, critic_lr=1e-5,
                  adam_beta1=0.9, adam_beta2=0.95, kl_coef=0.05, clip_eps=0.1, save_every=10),

@@ -33,7 +33,7 @@ METHODS = [("ppo-h", ["--method", "ppo-h"]), ("ppo-s", ["--method", "ppo-s"]),
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--iterations", type=int, default=30, help="PPO iterations per run")
+    ap.add_argument("--iterations", type=int, default=40, help="PPO iterations per run")
     ap.add_argument("--out_root", default="runs/smol")
     ap.add_argument("--smol_data", default="data", help="HH-RLHF folder (or Anthropic/hh-rlhf); "
                     "its eval/ subfolder holds the evaluation sets")
