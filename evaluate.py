@@ -55,7 +55,8 @@ GEN_FIELDS = ["max_prompt_length", "max_new_tokens", "temperature", "top_p", "re
 # Config fields that do not change what a run learns: runs equal but for these are seeds of one
 # method.
 NOT_METHOD = {"seed", "out_dir", "resume", "overwrite", "device", "save_every", "score_batch_size",
-              "toy_dir", "smol_dir", "num_threads", "stop_after"}
+              "toy_dir", "smol_dir", "smol_data", "smol_policy", "smol_size", "num_threads",
+              "stop_after"}  # (a smol run's scorers are in reward_model / cost_model already)
 METHOD_ORDER = ["sft", "ppo-h", "ppo-s", "safe-rlhf", "fast-rl", "mgda", "gapo", "gapo-eq17",
                 "pgapo", "morlhf", "soup"]
 
@@ -298,12 +299,13 @@ def checkpoint_progress(ckpt, cfg):
 def ensure_toy_models(cfg, name):
     """A toy run's models live in the toy world's cache: rebuild it, as train.py does, when it was
     deleted or damaged (the build is seeded, so it is the world the run trained in). A smol run's
-    parts are prepared again the same way (a no-op when they are there)."""
-    if cfg.get("preset") == "smol" and cfg.get("policy", "").startswith(
-            os.path.abspath(cfg.get("smol_dir", "cache/smol"))):
-        from worlds import smol
-        smol.ensure_smol(cfg["smol_dir"], cfg.get("smol_data", "data"),
-                         cfg.get("smol_policy", ""), cfg.get("smol_size", "default"))
+    parts are only checked: preparing them needs the HH-RLHF data, so a missing one is an error."""
+    if cfg.get("preset") == "smol":  # prepared once by train.py; rebuilding needs the HH data
+        for key in ("policy", "reward_model", "cost_model"):
+            if not os.path.isdir(str(cfg.get(key))):
+                raise FileNotFoundError(
+                    f"its {key} {cfg.get(key)} is gone; prepare the smol world again with python "
+                    f"-m worlds.smol --out {os.path.dirname(str(cfg.get(key)))} --data DATA.")
         return
     from worlds import toyworld
     root = os.path.dirname(str(cfg.get("policy", "")))
@@ -603,7 +605,10 @@ def judge_runs(ctx, per_run):
               for r in rows}
     sft = {r["name"]: _answers(r) for r in per_run if not r["sft"]}
     runs = [(r["name"], r["sft"], *_answers(r)) for r in per_run if r["sft"] in sft]
-    groups = judge_groups(runs, sft, a.judge_sets_parsed, set_of)
+    from evals.prompt_sets import custom_set_name
+    sets = {custom_set_name(k) if k.endswith(".jsonl") else k: v
+            for k, v in a.judge_sets_parsed.items()}  # a .jsonl set is named after its file
+    groups = judge_groups(runs, sft, sets, set_of)
     if not groups:
         raise ValueError(f"no answers to judge: the runs were not evaluated on any of the judge "
                          f"sets ({', '.join(a.judge_sets_parsed)}); add them with --eval_sets.")
@@ -692,6 +697,17 @@ def parse_args(argv):
     for flag in ("samples", "judge_workers", "judge_max_tokens"):
         if getattr(args, flag) < 1:
             ap.error(f"--{flag} must be 1 or more (got {getattr(args, flag)}).")
+    if args.judge_dry_run and not args.judge:
+        ap.error("--judge_dry_run needs --judge MODEL (and --judge_url) to know what it counts.")
+    from evals.prompt_sets import STANDARD_SETS
+    unknown = [n for n in args.eval_sets.split(",") if n and n not in STANDARD_SETS
+               and not n.endswith(".jsonl")]
+    if unknown:
+        ap.error(f"--eval_sets: unknown set {unknown[0]!r}; use {', '.join(STANDARD_SETS)} or "
+                 f".jsonl files.")
+    if args.eval_data and not os.path.isdir(args.eval_data):
+        ap.error(f"--eval_data {args.eval_data} is not a folder; give the folder holding the "
+                 f"evaluation sets' files.")
     args.judge_sets_parsed = {}
     if args.judge:
         from evals.chat import parse_judge_sets
@@ -719,7 +735,13 @@ def plan_jobs(args, ctx, fail):
     generation settings), the runs, and the soups (all lambdas of one pair share a loader)."""
     targets, paths = [], []
     # a folder of runs (runs/study) stands for the runs inside it
-    for p in args.runs or find_runs("runs"):
+    # by default every run under runs/ but the other presets' folders (runs/smol: other prompts)
+    given = args.runs or [p for p in find_runs("runs")
+                          if os.path.relpath(p, "runs").split(os.sep)[0] not in ("smol", "paper")]
+    if not given:
+        raise FileNotFoundError("no run under runs/ (smol runs are evaluated on their own: "
+                                "python evaluate.py runs/smol).")
+    for p in given:
         is_run = any(os.path.exists(os.path.join(p, f)) for f in ("train_config.json", "policy"))
         paths += (find_runs(p) if os.path.isdir(p) and not is_run else []) or [p]
     for p in paths:
@@ -746,19 +768,21 @@ def plan_jobs(args, ctx, fail):
             targets.remove(t)
     if not targets:
         raise SystemExit("error: nothing to evaluate: no valid run or checkpoint was given.")
-    sft, keys = {}, []
-    for t in targets:
-        cfg = {k: t.config.get(k) for k in ["policy", "reward_model", "cost_model", "prompts",
-                                            "prompt_split", "preset", "smol_data"] + GEN_FIELDS}
-        keys.append(json.dumps(cfg, sort_keys=True))
-        sft.setdefault(keys[-1], Target(f"sft (start of {t.name})", {**cfg, "method": "sft"}))
+    sft = {}
+
+    def start_of(t):  # the SFT target a run (or soup) started from, shared by equal starts
+        fields = ["policy", "reward_model", "cost_model", "prompts", "prompt_split"] + GEN_FIELDS
+        if t.config.get("preset") == "smol":  # evaluated on the real sets (prompt_set)
+            fields += ["preset", "smol_data"]
+        cfg = {k: t.config.get(k) for k in fields}
+        key = json.dumps(cfg, sort_keys=True)
+        return sft.setdefault(key, Target(f"sft (start of {t.name})", {**cfg, "method": "sft"}))
+    for t in targets + [t for s in soups for t in s]:
+        t.sft = start_of(t)
     if len(sft) == 1:
         next(iter(sft.values())).name = "sft"
-    for t, key in zip(targets, keys):
-        t.sft = sft[key].name
-    for s in soups:
-        for t in s:
-            t.sft = next((x.sft for x in targets if x.checkpoint == t.soup[0]), "")
+    for t in targets + [t for s in soups for t in s]:
+        t.sft = t.sft.name
     if args.samples_per_prompt is None:
         toy = not args.eval_sets and all((args.prompts or t.config.get("prompts") or "toy")
                                          == "toy" for t in targets)

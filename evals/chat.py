@@ -1,6 +1,8 @@
 """A chat model's evaluation on the real prompt sets: what evaluate.py adds for the smol world (or
 any run given --eval_sets) beside the learned Helpful / Harmless scores.
 
+The paper (Sec. 4.2) judges answers to the red-team and AlpacaEval prompts with GPT-4o; the
+refusal columns are this project's addition, after XSTest (Roettger et al. 2024).
 - set_metrics: per response set, the refusal detector's numbers (evals/refusal.py) flattened to
   table columns: over-refusal on XSTest's safe prompts, compliance (did not refuse) on XSTest's
   unsafe prompts and on the red-team prompts, answer length in words, empty answers.
@@ -68,7 +70,7 @@ def judge_groups(runs, sft_answers, judge_sets, set_of):
 
     runs: [(run name, SFT name, prompts, answers)]; sft_answers: {SFT name: (prompts, answers)};
     judge_sets: {set name: criterion}; set_of: {prompt: set name}. A prompt counts where the run
-    and its SFT model both answered it (first answer per prompt)."""
+    and its SFT model both answered it (the last answer per prompt, for both alike)."""
     from evals.judge import CRITERIA
     groups = {}
     for name, sft, prompts, answers in runs:

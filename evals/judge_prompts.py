@@ -7,6 +7,10 @@ from two prompts.
 
 The reply format is the contract with evals/judge.py's parser: the judge must end its reply with
 one line `Scores: A=<1-10> B=<1-10>`. Change FORMAT_LINE and the parser together.
+
+Paper: Sec. 4.2's GPT-4o comparison of helpfulness and harmlessness. Nothing to run here (python
+-m evals.judge or evaluate.py --judge use it). Left out on purpose: few-shot examples and
+per-category rubrics (the paper gives none; they would lengthen every call).
 """
 
 FORMAT_LINE = "Scores: A=<1-10> B=<1-10>"

@@ -1,4 +1,5 @@
-"""The smol study: SmolLM2-135M-Instruct trained by six methods (one seed), then evaluate.py.
+"""The smol study: SmolLM2-135M-Instruct trained by six methods (one seed), then evaluate.py:
+the paper's comparison (Sec. 4, Table 1) with a real chat model on a CPU.
 
     python -m experiments.smol_study --jobs 2 --smol_data DATA   # prepare, train, evaluate
     python -m experiments.smol_study --resume                    # continue interrupted runs

