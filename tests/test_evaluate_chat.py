@@ -135,3 +135,14 @@ def test_wilson_interval_always_holds_the_rate():
         for k in range(n + 1):
             low, high = wilson_interval(k, n)
             assert 0.0 <= low <= k / n <= high <= 1.0, (k, n, low, high)
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--eval_sets", "nope"], "unknown set 'nope'"),
+    (["--eval_data", "no/such/folder"], "is not a folder"),
+    (["--judge_dry_run"], "needs --judge MODEL"),
+    (["--judge", "m", "--judge_sets", "alpaca=wit"], "must be SET=CRITERION")])
+def test_bad_eval_and_judge_flags_are_one_sentence_before_any_work(flags, words, capsys):
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main(["some-run", *flags])
+    assert stop.value.code == 2 and words in capsys.readouterr().err
