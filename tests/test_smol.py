@@ -320,3 +320,28 @@ def test_two_smol_iterations_then_resume(world, tmp_path):
     train.main(["--out_dir", str(out), "--resume"])  # goes on after the stop at 2
     with open(out / "log.jsonl") as f:
         assert [json.loads(line)["iteration"] for line in f] == [1, 2, 3]
+
+
+def test_evaluation_prompts_are_kept_out_and_the_split_stays_put(tmp_path):
+    """AlpacaEval's helpful_base prompts are HH-RLHF helpful-base first turns: a dialogue opening
+    with any evaluation prompt (case and spacing aside) must reach no part of the smol world, and
+    keeping it out must not move the other pairs between train / held-out / rest."""
+    from data import PreferencePair
+    pairs = [PreferencePair(f"\n\nHuman: question {i}?\n\nAssistant: hi\n\nHuman: more\n\n"
+                            f"Assistant:", f"good {i}", f"bad {i}") for i in range(40)]
+    (tmp_path / "eval").mkdir()
+    with open(tmp_path / "eval" / "alpacaeval_helpful_base.jsonl", "w") as f:
+        for i in (3, 17, 25):
+            f.write(json.dumps({"prompt": f"  Question   {i}?", "category": "x"}) + "\n")
+    evaluation = smol.eval_prompts_in(str(tmp_path))
+    assert evaluation == {f"question {i}?" for i in (3, 17, 25)}
+    assert smol.eval_prompts_in(str(tmp_path / "nowhere")) == set()
+    recipe = smol.Recipe(train_pairs=10, heldout_pairs=5)
+    kept = smol.split_pairs(pairs, recipe, smol.opens_with(evaluation))
+    plain = smol.split_pairs(pairs, recipe)
+    assert all(p.better not in ("good 3", "good 17", "good 25") for part in kept for p in part)
+    assert sum(map(len, kept)) == 37
+    # the same order with the three pairs taken out: what was in front of them keeps its part
+    out = ("good 3", "good 17", "good 25")
+    remaining = [p for part in plain for p in part if p.better not in out]
+    assert [p for part in kept for p in part] == remaining
