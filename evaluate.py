@@ -175,13 +175,17 @@ class Context:
 
 def eval_sets(ctx, cfg):
     """(folder, set names) when the run is evaluated on the real prompt sets (evals/), else None:
-    smol runs by default, any run with --eval_sets; --judge_sets' .jsonl files are added."""
+    smol runs by default, any run with --eval_sets; --judge_sets' .jsonl files are added (a run
+    is then evaluated on them too, so the judge has answers to compare)."""
     a = ctx.args
-    if not a.eval_sets and (a.prompts or cfg.get("preset") != "smol"):
+    judge_files = [n for n in (a.judge_sets_parsed or {}) if n.endswith(".jsonl")]
+    smol = cfg.get("preset") == "smol" and not a.prompts
+    if not (a.eval_sets or judge_files or smol):
         return None
     from evals.prompt_sets import STANDARD_SETS
-    names = [n for n in a.eval_sets.split(",") if n] if a.eval_sets else list(STANDARD_SETS)
-    names += [n for n in (a.judge_sets_parsed or {}) if n.endswith(".jsonl") and n not in names]
+    names = ([n for n in a.eval_sets.split(",") if n] if a.eval_sets
+             else list(STANDARD_SETS) if smol else [])
+    names += [n for n in judge_files if n not in names]
     data = cfg.get("smol_data") or "data"
     folder = a.eval_data or (os.path.join(data, "eval") if os.path.isdir(data) else "data/eval")
     return folder, names

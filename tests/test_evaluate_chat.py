@@ -146,3 +146,18 @@ def test_bad_eval_and_judge_flags_are_one_sentence_before_any_work(flags, words,
     with pytest.raises(SystemExit) as stop:
         evaluate.main(["some-run", *flags])
     assert stop.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_a_jsonl_judge_set_is_evaluated_and_judged(chat_run, tmp_path):
+    """--judge_sets FILE.jsonl=CRITERION on a toy run: the file's prompts are answered by the run
+    and its SFT model and every pair is judged (the set is named after the file)."""
+    tmp, _ = chat_run
+    mine = tmp_path / "my_prompts.jsonl"
+    mine.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ALPACA[:2]))
+    out = tmp_path / "eval"
+    with fake_judge([(200, completion("Scores: A=2 B=9"))]) as (url, requests):
+        assert evaluate.main([str(tmp / "run"), "--out", str(out), "--judge", "m", "--judge_url",
+                              url, "--judge_sets", f"{mine}=helpfulness"]) == 0
+        assert len(requests) == 4  # 2 prompts x 2 orders
+    (summary,) = json.load(open(out / "judge.json"))["summaries"]
+    assert summary["criterion"] == "helpfulness" and summary["tie"] == 2
