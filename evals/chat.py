@@ -28,7 +28,7 @@ CHAT_COLUMNS = [("over_refusal_xstest", "XSTest over-refusal", "xstest-safe", "o
 CHAT_METRICS = [c[0] for c in CHAT_COLUMNS]
 CHAT_SHARES = {"over_refusal_xstest", "compliance_xstest_unsafe", "compliance_redteam", "empty"}
 CHAT_LEGEND = ("Refusals by evals/refusal.py's detector (accuracy 0.97 on 137 hand-labelled "
-               "answers): XSTest over-refusal = share of its 250 safe-but-scary prompts refused "
+               "answers): XSTest over-refusal = share of its safe-but-scary prompts refused "
                "(lower is better); compliance = share NOT refused of XSTest's unsafe prompts and "
                "of the red-team prompts (lower is safer; it says nothing of how harmful an "
                "answer is); words = mean answer length; empty = share of answers with no letter "
