@@ -31,6 +31,32 @@ METHODS = [("ppo-h", ["--method", "ppo-h"]), ("ppo-s", ["--method", "ppo-s"]),
            ("gapo-p2", ["--method", "gapo", "--p", "2"])]
 
 
+def paired_vs_sft(eval_dir):
+    """Lines of a table: each run's mean change from the SFT model in reward, -cost and answer
+    length, per prompt (same prompts, same sampling seed), with 95% t intervals over prompts."""
+    import json
+    from experiments.claims import paired_interval
+    with open(os.path.join(eval_dir, "results.json")) as f:
+        rows = json.load(f)["runs"]
+    load = lambda r: json.load(open(r["cache"]))
+    sft = {r["sft"] for r in rows if r["sft"]}
+    lines = [f"{'change from SFT, per prompt':28s} {'Helpful':>24s} {'Harmless':>24s} "
+             f"{'words':>20s}"]
+    for r in rows:
+        if not r["sft"] or len(sft) != 1:
+            continue
+        base, run = load(next(x for x in rows if x["name"] == r["sft"])), load(r)
+        assert base["prompts"] == run["prompts"], "runs were evaluated on different prompts"
+        cells = []
+        for get in (lambda c, i: c["reward"][i], lambda c, i: -c["cost"][i],
+                    lambda c, i: len(c["responses"][i].split())):
+            mean, low, high = paired_interval([get(run, i) - get(base, i)
+                                               for i in range(len(run["prompts"]))])
+            cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
+        lines.append(f"{r['group']:28s} {cells[0]:>24s} {cells[1]:>24s} {cells[2]:>20s}")
+    return lines
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
@@ -67,6 +93,8 @@ def main(argv=None):
         cmd = [sys.executable, os.path.join(study.ROOT, "evaluate.py"), *finished, "--out", out,
                *args.eval_args.split()]
         code = max(code, subprocess.run(cmd, cwd=study.ROOT).returncode)
+        if code == 0:
+            print("\n".join(paired_vs_sft(out)))
     print(f"smol study: finished in {(time.time() - t0) / 60:.1f} min"
           + (f"; failed runs: {', '.join(failed)}" if failed else ""))
     return code
