@@ -3,6 +3,8 @@
     python train.py --method gapo --p 2              # toy world on a laptop (built on first use)
     python train.py --method pgapo --pref 0.4,0.6    # P-GAPO with a preference vector
     python train.py --help                           # every flag, its meaning and default
+    # SmolLM2-135M-Instruct vs reward and cost models learned from HH-RLHF, on a CPU:
+    python train.py --preset smol --method gapo --p 2 --smol_data DATA
     # Mistral-7B-SFT + beaver-7b, on a GPU:
     python train.py --preset paper --method gapo --p 1 --lora_r 64
 
@@ -119,7 +121,8 @@ PRESETS = {
     # SmolLM2-135M-Instruct against reward and cost models learned from HH-RLHF (worlds/smol.py),
     # sized for a laptop CPU: LoRA on policy and critic (pi_ref = adapter off, no second copy),
     # short answers, the paper's sampling (temperature 0.7, repetition penalty 1.05) and betas,
-    # bf16 compute (1.4x faster than float32 on a CPU with avx512_bf16; --dtype float32 on others).
+    # bf16 compute (1.3x faster than float32 here, on a CPU with avx512_bf16; else --dtype
+    # float32).
     "smol": dict(lora_r=16, iterations=40, batch_size=8, minibatch_size=8, micro_batch_size=8,
                  max_prompt_length=128, max_new_tokens=48, temperature=0.7, dtype="bfloat16",
                  repetition_penalty=1.05, ppo_epochs=1, actor_lr=1e-5, critic_lr=1e-5,
