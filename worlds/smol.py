@@ -235,7 +235,7 @@ def balanced_threshold(safer, unsafer):
 
 
 def train_scorer(kind, policy_dir, pairs, recipe, out, progress=True, data="",
-                 eval_prompts_kept_out=0):
+                 eval_prompts_kept_out=0, policy_source=None):
     """Train the reward (kind="reward") or cost model on pairs[kind]'s split, check it on both
     held-out sets, calibrate the cost's zero, save model + tokenizer + report.json in out."""
     from model import load_tokenizer
@@ -260,6 +260,7 @@ def train_scorer(kind, policy_dir, pairs, recipe, out, progress=True, data="",
     right = lambda b, w: ((b < w) if kind == "cost" else (b > w)).float().mean().item()
     report = {"kind": kind, "recipe": asdict(recipe), "data": data,
               "format_version": FORMAT_VERSION, "eval_prompts_kept_out": eval_prompts_kept_out,
+              "policy_source": policy_source,
               "pairs_kept_out": pairs[kind]["kept_out"], "trained_on": HH_SUBSETS[kind],
               "train": stats,
               "heldout_pair_accuracy": {name: right(*s) for name, s in held.items()},
@@ -365,10 +366,11 @@ def ensure_smol(root="cache/smol", data="data", policy="", size="default", progr
     recipe_json = {**asdict(recipe), "data": data, "format_version": FORMAT_VERSION,
                    "eval_prompts_kept_out": len(evaluation)}
 
-    def stale(kind):
+    def stale(kind):  # built with another recipe, data, evaluation sets or policy
         r = _read_json(os.path.join(paths[kind], "report.json")) or {}
-        return (r.get("recipe"), r.get("data"), r.get("format_version"),
-                r.get("eval_prompts_kept_out")) != wanted
+        return ((r.get("recipe"), r.get("data"), r.get("format_version"),
+                 r.get("eval_prompts_kept_out")) != wanted
+                or r.get("policy_source", list(source)) != list(source))
 
     pairs, rest = {}, []
 
@@ -390,7 +392,8 @@ def ensure_smol(root="cache/smol", data="data", policy="", size="default", progr
             say(f"smol: training the {kind} model on {recipe.train_pairs} {HH_SUBSETS[kind]} "
                 f"pairs (top {recipe.train_layers} layers, minutes on a CPU, once)")
             make = lambda tmp, kind=kind: train_scorer(kind, paths["policy"], pairs, recipe, tmp,
-                                                       progress, data, len(evaluation))
+                                                       progress, data, len(evaluation),
+                                                       list(source))
             say(describe_scorer(_build(paths[kind], make)))
     with _locked(root, "prompts"):
         if (_read_json(paths["prompts"] + ".json") != recipe_json
