@@ -161,10 +161,11 @@ def _normalised(text):
 
 
 def eval_prompts_in(data):
-    """Normalised prompts of the evaluation sets in <data>/eval, when that folder is there.
-    AlpacaEval's helpful_base prompts ARE first human turns of HH-RLHF helpful-base dialogues, so
-    without this the reward model and the RL prompts would see evaluation prompts."""
-    folder = os.path.join(data, "eval")
+    """Normalised prompts of the evaluation sets in <data>/eval (data/eval when the HH-RLHF data
+    come from the Hub), when that folder is there. AlpacaEval's helpful_base prompts ARE first
+    human turns of HH-RLHF helpful-base dialogues, so without this the reward model and the RL
+    prompts would see evaluation prompts."""
+    folder = os.path.join(data if os.path.isdir(data) else "data", "eval")
     if not os.path.isdir(folder):
         return set()
     from evals.prompt_sets import STANDARD_SETS, load_eval_sets
