@@ -335,7 +335,8 @@ def test_evaluation_prompts_are_kept_out_and_the_split_stays_put(tmp_path):
             f.write(json.dumps({"prompt": f"  Question   {i}?", "category": "x"}) + "\n")
     evaluation = smol.eval_prompts_in(str(tmp_path))
     assert evaluation == {f"question {i}?" for i in (3, 17, 25)}
-    assert smol.eval_prompts_in(str(tmp_path / "nowhere")) == set()
+    (tmp_path / "no_eval").mkdir()
+    assert smol.eval_prompts_in(str(tmp_path / "no_eval")) == set()  # a folder without eval/
     recipe = smol.Recipe(train_pairs=10, heldout_pairs=5)
     kept = smol.split_pairs(pairs, recipe, smol.opens_with(evaluation))
     plain = smol.split_pairs(pairs, recipe)
