@@ -653,7 +653,14 @@ def main(argv=None):
         write_chat_samples(ctx, per_run, os.path.join(args.out, "samples.md"))
     if args.judge:
         try:
-            judge_runs(ctx, per_run)
+            summaries = judge_runs(ctx, per_run)
+            if summaries:  # results.json holds the judge's rows too, beside the table's
+                path = os.path.join(args.out, "results.json")
+                with open(path) as f:
+                    results = json.load(f)
+                with open(path + ".tmp", "w") as f:
+                    json.dump({**results, "judge": summaries}, f, indent=1)
+                os.replace(path + ".tmp", path)
         except (OSError, ValueError) as err:
             fail("--judge", err)
     if failed:

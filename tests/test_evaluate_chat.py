@@ -99,6 +99,7 @@ def test_judge_position_bias_becomes_ties_dry_run_sends_nothing_rerun_is_free(ch
         for s in by_criterion.values():  # A always wins: the orders disagree on every pair
             assert (s["win"], s["tie"], s["lose"], s["unparsed"]) == (0, 3, 0, 0)
         assert (out / "judge.png").exists() and (out / "judge.csv").exists()
+        assert json.load(open(out / "results.json"))["judge"] == judged["summaries"]
         assert evaluate_chat(tmp, sets, out, "--judge", "biased", "--judge_url", url) == 0
         assert len(requests) == 12  # everything came from the cache
     assert not any("sk-" in line for line in open(out / "judge.json"))
