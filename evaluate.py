@@ -186,9 +186,8 @@ def eval_sets(ctx, cfg):
     names = ([n for n in a.eval_sets.split(",") if n] if a.eval_sets
              else list(STANDARD_SETS) if smol else [])
     names += [n for n in judge_files if n not in names]
-    data = cfg.get("smol_data") or "data"
-    folder = a.eval_data or (os.path.join(data, "eval") if os.path.isdir(data) else "data/eval")
-    return folder, names
+    from worlds.smol import eval_folder
+    return a.eval_data or eval_folder(cfg.get("smol_data") or "data"), names
 
 
 def prompt_set(ctx, cfg):
@@ -199,7 +198,7 @@ def prompt_set(ctx, cfg):
     a = ctx.args
     sets = eval_sets(ctx, cfg)
     if sets:
-        key = ("sets", *sets[0:1], *sets[1], a.limit)
+        key = ("sets", sets[0], *sets[1], a.limit)
         if key not in ctx.cache:
             from evals.prompt_sets import load_eval_sets
             rows = load_eval_sets(*sets, limit=a.limit)

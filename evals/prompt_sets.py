@@ -24,10 +24,11 @@ Left out on purpose: no download (the files are third-party data with their own 
 user fetches them), and no de-duplication (the published sets have none to remove).
 """
 import csv
-import json
 import os
 import sys
 from dataclasses import dataclass
+
+from data import _read_file  # JSON Lines or one JSON list, with one-sentence errors
 
 SET_FILES = {"redteam": "safe_rlhf_redteam.jsonl", "alpaca": "alpacaeval_helpful_base.jsonl",
              "xstest-safe": "xstest_prompts.csv", "xstest-unsafe": "xstest_prompts.csv"}
@@ -66,29 +67,6 @@ def _require(path):
                             f"{SOURCES[name]} and put it there.")
 
 
-def _json_rows(path):
-    """(where, row) of a JSON Lines file, or of a file holding one JSON list of objects."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if not text.strip():
-        raise ValueError(f"{path} is empty; give a file with one JSON object per prompt.")
-    if text.lstrip().startswith("["):  # the upstream problem.json is one list
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); fix the file.") from None
-        return [(f"item {i}", row) for i, row in enumerate(rows, 1)]
-    rows = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if line.strip():  # blank lines are not rows
-            try:
-                rows.append((f"line {i}", json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {i} is not valid JSON ({err}); "
-                                 f"fix that line.") from None
-    return rows
-
-
 def _prompt_of(path, where, row):
     if not isinstance(row, dict):
         raise ValueError(f"{path}, {where} is a {type(row).__name__}, not a JSON object; "
@@ -103,7 +81,7 @@ def _prompt_of(path, where, row):
 def load_jsonl_set(path, set_name, default_category=""):
     """EvalPrompts of a JSON Lines file with a "prompt" field and an optional "category"."""
     _require(path)
-    rows = _json_rows(path)
+    rows = list(_read_file(path))  # JSON Lines, or one JSON list (the upstream problem.json)
     return [EvalPrompt(_prompt_of(path, where, row), set_name, None,
                        str(row.get("category") or default_category)) for where, row in rows]
 

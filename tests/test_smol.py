@@ -338,7 +338,7 @@ def test_evaluation_prompts_are_kept_out_and_the_split_stays_put(tmp_path):
     (tmp_path / "no_eval").mkdir()
     assert smol.eval_prompts_in(str(tmp_path / "no_eval")) == set()  # a folder without eval/
     recipe = smol.Recipe(train_pairs=10, heldout_pairs=5)
-    kept = smol.split_pairs(pairs, recipe, smol.opens_with(evaluation))
+    kept = smol.split_pairs(pairs, recipe, smol.not_opening_with(evaluation))
     plain = smol.split_pairs(pairs, recipe)
     assert all(p.better not in ("good 3", "good 17", "good 25") for part in kept for p in part)
     assert sum(map(len, kept)) == 37

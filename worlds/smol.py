@@ -36,6 +36,7 @@ and a safety-labelled cost model (PKU-SafeRLHF would give labels; it is not avai
 import argparse
 import contextlib
 import fcntl
+import functools
 import importlib.util
 import json
 import logging
@@ -160,12 +161,17 @@ def _normalised(text):
     return " ".join(text.split()).lower()
 
 
+def eval_folder(data):
+    """Where the evaluation sets of a --smol_data source are: <data>/eval, or data/eval when the
+    HH-RLHF data come from the Hub (evaluate.py looks in the same place)."""
+    return os.path.join(data if os.path.isdir(data) else "data", "eval")
+
+
 def eval_prompts_in(data):
-    """Normalised prompts of the evaluation sets in <data>/eval (data/eval when the HH-RLHF data
-    come from the Hub), when that folder is there. AlpacaEval's helpful_base prompts ARE first
-    human turns of HH-RLHF helpful-base dialogues, so without this the reward model and the RL
-    prompts would see evaluation prompts."""
-    folder = os.path.join(data if os.path.isdir(data) else "data", "eval")
+    """Normalised prompts of the evaluation sets in eval_folder(data), when it is there.
+    AlpacaEval's helpful_base prompts ARE first human turns of HH-RLHF helpful-base dialogues, so
+    without this the reward model and the RL prompts would see evaluation prompts."""
+    folder = eval_folder(data)
     if not os.path.isdir(folder):
         return set()
     from evals.prompt_sets import STANDARD_SETS, load_eval_sets
@@ -178,7 +184,7 @@ def eval_prompts_in(data):
     return found
 
 
-def opens_with(evaluation):
+def not_opening_with(evaluation):
     """keep(pair) for split_pairs: False when the dialogue opens with an evaluation prompt."""
     from data import dialogue_turns
     return lambda pair: _normalised(dialogue_turns(pair.prompt)[0]) not in evaluation
@@ -244,19 +250,24 @@ def train_scorer(kind, policy_dir, pairs, recipe, out, progress=True, data="",
     t0 = time.time()
     train = pairs[kind]["train"]
     scorer, trainable = new_scorer(policy_dir, recipe.train_layers)
-    # Quiet rewards.py here: HH-RLHF has no safe labels by design (the zero is calibrated below),
-    # and dialogues over max_length lose their start in every batch (a known, accepted cut).
-    logging.getLogger("rewards").setLevel(logging.ERROR)
     tokenizer = load_tokenizer(policy_dir, padding_side="right")
     bf16 = torch.bfloat16 if _cpu_has_bf16() else None
-    stats = train_score_model(scorer, tokenizer, train, "reward" if kind == "reward" else "cost",
-                              recipe.epochs, recipe.lr, recipe.batch_size, "cpu", progress,
-                              recipe.seed, recipe.max_length, params=trainable,
-                              autocast_dtype=bf16)
-    scorer.eval().requires_grad_(False)
-    as_scorer = Scorer(scorer, tokenizer, kind)
-    held = {name: heldout_scores(as_scorer, p["heldout"], recipe.max_length)
-            for name, p in (("helpful", pairs["reward"]), ("harmless", pairs["cost"]))}
+    # Quiet rewards.py while building: HH-RLHF has no safe labels by design (the zero is
+    # calibrated below), and dialogues over max_length lose their start in every batch (a known,
+    # accepted cut). Its level is restored after, so a training run that follows still warns.
+    quiet, level = logging.getLogger("rewards"), logging.getLogger("rewards").level
+    quiet.setLevel(logging.ERROR)
+    try:
+        stats = train_score_model(scorer, tokenizer, train,
+                                  "reward" if kind == "reward" else "cost", recipe.epochs,
+                                  recipe.lr, recipe.batch_size, "cpu", progress, recipe.seed,
+                                  recipe.max_length, params=trainable, autocast_dtype=bf16)
+        scorer.eval().requires_grad_(False)
+        as_scorer = Scorer(scorer, tokenizer, kind)
+        held = {name: heldout_scores(as_scorer, p["heldout"], recipe.max_length)
+                for name, p in (("helpful", pairs["reward"]), ("harmless", pairs["cost"]))}
+    finally:
+        quiet.setLevel(level)
     # (better, worse) of each pair: a reward model should score better higher, a cost model lower
     right = lambda b, w: ((b < w) if kind == "cost" else (b > w)).float().mean().item()
     report = {"kind": kind, "recipe": asdict(recipe), "data": data,
@@ -295,6 +306,7 @@ def heldout_scores(scorer, pairs, max_length):
                                  max_length) for side in ("better", "worse"))
 
 
+@functools.cache
 def _cpu_has_bf16():
     try:
         with open("/proc/cpuinfo") as f:
@@ -362,7 +374,7 @@ def ensure_smol(root="cache/smol", data="data", policy="", size="default", progr
                     json.dump(want, f)
                 return n
             say(f"smol: policy ready, {_build(paths['policy'], make_policy):,} parameters")
-    evaluation = eval_prompts_in(data)  # kept out of every part (see opens_with)
+    evaluation = eval_prompts_in(data)  # kept out of every part (see not_opening_with)
     wanted = (asdict(recipe), data, FORMAT_VERSION, len(evaluation))
     recipe_json = {**asdict(recipe), "data": data, "format_version": FORMAT_VERSION,
                    "eval_prompts_kept_out": len(evaluation)}
@@ -380,7 +392,7 @@ def ensure_smol(root="cache/smol", data="data", policy="", size="default", progr
         for kind, subset in HH_SUBSETS.items():
             src, split = hh_source(data, subset)
             loaded = load_preference_pairs(src, split, "helpful" if kind == "reward" else "safety")
-            train, heldout, left = split_pairs(loaded, recipe, opens_with(evaluation))
+            train, heldout, left = split_pairs(loaded, recipe, not_opening_with(evaluation))
             pairs[kind] = {"train": train, "heldout": heldout,
                            "kept_out": len(loaded) - len(train) - len(heldout) - len(left)}
             rest.append(left)
@@ -388,6 +400,8 @@ def ensure_smol(root="cache/smol", data="data", policy="", size="default", progr
     for kind in parts:
         with _locked(root, kind):
             if not stale(kind):
+                say(describe_scorer(_read_json(os.path.join(paths[kind], "report.json")),
+                                    cached=True))
                 continue
             pairs or load_pairs()
             say(f"smol: training the {kind} model on {recipe.train_pairs} {HH_SUBSETS[kind]} "
@@ -421,9 +435,10 @@ def write_prompts(path, rests, recipe):
     os.replace(tmp, path)
 
 
-def describe_scorer(report):
+def describe_scorer(report, cached=False):
     acc, base = report["heldout_pair_accuracy"], report["length_baseline"]
-    line = (f"smol: {report['kind']} model ({report['trained_on']}, {report['train']['pairs']} "
+    line = (f"smol: {report['kind']} model{', cached' if cached else ''} ({report['trained_on']}, "
+            f"{report['train']['pairs']} "
             f"pairs, {report['seconds']} s): held-out pair accuracy helpful {acc['helpful']:.3f}, "
             f"harmless {acc['harmless']:.3f} (longer-answer-wins baseline: helpful "
             f"{base['helpful']:.3f}, harmless {base['harmless']:.3f})")
@@ -451,10 +466,8 @@ if __name__ == "__main__":
         parts = [p for p in args.parts.split(",") if p]
         if not set(parts) <= set(HH_SUBSETS):
             raise ValueError(f"--parts takes reward and/or cost, not {args.parts!r}.")
-        found = ensure_smol(args.out, args.data, args.policy, args.size, parts=parts)
+        ensure_smol(args.out, args.data, args.policy, args.size, parts=parts)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     except KeyboardInterrupt:
         sys.exit("interrupted: the parts finished so far are kept; run again to go on.")
-    for k in parts:
-        print(describe_scorer(_read_json(os.path.join(found[k], "report.json"))))
