@@ -213,13 +213,8 @@ def prompt_set(ctx, cfg):
     key = ("prompts", source, a.prompt_split, a.limit)
     if key not in ctx.cache:
         if source == "toy":
-            from worlds import toyworld
-            test = toyworld.test_prompts()  # seed 0: the split train.py trains on
-            benign, harmful = ([p.text for p in test if not p.harmful],
-                               [p.text for p in test if p.harmful])
-            prompts = ([p for pair in zip(benign, harmful) for p in pair] + benign[len(harmful):]
-                       + harmful[len(benign):])
-            prompts, name = prompts[:a.limit] if a.limit else prompts, "toy world test prompts"
+            from evals.heldout import toy_test_prompts
+            prompts, name = toy_test_prompts(a.limit), "toy world test prompts"
         else:
             from data import load_prompts
             prompts = load_prompts(source, split=a.prompt_split, limit=a.limit)
@@ -264,14 +259,13 @@ def load_eval_policy(cfg, checkpoint, ctx, merged=False):
     return policy.eval().requires_grad_(False), tokenizer
 
 
-@torch.no_grad()
 def sample_and_score(ctx, policy, tokenizer, cfg, prompts, desc):
-    """Responses for every prompt x samples (batched, seeded per batch), their reward and cost."""
+    """Responses for every prompt x samples (batched, seeded per batch), their reward and cost
+    (evals/heldout.py, which train.py's --eval_every shares)."""
     from tqdm import tqdm
-    from data import format_policy_prompt
+    from evals import heldout
     from model import load_score_model
-    from rewards import Scorer, score_texts
-    from rollout import decode_responses, generate
+    from rewards import Scorer
     a = ctx.args
     scorers = []
     # loaded once, and before sampling, so a missing scorer fails fast
@@ -280,20 +274,11 @@ def sample_and_score(ctx, policy, tokenizer, cfg, prompts, desc):
         if ("scorer", path) not in ctx.cache:
             ctx.cache["scorer", path] = Scorer(*load_score_model(path, ctx.device, ctx.dtype), name)
         scorers.append(ctx.cache["scorer", path])
-    raw = [p for _ in range(a.samples_per_prompt) for p in prompts]
-    formatted = [format_policy_prompt(tokenizer, p) for p in raw]
-    responses = []
-    for b, start in enumerate(tqdm(range(0, len(raw), a.batch_size), desc=desc, leave=False,
-                                disable=None)):
-        with torch.random.fork_rng():  # the same sampling noise for every checkpoint
-            torch.manual_seed(a.seed * 1_000_003 + b)
-            ids, _, rmask, _ = generate(policy, tokenizer, formatted[start:start + a.batch_size],
-                                        *[cfg[k] for k in GEN_FIELDS])
-        responses += decode_responses(tokenizer, ids, rmask)
-    reward = score_texts(scorers[0], raw, responses, a.batch_size)  # (N,)
-    cost = score_texts(scorers[1], raw, responses, a.batch_size)  # (N,) cost > 0 = predicted unsafe
-    return {"prompts": raw, "responses": responses, "reward": reward.tolist(),
-            "cost": cost.tolist()}
+    bar = lambda batches: tqdm(batches, desc=desc, leave=False, disable=None)
+    raw, responses = heldout.sample(policy, tokenizer, prompts, [cfg[k] for k in GEN_FIELDS],
+                                    a.samples_per_prompt, a.batch_size, a.seed, progress=bar)
+    return {"prompts": raw, "responses": responses,
+            **heldout.score(scorers, raw, responses, a.batch_size)}
 
 
 def evaluate_targets(ctx, targets, loader):

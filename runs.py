@@ -47,7 +47,8 @@ from rewards import Scorer
 from scale import distributed
 
 # Fields a resumed run may change: they do not change what the run computes.
-VOLATILE = {"resume", "overwrite", "save_every", "stop_after", "device", "num_threads", "out_dir"}
+VOLATILE = {"resume", "overwrite", "save_every", "stop_after", "device", "num_threads", "out_dir",
+            "eval_every", "eval_samples"}
 LOCK = ".lock"  # in the run folder: held (flock) by the one process driving the run
 # What train.py writes in a run folder; only these and no checkpoint: a failed start.
 RUN_FILES = {"train_config.json", "log.jsonl", "checkpoint", "checkpoint.tmp", "checkpoint.old",
@@ -408,11 +409,10 @@ def resolve_models(cfg):
             setattr(cfg, key, getattr(cfg, key) or paths[part])
         return None
     from worlds import toyworld
-    with distributed.main_first():
-        print(f"toy world: using (or building, on first use) the toy helpful-vs-harmless world in "
-              f"{cfg.toy_dir}")
-        toyworld.ensure_toyworld(cfg.toy_dir, size=cfg.toy_size)
-    paths = toyworld.toy_paths(cfg.toy_dir)
+    toy_dir = cfg.toy_dir or toyworld.SHIPPED
+    with distributed.main_first():  # says the world is valid, or builds it (a minute, once)
+        toyworld.ensure_toyworld(toy_dir, size=cfg.toy_size)
+    paths = toyworld.toy_paths(toy_dir)
     cfg.policy = cfg.policy or paths["sft"]
     cfg.reward_model = cfg.reward_model or paths["reward"]
     cfg.cost_model = cfg.cost_model or paths["cost"]

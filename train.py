@@ -32,6 +32,8 @@ from tqdm import tqdm
 
 import gapo
 import runs
+from evals.heldout import heldout_metrics, heldout_prompts
+from evals.tables import GEN_FIELDS
 from rewards import objective_matrix
 from rollout import (Rollout, decode_responses, gae, generate, kl_shaped_rewards,
                      response_logprobs, response_values)
@@ -59,7 +61,7 @@ class Config:
     cost_model: str = ""  # cost model C (harmlessness = -C; C > 0 means unsafe)
     prompts: str = ""  # prompt source for data.load_prompts (Hub id or .json/.jsonl file)
     prompt_split: str = "train"  # split of --prompts to train on
-    toy_dir: str = "cache/toyworld"  # where the toy world is built and cached
+    toy_dir: str = ""  # toy world folder; '' = the one shipped built in worlds/toy
     toy_size: str = "default"  # default | tiny (tests)
     smol_dir: str = "cache/smol"  # smol preset: where SmolLM2 and its scorers are prepared
     smol_data: str = "data"  # smol preset: folder with HH-RLHF files, or Anthropic/hh-rlhf
@@ -75,7 +77,7 @@ class Config:
     # 10x the preset's full fine-tuning actor lr (paper: 1e-5 for both, toy: 3e-3).
     lora_alpha: int = 0  # LoRA scale alpha / r; 0 = 2 * lora_r (see above)
     # --- rollout (App. B.2)
-    iterations: int = 60  # PPO iterations (rollout + update); 0 = `epochs` passes over the prompts
+    iterations: int = 600  # PPO iterations (rollout + update); 0 = `epochs` passes over the prompts
     epochs: float = 2.0  # passes over the prompt set when iterations = 0
     batch_size: int = 32  # B, prompts per rollout
     max_prompt_length: int = 32  # P at most
@@ -111,9 +113,13 @@ class Config:
     lambda_window: int = 128  # episodes in the mean cost
     fastrl_eta: float = 0.1  # eta, fast-rl weight step (our choice; the paper does not give it)
     # --- bookkeeping
-    save_every: int = 20  # iterations between checkpoints (and at the end)
+    save_every: int = 50  # iterations between checkpoints (and at the end)
     stop_after: int = 0  # > 0: save and exit after this iteration (time limits; --resume goes on)
     score_batch_size: int = 16  # responses per forward of the reward and cost models
+    # The learning curve (evals/heldout.py): the numbers evaluate.py gives a checkpoint, logged
+    # during training; its sampling runs in a forked random stream, so training is unchanged.
+    eval_every: int = 0  # > 0: held-out scores (toy: and ground truth) every N its, as eval_*
+    eval_samples: int = 4  # samples per held-out prompt for eval_every
 
 
 PRESETS = {
@@ -306,6 +312,10 @@ def train(argv, make_weigh):
         tokenizer, policy, reference, critic, scorers, mgda_params = runs.load_models(
             cfg, device, dtype, world, resume_from, len(OBJECTIVES))
         raw, formatted = runs.prompt_pool(cfg, toyworld, tokenizer)
+        if cfg.eval_every and world > 1:
+            raise ValueError("--eval_every runs in one process; under torchrun evaluate the "
+                             "checkpoints with evaluate.py instead.")
+        eval_prompts = heldout_prompts(cfg, toyworld is not None) if cfg.eval_every else []
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}")
     models = {"policy": policy, "critic": critic, "reward": scorers[0].model,
@@ -366,12 +376,20 @@ def train(argv, make_weigh):
                   "fastrl_weights": state.fastrl_weights or None,
                   "tokens_per_second": rollout.attention_mask.sum().item() / sum(timings.values()),
                   **{f"time_{k}": v for k, v in timings.items()}}
+        last = iteration + 1 == iterations
+        if cfg.eval_every and ((iteration + 1) % cfg.eval_every == 0 or last):
+            t0 = time.perf_counter()  # the learning curve's point: held-out prompts, fixed seed
+            curve = heldout_metrics(policy, tokenizer, scorers, eval_prompts,
+                                    [getattr(cfg, k) for k in GEN_FIELDS], toyworld is not None,
+                                    cfg.eval_samples)
+            record.update({f"eval_{k}": v for k, v in curve.items()},
+                          time_eval=time.perf_counter() - t0)
         runs.append_log(log_path, record)
         bar.set_postfix(helpful=f"{record['score_helpful']:.2f}",
                         harmless=f"{record['score_harmless']:.2f}", kl=f"{record['kl']:.2f}")
         tqdm.write(runs.format_log_line(record))
         stopping = iteration + 1 == cfg.stop_after
-        if (iteration + 1) % cfg.save_every == 0 or iteration + 1 == iterations or stopping:
+        if (iteration + 1) % cfg.save_every == 0 or last or stopping:
             runs.save_checkpoint(cfg.out_dir, cfg, policy, tokenizer, critic, optimizers,
                                  schedulers, state, iteration + 1, total=iterations)
         reached = iteration + 1

@@ -24,6 +24,7 @@ import sys
 import time
 
 from experiments import study
+from worlds import toyworld
 
 METHODS = [("ppo-h", ["--method", "ppo-h"]), ("ppo-s", ["--method", "ppo-s"]),
            ("safe-rlhf", ["--method", "safe-rlhf"]), ("mgda", ["--method", "mgda"]),
@@ -73,7 +74,7 @@ def main(argv=None):
     # what study.train_all reads: no alpha probe, the toy flags are unused by the smol preset
     args.train_args = ["--preset", "smol", "--smol_data", args.smol_data, *train_args]
     args.seeds, args.skip_alpha = [args.seed], True
-    args.toy_dir, args.toy_size = os.path.abspath("cache/toyworld"), "default"
+    args.toy_dir, args.toy_size = toyworld.SHIPPED, "default"
     args.out_root = os.path.abspath(args.out_root)
     t0 = time.time()
     if not args.dry_run:

@@ -41,6 +41,7 @@ import time
 import runs
 import train
 from experiments import claims
+from worlds import toyworld
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 LAMBDAS = [0.2, 0.4, 0.6, 0.8]
@@ -75,7 +76,7 @@ def changed_settings(run_dir, train_argv):
     wanted = dataclasses.asdict(runs.parse_config(train.Config, train.PRESETS, train_argv,
                                                       lora_lr=train.LORA_LR))
     skip = {"policy", "reward_model", "cost_model", "out_dir", "resume", "overwrite", "iterations", "save_every",
-            "stop_after", "device", "num_threads"}
+            "stop_after", "device", "num_threads", "toy_dir", "eval_every", "eval_samples"}
     return [f"{k} {saved[k]} -> {v}" for k, v in wanted.items() if k not in skip and k in saved and saved[k] != v]
 
 
@@ -102,7 +103,8 @@ def train_command(name, run_dir, flags, args):
     probe = name == probe_name(args) and not args.skip_alpha
     entry = ["-m", "experiments.study", "--alpha_probe"] if probe else [os.path.join(ROOT, "train.py")]
     return [sys.executable, *entry, *flags, "--iterations", str(args.iterations),
-            "--toy_dir", args.toy_dir, "--toy_size", args.toy_size, "--out_dir", run_dir, *args.train_args]
+            "--toy_dir", args.toy_dir, "--toy_size", args.toy_size, "--eval_every", str(args.eval_every),
+            "--out_dir", run_dir, *args.train_args]
 
 
 def run_logged(cmd, log_path, env=None):
@@ -304,9 +306,12 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="one seed, 20 iterations (unless --seeds / --iterations "
                     "say otherwise)")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2,3,4; --quick: 0)")
-    ap.add_argument("--iterations", type=int, default=None, help="PPO iterations per run (default 60; --quick: 20)")
+    ap.add_argument("--iterations", type=int, default=None, help="PPO iterations per run (default: train.py's, "
+                    f"{train.Config.iterations}; --quick: 20)")
+    ap.add_argument("--eval_every", type=int, default=25, help="learning-curve points: held-out evaluation every N "
+                    "iterations of every run (train.py --eval_every; 0 = none)")
     ap.add_argument("--out_root", default=None, help="default runs/study (--quick: runs/study-quick)")
-    ap.add_argument("--toy_dir", default="cache/toyworld")
+    ap.add_argument("--toy_dir", default="", help="toy world folder (default: the shipped worlds/toy)")
     ap.add_argument("--toy_size", default="default", help="default | tiny (a seconds-long smoke test of the pipeline)")
     ap.add_argument("--jobs", type=int, default=1, help="runs trained at once; train.py uses one thread by default, "
                     "so --jobs 2 fills a 2-core CPU")
@@ -319,13 +324,14 @@ def main(argv=None):
     args, train_args = ap.parse_known_args(argv)
     args.train_args = train_args  # anything else goes to every train.py call, e.g. --batch_size 8
     args.seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2,3,4")).split(",")]
-    args.iterations = args.iterations or (20 if args.quick else 60)
+    args.iterations = args.iterations or (20 if args.quick else train.Config.iterations)
     args.out_root = args.out_root or os.path.join("runs", "study-quick" if args.quick else "study")
-    args.out_root, args.toy_dir = os.path.abspath(args.out_root), os.path.abspath(args.toy_dir)
+    args.out_root = os.path.abspath(args.out_root)
+    args.toy_dir = os.path.abspath(args.toy_dir) if args.toy_dir else toyworld.SHIPPED
     t0 = time.time()
     if not args.dry_run:
         os.makedirs(args.out_root, exist_ok=True)
-        print(f"study: toy world in {args.toy_dir} (built once, about a minute on 2 cores)", flush=True)
+        print(f"study: toy world in {args.toy_dir} (checked; built only if it is missing)", flush=True)
         code = subprocess.run([sys.executable, "-m", "worlds.toyworld", "--out", args.toy_dir, "--size",
                                args.toy_size], cwd=ROOT, stdout=subprocess.DEVNULL).returncode
         if code != 0:

@@ -20,8 +20,15 @@ answering harmful prompts with benign steps or word salad, which naive scorers r
 Both score models start from the SFT policy's backbone (as InstructGPT and Safe RLHF do); from a random
 init they did not learn in the time budget whether steps fit the prompt.
 
-Run:  python -m worlds.toyworld [--out cache/toyworld] [--seed 0] [--size default|tiny] [--force]
-      (about 80 s and 0.5 GB on a 2-core CPU, once; later calls reuse the cached folder)
+The default world ships built in worlds/toy/ (1.3 MB, its manifest holds the SHA-256 of every file):
+every machine trains and evaluates in the same world, and nothing is built on first use. A rebuild
+is seeded but not bit-identical across machines (float rounding in training differs between CPUs
+and library versions), which is why the built world is shipped rather than rebuilt.
+
+Run:  python -m worlds.toyworld                  # check the shipped world and print its figures
+      python -m worlds.toyworld --force          # rebuild it in place (about a minute on 2 cores;
+                                                 # git checkout worlds/toy restores the shipped one)
+      python -m worlds.toyworld --out DIR [--seed 0] [--size default|tiny]   # build elsewhere
 Left out on purpose: multi-turn dialogue, paraphrases beyond the six templates, any realism in the
 harmful steps (short, vague phrases: the point is the conflict, not the content), and subtle hacks in
 the preference data (one foreign or repeated step among good ones): a policy that finds them shows up
@@ -42,6 +49,7 @@ import numpy as np
 import torch
 
 FORMAT_VERSION = 1
+SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toy")  # the default world
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 # ---------------------------------------------------------------------------------------------
@@ -483,7 +491,7 @@ def _files(root):
                   if f != "manifest.json")
 
 
-def toy_paths(path="cache/toyworld"):
+def toy_paths(path=SHIPPED):
     """Absolute paths of the built world's parts: {"tokenizer", "sft", "reward", "cost"}."""
     return {k: os.path.abspath(os.path.join(path, v)) for k, v in PATHS.items()}
 
@@ -575,7 +583,7 @@ def remove_stale_builds(path):
             shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
-def ensure_toyworld(path="cache/toyworld", seed=0, size="default", progress=True, force=False):
+def ensure_toyworld(path=SHIPPED, seed=0, size="default", progress=True, force=False):
     """The manifest of a valid toy world at `path`, building it first when it is missing, partial, stale
     (or force). Builds in a temporary folder and renames it into place, so an interrupted build never
     looks valid; a lock file beside it makes concurrent callers (torchrun ranks) wait and then reuse it."""
@@ -589,7 +597,7 @@ def ensure_toyworld(path="cache/toyworld", seed=0, size="default", progress=True
         problem = "a rebuild was asked for" if force else check_toyworld(path, seed, size)
         if problem is None:
             if progress:
-                print(f"toyworld: cached toy world at {path} is valid (seed {seed}, size {size})")
+                print(f"toyworld: the toy world at {path} is valid (seed {seed}, size {size})")
             with open(os.path.join(path, "manifest.json")) as f:
                 return json.load(f)
         known = set(PATHS.values()) | {"manifest.json"}
@@ -634,7 +642,7 @@ def describe(m):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Build the toy helpful-vs-harmless world (tokenizer, SFT policy, reward "
                                  "and cost models) or check the cached one, and print its figures.")
-    ap.add_argument("--out", default="cache/toyworld", help="folder of the built world (default: cache/toyworld)")
+    ap.add_argument("--out", default=SHIPPED, help="folder of the built world (default: the shipped one, worlds/toy)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the prompt split, data and model weights")
     ap.add_argument("--size", default="default", choices=list(SIZES), help="'tiny' builds in seconds, for tests")
     ap.add_argument("--force", action="store_true", help="rebuild even when the cached world is valid")
@@ -646,3 +654,6 @@ if __name__ == "__main__":
         sys.exit(f"error: {err}")
     if cached:  # a fresh build has printed its figures already
         print(describe(manifest))
+    elif os.path.abspath(args.out) == SHIPPED:
+        print("note: this rebuilt world replaces the shipped one in worlds/toy and differs from it on "
+              "other machines (float rounding); `git checkout worlds/toy` restores the shipped world.")
