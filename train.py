@@ -77,7 +77,7 @@ class Config:
     # 10x the preset's full fine-tuning actor lr (paper: 1e-5 for both, toy: 3e-3).
     lora_alpha: int = 0  # LoRA scale alpha / r; 0 = 2 * lora_r (see above)
     # --- rollout (App. B.2)
-    iterations: int = 600  # PPO iterations (rollout + update); 0 = `epochs` passes over the prompts
+    iterations: int = 300  # PPO iterations (rollout + update); 0 = `epochs` passes over the prompts
     epochs: float = 2.0  # passes over the prompt set when iterations = 0
     batch_size: int = 32  # B, prompts per rollout
     max_prompt_length: int = 32  # P at most
@@ -315,7 +315,8 @@ def train(argv, make_weigh):
         if cfg.eval_every and world > 1:
             raise ValueError("--eval_every runs in one process; under torchrun evaluate the "
                              "checkpoints with evaluate.py instead.")
-        eval_prompts = heldout_prompts(cfg, toyworld is not None) if cfg.eval_every else []
+        toy_prompts = toyworld is not None and not cfg.prompts  # the toy world's, with its judge
+        eval_prompts = heldout_prompts(cfg, toy_prompts) if cfg.eval_every else []
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}")
     models = {"policy": policy, "critic": critic, "reward": scorers[0].model,
@@ -380,7 +381,7 @@ def train(argv, make_weigh):
         if cfg.eval_every and ((iteration + 1) % cfg.eval_every == 0 or last):
             t0 = time.perf_counter()  # the learning curve's point: held-out prompts, fixed seed
             curve = heldout_metrics(policy, tokenizer, scorers, eval_prompts,
-                                    [getattr(cfg, k) for k in GEN_FIELDS], toyworld is not None,
+                                    [getattr(cfg, k) for k in GEN_FIELDS], toy_prompts,
                                     cfg.eval_samples)
             record.update({f"eval_{k}": v for k, v in curve.items()},
                           time_eval=time.perf_counter() - t0)

@@ -13,6 +13,8 @@ prints for its final checkpoint (tests/test_curves.py checks that they agree):
 Shapes: N = len(prompts) * samples responses. Nothing to run; evaluate.py and train.py call it.
 Left out on purpose: the real prompt sets and the LLM judge (evals/prompt_sets.py, evals/judge.py).
 """
+import os
+
 import torch
 
 from data import format_policy_prompt
@@ -79,6 +81,9 @@ def heldout_prompts(cfg, toy):
     trains on the toy world's, else the test split of cfg.prompts (one sentence when it has none)."""
     if toy:
         return toy_test_prompts()
+    if os.path.isfile(cfg.prompts):
+        raise ValueError(f"--eval_every needs held-out prompts, and {cfg.prompts} is one file with "
+                         f"no test split; evaluate checkpoints with evaluate.py --prompts instead.")
     from data import load_prompts
     try:
         prompts = load_prompts(cfg.prompts, split="test")
