@@ -208,24 +208,33 @@ def sort_key(row):
 
 
 def plot_pareto(agg, path, ref, volumes):
-    """Helpful vs Harmless: a labelled marker per table row, lines over lam for P-GAPO, MORLHF and
-    soups, the front (visible even for a single point), the better direction. Returns the axes."""
+    """Helpful vs Harmless: a marker per table row, named in the legend (labels beside the points
+    overprint once a cluster forms); lines over lam for P-GAPO, MORLHF and soups, with each point's
+    lam_h as a small number; the front (visible even for a single point), the better direction.
+    Saves path (PNG) and the same name as PDF. Returns the axes."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    colors = plt.get_cmap("tab10").colors  # with 12 markers: 60 distinct looks
     for i, fam in enumerate(dict.fromkeys(r["family"] for r in agg)):
         rows = sorted([r for r in agg if r["family"] == fam], key=lambda r: r.get("lam") or 0.0)
-        sft = fam == "sft"
-        line = ax.errorbar([r["helpful"] for r in rows], [r["harmless"] for r in rows], label=fam,
-                           capsize=2, xerr=[r["helpful_std"] or 0 for r in rows],
-                           yerr=[r["harmless_std"] or 0 for r in rows],
-                           marker="X" if sft else "o*sDv^<>pPhH"[i % 12],
-                           markersize=9 if sft else 7, color="black" if sft else None,
-                           linestyle="-" if rows[0].get("lam") is not None else "none")
-        for r in rows:  # every point names its row, so the plot reads without the legend
-            ax.annotate(r["group"], (r["helpful"], r["harmless"]), fontsize=7, xytext=(4, 4),
-                        textcoords="offset points", color=line[0].get_color())
+        sft, swept = fam == "sft", rows[0].get("lam") is not None
+        groups = [rows] if swept else [[r] for r in rows]  # a lam sweep is one legend entry
+        for j, members in enumerate(groups):
+            k = i + j
+            lams = ", ".join(f"{r['lam']:g}" for r in members) if swept else ""
+            label = f"{fam} (λ_h = {lams})" if swept else members[0]["group"]
+            line = ax.errorbar([r["helpful"] for r in members], [r["harmless"] for r in members],
+                               label=label, capsize=2, xerr=[r["helpful_std"] or 0 for r in members],
+                               yerr=[r["harmless_std"] or 0 for r in members],
+                               marker="X" if sft else "o*sDv^<>pPhH"[k % 12],
+                               markersize=9 if sft else 7,
+                               color="black" if sft else colors[k % 10],
+                               linestyle="-" if swept else "none")
+            for r in members if swept else []:  # lam_h beside each point of a sweep: short numbers
+                ax.annotate(f"{r['lam']:g}", (r["helpful"], r["harmless"]), fontsize=6,
+                            xytext=(3, -8), textcoords="offset points", color=line[0].get_color())
     pts = [(r["helpful"], r["harmless"]) for r in agg]
     front = sorted(pts[i] for i in pareto_front(pts))
     # Markers too: a front of one point is a point, which a line alone would not draw.
@@ -235,12 +244,13 @@ def plot_pareto(agg, path, ref, volumes):
     ax.margins(0.15)  # room for the labels and the outermost markers
     text = (f"hypervolume, ref = ({ref[0]:.2f}, {ref[1]:.2f})\n"
             + "\n".join(f"{k}: {v:.3f}" for k, v in volumes.items()))
-    ax.text(1.02, 0.0, text, transform=ax.transAxes, fontsize=7, va="bottom", family="monospace")
+    ax.text(0.0, -0.14, text, transform=ax.transAxes, fontsize=7, va="top", family="monospace")
     ax.set(xlabel="Helpful (mean reward)  → better", ylabel="Harmless (mean -cost)  → better")
     ax.set_title("Pareto front: up and right is better (means over seeds, error bars: std)",
                  fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    fig.savefig(os.path.splitext(path)[0] + ".pdf", bbox_inches="tight")
     plt.close(fig)
     return ax
 

@@ -12,8 +12,12 @@ Runs (every method of the paper's Sec. 4 at one shared set of hyper-parameters; 
   {0.2, 0.4, 0.6, 0.8} (pref "lam_h,1-lam_h"), plus the whitening ablation (MGDA and GAPO p=2 with
   --whiten_advantages); then `python evaluate.py` on all of them with
   `--soup auto` (Rewarded Soups of each seed's PPO-H and PPO-S at the same lam), writing the table and the
-  Pareto plot to <out_root>/eval. A run whose checkpoint has reached the final iteration is skipped, so a
-  second call only does what is missing; a run folder without any checkpoint is restarted.
+  Pareto plot to <out_root>/eval. Every run logs a held-out learning-curve point every --eval_every (25)
+  iterations; evals/curves.py then draws each setup's mean curve over seeds and says when it settles
+  (<out_root>/eval/curves_*.png/.pdf, curves.json). A run whose checkpoint has reached the final iteration
+  is skipped, so a second call only does what is missing; a run folder without any checkpoint is restarted.
+  `--only fast-rl,gapo-p2 --iterations 600 --out_root runs/study600` trains a subset at another budget
+  (experiments/budget.py compares two budgets).
 
 Alpha agreement (the question the paper leaves open: which "last layer"; docs/decisions.md): the GAPO p=2 run of the first
 seed trains exactly as the others (alpha from last-block gradients), but at every minibatch it also takes
@@ -40,6 +44,7 @@ import time
 
 import runs
 import train
+from evals import curves
 from experiments import claims
 from worlds import toyworld
 
@@ -319,6 +324,8 @@ def main(argv=None):
     ap.add_argument("--dry_run", action="store_true", help="print the plan and run states; train nothing")
     ap.add_argument("--skip_eval", action="store_true", help="train only")
     ap.add_argument("--skip_ablation", action="store_true", help="no whitened-advantage runs")
+    ap.add_argument("--only", default="", help="comma-separated setups of the plan to train, e.g. "
+                    "fast-rl,gapo-p2 (default: all; experiments/budget.py's doubling check uses it)")
     ap.add_argument("--skip_alpha", action="store_true", help="train the GAPO p=2 run plainly, no alpha agreement")
     ap.add_argument("--eval_args", default="", help="extra flags for evaluate.py, e.g. '--samples_per_prompt 8'")
     args, train_args = ap.parse_known_args(argv)
@@ -338,6 +345,13 @@ def main(argv=None):
             raise SystemExit(f"error: building the toy world in {args.toy_dir} failed; run python -m worlds.toyworld --out "
                              f"{args.toy_dir} to see why.")
     runs = plan(args.seeds, whitening=not args.skip_ablation)
+    if args.only:
+        wanted = set(args.only.split(","))
+        setups = {name.rsplit("-s", 1)[0] for name, _ in runs}
+        if wanted - setups:
+            raise SystemExit(f"error: --only: unknown setup {sorted(wanted - setups)[0]!r}; the plan has "
+                             f"{', '.join(sorted(setups))}.")
+        runs = [(name, flags) for name, flags in runs if name.rsplit("-s", 1)[0] in wanted]
     finished, failed = train_all(runs, args)
     code = 1 if failed else 0
     if not args.skip_eval and finished and not args.dry_run:
@@ -349,6 +363,9 @@ def main(argv=None):
     if not args.skip_eval and finished and not args.dry_run and code == 0:
         print("study: the paper's claims, with 95% confidence intervals over seeds", flush=True)
         claims.main([args.out_root])
+    if finished and not args.dry_run and args.eval_every:
+        print("study: learning curves (mean over seeds) and when each setup settles", flush=True)
+        curves.main([args.out_root, "--out", os.path.join(args.out_root, "eval")])
     if not args.skip_alpha and not args.dry_run and os.path.join(args.out_root, probe_name(args)) in finished:
         code = max(code, report_alpha(args))
     print(f"study: finished in {(time.time() - t0) / 60:.1f} min"

@@ -99,3 +99,94 @@ def test_eval_every_refuses_a_prompt_file_without_a_test_split(tiny_toyworld, tm
     with pytest.raises(SystemExit, match="no test split"):
         train.main(SMALL + ["--toy_dir", tiny_toyworld, "--iterations", "1", "--eval_every", "1",
                             "--prompts", str(prompts), "--out_dir", str(tmp_path / "run")])
+
+
+# ----------------------------------------------------------------------------- evals/curves.py
+
+def write_run(root, name, cfg, points):
+    """A finished run folder as train.py writes it: train_config.json and log.jsonl with eval_*."""
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "train_config.json").write_text(json.dumps(cfg))
+    with open(run / "log.jsonl", "w") as f:
+        for t in range(1, cfg["iterations"] + 1):
+            record = {"iteration": t, "score_helpful": 0.0}
+            if t in points:
+                record.update({f"eval_{k}": v for k, v in points[t].items()})
+            f.write(json.dumps(record) + "\n")
+
+
+BASE = {"method": "gapo", "p": 2.0, "pref": "0.5,0.5", "iterations": 4, "eval_every": 2}
+
+
+def test_mean_curves_average_seeds_and_start_at_the_sft_point(tmp_path):
+    from evals import curves
+    for seed, h in ((0, 1.0), (1, 3.0)):
+        write_run(tmp_path, f"g{seed}", {**BASE, "seed": seed},
+                  {2: {"helpful": h, "harmless": 0.0}, 4: {"helpful": 2 * h, "harmless": 1.0}})
+    write_run(tmp_path, "ppo", {**BASE, "method": "ppo-h", "seed": 0},
+              {2: {"helpful": 5.0, "harmless": 0.0}, 4: {"helpful": 6.0, "harmless": -1.0}})
+    # an unfinished run (its last point is not the last iteration) and a stray folder are skipped
+    write_run(tmp_path, "unfinished", {**BASE, "seed": 2}, {2: {"helpful": 9.0, "harmless": 9.0}})
+    (tmp_path / "logs").mkdir()
+    runs = curves.read_runs(str(tmp_path))
+    assert len(runs) == 3
+    mean = curves.mean_curves(runs, start={"helpful": -1.0, "harmless": 2.0})
+    g = mean["gapo p=2"]
+    assert g["seeds"] == 2 and g["iterations"] == [0, 2, 4]
+    assert g["helpful"] == [-1.0, 2.0, 4.0] and g["harmless"] == [2.0, 0.0, 1.0]
+    # sample std (ddof 1) of (1, 3) and (2, 6); the start has none
+    assert g["helpful_std"] == pytest.approx([0.0, 2 ** 0.5, 8 ** 0.5])
+    assert mean["ppo-h"]["helpful"] == [-1.0, 5.0, 6.0]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_settled_at_matches_a_brute_force_reading(seed):
+    import numpy as np
+    from evals import curves
+    rng = np.random.default_rng(seed)
+    its = list(range(0, 260, 25))
+    curve = {"iterations": its, "helpful": np.cumsum(rng.normal(0, 0.08, len(its))).tolist(),
+             "harmless": (3 + rng.normal(0, 0.04, len(its))).tolist(),
+             "benign_helpful": np.clip(np.cumsum(rng.normal(0, 0.03, len(its))), 0, 1).tolist()}
+    t, metric = curves.settled_at(curve)
+
+    def settled(i):  # every later point of every metric within its tolerance of the final value
+        return all(abs(curve[k][j] - curve[k][-1]) <= curves.TOLERANCE[k]
+                   for k in ("helpful", "harmless", "benign_helpful") for j in range(i, len(its)))
+    first = min(i for i in range(len(its)) if settled(i))
+    assert t == its[first]
+    # the named metric is the one that settled last: without it the curve settles earlier or at t
+    rest = {k: v for k, v in curves.TOLERANCE.items() if k != metric}
+    assert curves.settled_at(curve, rest)[0] <= t
+
+
+def test_curve_figures_are_written_as_png_and_pdf(tmp_path):
+    from evals import curves
+    its = [0, 25, 50]
+    curve = lambda h: {"iterations": its, "seeds": 2,
+                       **{k: [h, h + 0.1, h + 0.2] for k in ("helpful", "harmless") + curves.GT},
+                       **{k + "_std": [0.0, 0.1, 0.1] for k in ("helpful", "harmless") + curves.GT}}
+    written = curves.plot_curves({"gapo p=2": curve(0.1), "mgda": curve(0.2)}, str(tmp_path),
+                                 settle=25)
+    names = sorted(os.path.basename(p) for p in written)
+    assert names == sorted(f"curves_{n}.{e}" for n in ("plane", "scores", "gt") for e in ("png", "pdf"))
+    assert all(os.path.getsize(p) > 1000 for p in written)
+
+
+def test_budget_compares_two_studies_seed_by_seed(tmp_path, capsys):
+    from experiments import budget
+    point = lambda h, b: {"helpful": h, "harmless": 1.0, "avg": (h + 1.0) / 2, "harmful_compliance": 0.0,
+                          "over_refusal": 0.1, "benign_helpful": b}
+    for seed, (h1, h2) in enumerate([(1.0, 1.2), (2.0, 2.1), (1.5, 1.9)]):
+        write_run(tmp_path / "short", f"g{seed}", {**BASE, "seed": seed}, {4: point(h1, 0.5)})
+        write_run(tmp_path / "long", f"g{seed}", {**BASE, "seed": seed, "iterations": 8},
+                  {8: point(h2, 0.5)})
+    assert budget.main([str(tmp_path / "short"), str(tmp_path / "long")]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[2]: line for line in out.splitlines()[1:]}  # "gapo p=2 METRIC ..."
+    # helpful changes by (0.2, 0.1, 0.4): mean 0.233, t(2) interval 4.303 * std / sqrt(3)
+    assert "+1.50    +1.73  +0.23 [-0.15, +0.61]" in rows["helpful"]
+    assert "+0.00 [nan, nan]" not in rows["benign_helpful"] and "+0.00" in rows["benign_helpful"]
+    with pytest.raises(SystemExit, match="is not a folder"):
+        budget.main([str(tmp_path / "short"), str(tmp_path / "nowhere")])

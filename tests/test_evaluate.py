@@ -243,12 +243,29 @@ def test_pareto_plot_labels_points_shows_a_single_point_front_and_the_better_dir
     agg = [{"group": "gapo p=2", "family": "gapo p=2", "lam": None, "helpful": 1.0, "harmless": 2.0,
             "helpful_std": 0.0, "harmless_std": 0.0}]
     ax = plot_pareto(agg, str(tmp_path / "p.png"), [0.9, 1.9], {"gapo p=2": 0.01})
-    assert "gapo p=2" in [t.get_text() for t in ax.texts]
+    assert "gapo p=2" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert (tmp_path / "p.png").stat().st_size > 0 and (tmp_path / "p.pdf").stat().st_size > 0
     front = [line for line in ax.get_lines() if line.get_label() == "non-dominated front"][0]
     assert front.get_marker() not in (None, "None", "")  # one point is still drawn
     assert "better" in ax.get_xlabel() and "better" in ax.get_ylabel()
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
     assert x0 < 0.9 and x1 > 1.0 + 0.01 and y0 < 1.9 and y1 > 2.0 + 0.01  # nothing on the edge
+
+
+def test_pareto_plot_names_a_crowded_cluster_in_the_legend_not_on_the_points(tmp_path):
+    from evaluate import plot_pareto
+    row = lambda group, family, lam, x: {"group": group, "family": family, "lam": lam,
+                                         "helpful": x, "harmless": 3.8, "helpful_std": 0.01,
+                                         "harmless_std": 0.01}
+    agg = ([row(g, g, None, 0.30 + 0.001 * i) for i, g in enumerate(["mgda", "gapo p=1", "gapo p=2",
+                                                                      "fast-rl"])]
+           + [row(f"morlhf λ_h={lam:g}", "morlhf", lam, 0.31 + 0.01 * lam) for lam in (0.2, 0.4)])
+    ax = plot_pareto(agg, str(tmp_path / "p.png"), [0.2, 3.7], {})
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert {"mgda", "gapo p=1", "gapo p=2", "fast-rl", "morlhf (λ_h = 0.2, 0.4)"} <= set(legend)
+    # On the points only the sweep's short lam_h numbers, no names that could overprint.
+    assert sorted(t.get_text() for t in ax.texts if t.get_text() in ("0.2", "0.4")) == ["0.2", "0.4"]
+    assert not any("mgda" in t.get_text() or "gapo" in t.get_text() for t in ax.texts)
 
 
 @pytest.mark.parametrize("args,message", [
