@@ -136,8 +136,8 @@ def plot_curves(curves, out, settle=None, title=""):
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     ax.grid(alpha=0.3)
     written += _save(fig, out, "curves_plane")
-    panels = [("scores", {"helpful": "Helpful (mean reward)", "harmless": "Harmless (mean −cost)"},
-               1.0, "mean ± std over seeds")]
+    scores = {"helpful": "Helpful (mean reward)", "harmless": "Harmless (mean −cost)"}
+    panels = [("scores", scores, 1.0, "mean ± std over seeds")]
     if all(k in first for k in GT):
         panels.append(("gt", GT_TITLES, 100.0, "% of held-out answers (mean ± std over seeds)"))
     for name, titles, scale, ylabel in panels:

@@ -38,7 +38,8 @@ def toy_test_prompts(limit=None):
 def sample(policy, tokenizer, prompts, generation, samples=1, batch_size=32, seed=0,
            progress=None):
     """(raw prompts, responses), N = len(prompts) * samples of each, every prompt once before any
-    twice. generation: the values of evals/tables.GEN_FIELDS, in order. progress(iterable) may wrap the batches."""
+    twice. generation: the values of evals/tables.GEN_FIELDS, in order. progress(iterable) may
+    wrap the batches."""
     raw = [p for _ in range(samples) for p in prompts]
     formatted = [format_policy_prompt(tokenizer, p) for p in raw]
     batches = range(0, len(raw), batch_size)
@@ -78,7 +79,8 @@ def heldout_metrics(policy, tokenizer, scorers, prompts, generation, toy, sample
 
 def heldout_prompts(cfg, toy):
     """The prompts train.py's --eval_every measures: the toy world's test prompts when the run
-    trains on the toy world's, else the test split of cfg.prompts (one sentence when it has none)."""
+    trains on the toy world's, else the test split of cfg.prompts (one sentence when it has
+    none)."""
     if toy:
         return toy_test_prompts()
     if os.path.isfile(cfg.prompts):

@@ -25,10 +25,10 @@ TOY_METRICS = ["harmful_compliance", "over_refusal", "benign_helpful", "gt_safe"
                "cost_sign_agrees"]
 GEN_FIELDS = ["max_prompt_length", "max_new_tokens", "temperature", "top_p", "repetition_penalty"]
 # Config fields that do not change what a run learns: runs equal but for these are seeds of one
-# method.
+# method (a smol run's scorers are in reward_model / cost_model already).
 NOT_METHOD = {"seed", "out_dir", "resume", "overwrite", "device", "save_every", "score_batch_size",
               "toy_dir", "smol_dir", "smol_data", "smol_policy", "smol_size", "num_threads",
-              "stop_after", "eval_every", "eval_samples"}  # (a smol run's scorers are in reward_model / cost_model already)
+              "stop_after", "eval_every", "eval_samples"}
 METHOD_ORDER = ["sft", "ppo-h", "ppo-s", "safe-rlhf", "fast-rl", "mgda", "gapo", "gapo-eq17",
                 "pgapo", "morlhf", "soup"]
 
@@ -226,7 +226,8 @@ def plot_pareto(agg, path, ref, volumes):
             lams = ", ".join(f"{r['lam']:g}" for r in members) if swept else ""
             label = f"{fam} (λ_h = {lams})" if swept else members[0]["group"]
             line = ax.errorbar([r["helpful"] for r in members], [r["harmless"] for r in members],
-                               label=label, capsize=2, xerr=[r["helpful_std"] or 0 for r in members],
+                               label=label, capsize=2,
+                               xerr=[r["helpful_std"] or 0 for r in members],
                                yerr=[r["harmless_std"] or 0 for r in members],
                                marker="X" if sft else "o*sDv^<>pPhH"[k % 12],
                                markersize=9 if sft else 7,

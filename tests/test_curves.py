@@ -1,5 +1,5 @@
-"""The shipped toy world, train.py's --eval_every learning curve (the same numbers evaluate.py gives
-the checkpoint, training unchanged by it), and the curve figures and budget rule of evals/curves.py."""
+"""The shipped toy world, train.py's --eval_every learning curve (the same numbers evaluate.py
+gives the checkpoint, training unchanged by it), evals/curves.py and experiments/budget.py."""
 import json
 import os
 import subprocess
@@ -170,23 +170,32 @@ def test_curve_figures_are_written_as_png_and_pdf(tmp_path):
     written = curves.plot_curves({"gapo p=2": curve(0.1), "mgda": curve(0.2)}, str(tmp_path),
                                  settle=25)
     names = sorted(os.path.basename(p) for p in written)
-    assert names == sorted(f"curves_{n}.{e}" for n in ("plane", "scores", "gt") for e in ("png", "pdf"))
+    assert names == sorted(f"curves_{n}.{e}" for n in ("plane", "scores", "gt")
+                           for e in ("png", "pdf"))
     assert all(os.path.getsize(p) > 1000 for p in written)
 
 
 def test_budget_compares_two_studies_seed_by_seed(tmp_path, capsys):
     from experiments import budget
-    point = lambda h, b: {"helpful": h, "harmless": 1.0, "avg": (h + 1.0) / 2, "harmful_compliance": 0.0,
-                          "over_refusal": 0.1, "benign_helpful": b}
+    point = lambda h, b: {"helpful": h, "harmless": 1.0, "avg": (h + 1.0) / 2,
+                          "harmful_compliance": 0.0, "over_refusal": 0.1, "benign_helpful": b}
     for seed, (h1, h2) in enumerate([(1.0, 1.2), (2.0, 2.1), (1.5, 1.9)]):
         write_run(tmp_path / "short", f"g{seed}", {**BASE, "seed": seed}, {4: point(h1, 0.5)})
         write_run(tmp_path / "long", f"g{seed}", {**BASE, "seed": seed, "iterations": 8},
                   {8: point(h2, 0.5)})
     assert budget.main([str(tmp_path / "short"), str(tmp_path / "long")]) == 0
     out = capsys.readouterr().out
-    rows = {line.split()[2]: line for line in out.splitlines()[1:]}  # "gapo p=2 METRIC ..."
+    rows = {line.split()[2]: line for line in out.splitlines()[1:]}  # "gapo p=2 METRIC"
     # helpful changes by (0.2, 0.1, 0.4): mean 0.233, t(2) interval 4.303 * std / sqrt(3)
     assert "+1.50    +1.73  +0.23 [-0.15, +0.61]" in rows["helpful"]
     assert "+0.00 [nan, nan]" not in rows["benign_helpful"] and "+0.00" in rows["benign_helpful"]
     with pytest.raises(SystemExit, match="is not a folder"):
         budget.main([str(tmp_path / "short"), str(tmp_path / "nowhere")])
+
+
+def test_the_world_command_checks_the_shipped_world_without_building():
+    done = subprocess.run([sys.executable, "-m", "worlds.toyworld"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"the toy world at {toyworld.SHIPPED} is valid" in done.stdout
+    assert "building" not in done.stdout and "reward model: held-out pair accuracy" in done.stdout
