@@ -160,8 +160,8 @@ def _check_numbers(cfg):
     positive = ["batch_size", "minibatch_size", "micro_batch_size", "ppo_epochs", "max_new_tokens",
                 "max_prompt_length", "save_every", "score_batch_size", "lambda_window", "actor_lr",
                 "critic_lr", "temperature", "repetition_penalty", "clip_eps", "clip_value",
-                "clip_score", "lambda_init", "lambda_max"]
-    at_least_zero = ["iterations", "stop_after", "lora_r", "num_threads", "seed", "weight_decay",
+                "clip_score", "lambda_init", "lambda_max", "eval_samples"]
+    at_least_zero = ["iterations", "stop_after", "eval_every", "lora_r", "num_threads", "seed", "weight_decay",
                      "max_grad_norm", "kl_coef", "lambda_lr", "fastrl_eta", "p"]
     fraction = ["top_p", "warmup_ratio", "gamma", "gae_lambda"]
     for f in dataclasses.fields(cfg):

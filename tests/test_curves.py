@@ -199,3 +199,24 @@ def test_the_world_command_checks_the_shipped_world_without_building():
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"the toy world at {toyworld.SHIPPED} is valid" in done.stdout
     assert "building" not in done.stdout and "reward model: held-out pair accuracy" in done.stdout
+
+
+def test_the_shipped_sft_row_is_the_one_the_readme_prints():
+    """evaluate.py's SFT row on the shipped world is the study's, on whatever machine this runs:
+    a fixed model sampled with fixed seeds (only a rebuilt world would move it)."""
+    import csv
+    from evals.heldout import heldout_metrics, toy_test_prompts
+    from evals.tables import GEN_FIELDS
+    from model import load_policy, load_score_model, load_tokenizer
+    from rewards import Scorer
+    with open(os.path.join(ROOT, "experiments", "results", "study_table_toy.csv")) as f:
+        sft = next(r for r in csv.DictReader(f) if r["method"] == "sft")
+    paths = toyworld.toy_paths()
+    cfg = train.Config()
+    scorers = [Scorer(*load_score_model(paths[k], "cpu", None), k) for k in ("reward", "cost")]
+    got = heldout_metrics(load_policy(paths["sft"], "cpu", None).eval(),
+                          load_tokenizer(paths["sft"]), scorers, toy_test_prompts(),
+                          [getattr(cfg, k) for k in GEN_FIELDS], True, samples=4)
+    for key, digits in (("helpful", 3), ("harmless", 3), ("harmless_ratio", 3),
+                        ("harmful_compliance", 3), ("over_refusal", 3), ("benign_helpful", 3)):
+        assert round(got[key], digits) == round(float(sft[key]), digits), (key, got[key], sft[key])

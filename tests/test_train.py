@@ -97,6 +97,8 @@ def test_same_seed_same_log_and_other_seed_differs(tiny_toyworld, tmp_path):
     (["--top_p", "0"], "--top_p must be greater than 0"),
     (["--gamma", "1.5"], "--gamma must lie between 0 and 1"),
     (["--seed", "-1"], "--seed must be 0 or more"),
+    (["--eval_every", "-1"], "--eval_every must be 0 or more"),
+    (["--eval_samples", "0"], "--eval_samples must be greater than 0"),
 ])
 def test_bad_flags_stop_with_one_sentence(tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):
