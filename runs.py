@@ -161,8 +161,8 @@ def _check_numbers(cfg):
                 "max_prompt_length", "save_every", "score_batch_size", "lambda_window", "actor_lr",
                 "critic_lr", "temperature", "repetition_penalty", "clip_eps", "clip_value",
                 "clip_score", "lambda_init", "lambda_max", "eval_samples"]
-    at_least_zero = ["iterations", "stop_after", "eval_every", "lora_r", "num_threads", "seed", "weight_decay",
-                     "max_grad_norm", "kl_coef", "lambda_lr", "fastrl_eta", "p"]
+    at_least_zero = ["iterations", "stop_after", "eval_every", "lora_r", "num_threads", "seed",
+                     "weight_decay", "max_grad_norm", "kl_coef", "lambda_lr", "fastrl_eta", "p"]
     fraction = ["top_p", "warmup_ratio", "gamma", "gae_lambda"]
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
@@ -409,7 +409,7 @@ def resolve_models(cfg):
             setattr(cfg, key, getattr(cfg, key) or paths[part])
         return None
     from worlds import toyworld
-    toy_dir = cfg.toy_dir or toyworld.SHIPPED
+    toy_dir = cfg.toy_dir or toyworld.default_dir(cfg.toy_size)
     with distributed.main_first():  # says the world is valid, or builds it (a minute, once)
         toyworld.ensure_toyworld(toy_dir, size=cfg.toy_size)
     paths = toyworld.toy_paths(toy_dir)

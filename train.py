@@ -61,7 +61,7 @@ class Config:
     cost_model: str = ""  # cost model C (harmlessness = -C; C > 0 means unsafe)
     prompts: str = ""  # prompt source for data.load_prompts (Hub id or .json/.jsonl file)
     prompt_split: str = "train"  # split of --prompts to train on
-    toy_dir: str = ""  # toy world folder; '' = the one shipped built in worlds/toy
+    toy_dir: str = ""  # toy world folder; '' = the one shipped built in worlds/toy (default size)
     toy_size: str = "default"  # default | tiny (tests)
     smol_dir: str = "cache/smol"  # smol preset: where SmolLM2 and its scorers are prepared
     smol_data: str = "data"  # smol preset: folder with HH-RLHF files, or Anthropic/hh-rlhf

@@ -220,3 +220,16 @@ def test_the_shipped_sft_row_is_the_one_the_readme_prints():
     for key, digits in (("helpful", 3), ("harmless", 3), ("harmless_ratio", 3),
                         ("harmful_compliance", 3), ("over_refusal", 3), ("benign_helpful", 3)):
         assert round(got[key], digits) == round(float(sft[key]), digits), (key, got[key], sft[key])
+
+
+def test_another_size_never_builds_over_the_shipped_world(monkeypatch, tmp_path):
+    built = []
+    monkeypatch.setattr(toyworld, "build_toyworld", lambda out, *a, **k: built.append(out) or
+                        os.makedirs(out) or {"seed": 0})
+    monkeypatch.setattr(toyworld, "describe", lambda m: "")
+    monkeypatch.chdir(tmp_path)
+    cfg = train.Config(toy_size="tiny")
+    runs.resolve_models(cfg)
+    assert built and not built[0].startswith(toyworld.SHIPPED)
+    assert cfg.policy == os.path.abspath(os.path.join("cache", "toyworld-tiny", "sft"))
+    assert toyworld.check_toyworld(toyworld.SHIPPED) is None

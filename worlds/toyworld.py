@@ -491,6 +491,12 @@ def _files(root):
                   if f != "manifest.json")
 
 
+def default_dir(size="default"):
+    """The shipped world for the default size; other sizes (tests) are built in cache/, never over
+    the shipped files."""
+    return SHIPPED if size == "default" else os.path.join("cache", f"toyworld-{size}")
+
+
 def toy_paths(path=SHIPPED):
     """Absolute paths of the built world's parts: {"tokenizer", "sft", "reward", "cost"}."""
     return {k: os.path.abspath(os.path.join(path, v)) for k, v in PATHS.items()}
