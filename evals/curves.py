@@ -27,7 +27,7 @@ import sys
 
 import numpy as np
 
-from evals.tables import group_labels
+from evals.tables import group_labels, run_label
 
 # Largest change from the final value that still counts as settled: learned scores (their seed
 # std at the end is about 0.05-0.2) and ground-truth shares (5 points of 160 answers = 8 answers).
@@ -65,14 +65,17 @@ def mean_curves(runs, start=None):
     """{setup: {"iterations": [t], "seeds": n, metric: [mean], metric + "_std": [std]}} over the
     iterations every seed logged; start (SFT metrics) becomes the point at iteration 0."""
     labels = group_labels([cfg for cfg, _ in runs])
-    setups = {}
+    setups, method = {}, {}
     for label, (cfg, points) in zip(labels, runs):
         setups.setdefault(label, []).append({p["iteration"]: p for p in points})
+        # the method's own label, and whether it is an ablation (drawn only in the tables)
+        method[label] = (run_label(cfg)[1], bool(cfg.get("whiten_advantages")))
     curves = {}
     for label, members in setups.items():
         its = sorted(set.intersection(*(set(m) for m in members)))
         metrics = [k for k in members[0][its[0]] if k != "iteration"]
-        curve = {"iterations": its, "seeds": len(members)}
+        curve = {"iterations": its, "seeds": len(members), "method": method[label][0],
+                 "ablation": method[label][1]}
         for k in metrics:
             values = np.array([[m[t][k] for t in its] for m in members], dtype=np.float64)
             curve[k] = values.mean(0).tolist()
@@ -119,14 +122,16 @@ def plot_curves(curves, out, settle=None, title=""):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    shown = [s for s in MAIN if s in curves] or list(curves)[:9]
+    main = {c.get("method", s): s for s, c in curves.items() if not c.get("ablation")}
+    shown = [main[m] for m in MAIN if m in main] or list(curves)[:9]
+    name = {s: curves[s].get("method", s) for s in shown}  # "mgda", not "mgda (whiten...=False)"
     colors = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(shown)}
     written = []
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     for s in shown:
         c = curves[s]
         ax.plot(c["helpful"], c["harmless"], color=colors[s], linewidth=1.2, alpha=0.8)
-        ax.plot(c["helpful"][-1], c["harmless"][-1], marker="o", color=colors[s], label=s,
+        ax.plot(c["helpful"][-1], c["harmless"][-1], marker="o", color=colors[s], label=name[s],
                 linestyle="none", markersize=7)
     first = curves[shown[0]]
     ax.plot(first["helpful"][0], first["harmless"][0], marker="X", color="black", markersize=9,
@@ -146,7 +151,7 @@ def plot_curves(curves, out, settle=None, title=""):
             for s in shown:
                 c = curves[s]
                 mean, std = np.array(c[k]) * scale, np.array(c[k + "_std"]) * scale
-                ax.plot(c["iterations"], mean, color=colors[s], label=s, linewidth=1.3)
+                ax.plot(c["iterations"], mean, color=colors[s], label=name[s], linewidth=1.3)
                 ax.fill_between(c["iterations"], mean - std, mean + std, color=colors[s],
                                 alpha=0.12, linewidth=0)
             if settle is not None:
