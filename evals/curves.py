@@ -145,7 +145,7 @@ def plot_curves(curves, out, settle=None, title=""):
     panels = [("scores", scores, 1.0, "mean ± std over seeds")]
     if all(k in first for k in GT):
         panels.append(("gt", GT_TITLES, 100.0, "% of held-out answers (mean ± std over seeds)"))
-    for name, titles, scale, ylabel in panels:
+    for figure, titles, scale, ylabel in panels:
         fig, axes = plt.subplots(1, len(titles), figsize=(4 * len(titles), 3.6), sharex=True)
         for ax, (k, panel_title) in zip(axes, titles.items()):
             for s in shown:
@@ -163,7 +163,7 @@ def plot_curves(curves, out, settle=None, title=""):
             ax.grid(alpha=0.3)
         axes[0].set_ylabel(ylabel)
         axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
-        written += _save(fig, out, f"curves_{name}")
+        written += _save(fig, out, f"curves_{figure}")
     plt.close("all")
     return written
 
