@@ -17,7 +17,7 @@ import os
 import sys
 
 from evals.curves import read_runs
-from evals.tables import group_labels
+from evals.tables import run_label
 from experiments.claims import paired_interval
 
 METRICS = ("helpful", "harmless", "avg", "harmful_compliance", "over_refusal", "benign_helpful")
@@ -31,7 +31,10 @@ def finals(root):
         raise SystemExit(f"error: no finished run under {root} logged learning-curve points; "
                          f"train the study with --eval_every (python -m experiments.study does).")
     out, budgets = {}, set()
-    for label, (cfg, points) in zip(group_labels([c for c, _ in runs]), runs):
+    for cfg, points in runs:
+        # the method's own label: the two studies may hold different sets of setups, so a label
+        # that names what tells setups apart inside one study would not match across the two
+        label = run_label(cfg)[1] + (" whitened" if cfg.get("whiten_advantages") else "")
         out.setdefault(label, {})[cfg["seed"]] = points[-1]
         budgets.add(cfg["iterations"])
     return out, budgets
