@@ -36,6 +36,11 @@ from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM,
 
 # one bar per shard per model is noise in a training log
 transformers.utils.logging.disable_progress_bar()
+# Hub kernels off unless the user asks (USE_HUB_KERNELS=1): transformers >= 5.25 turns them on
+# whenever the `kernels` package is installed, and they replace layers with code fetched from the
+# Hub, so a run would download at start-up, compute with other layers than the torch ones every
+# figure here was measured with, and fail on models built on the meta device (sharded loading).
+os.environ.setdefault("USE_HUB_KERNELS", "NO")
 log = logging.getLogger(__name__)
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
