@@ -11,9 +11,9 @@ The start (iteration 0) is the SFT policy measured the same way.
 When a setup settles (docs/decisions.md, "Budget"): the first logged iteration t from which the
 mean curve stays within TOLERANCE of its final value on every metric (learned Helpful and
 Harmless, and on the toy world the ground truth's harmful compliance, over-refusal and benign
-help) up to the end of the run. The budget is then judged by how much of the run is left after
-the last setup settles: at the cosine schedule's halfway point the learning rate is still half
-of its peak, so a curve that is flat from there on has stopped moving, not just been frozen.
+help) up to the end of the run. Under the cosine schedule the learning rate falls to 0 at the
+end, so a flat end is partly the schedule coming to rest: whether the budget is long enough is
+tested by training longer (experiments/budget.py), not read off this rule alone.
 
 Figures (PNG for the README, PDF for papers): the mean trajectory of the main setups in the
 (Helpful, Harmless) plane, and the ground-truth rates against iterations; legends, not labels on
@@ -182,15 +182,14 @@ def sft_start(cfg):
     from evals.tables import GEN_FIELDS
     from model import load_policy, load_score_model, load_tokenizer
     from rewards import Scorer
+    if cfg.get("prompts"):
+        return None  # a real prompt source: the curves start at the first logged point
     torch.set_num_threads(1)
     policy = load_policy(cfg["policy"], "cpu", None).eval()
     scorers = [Scorer(*load_score_model(cfg[k + "_model"], "cpu", None), k)
                for k in ("reward", "cost")]
-    toy = not cfg.get("prompts")
-    if not toy:
-        return None  # a real prompt source: the curves start at the first logged point
     return heldout_metrics(policy, load_tokenizer(cfg["policy"]), scorers, toy_test_prompts(),
-                           [cfg[k] for k in GEN_FIELDS], toy, cfg.get("eval_samples", 4))
+                           [cfg[k] for k in GEN_FIELDS], True, cfg.get("eval_samples", 4))
 
 
 def main(argv=None):

@@ -217,12 +217,13 @@ def plot_pareto(agg, path, ref, volumes):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
     colors = plt.get_cmap("tab10").colors  # with 12 markers: 60 distinct looks
-    for i, fam in enumerate(dict.fromkeys(r["family"] for r in agg)):
+    entry = 0  # legend entries so far: each gets its own colour and marker
+    for fam in dict.fromkeys(r["family"] for r in agg):
         rows = sorted([r for r in agg if r["family"] == fam], key=lambda r: r.get("lam") or 0.0)
         sft, swept = fam == "sft", rows[0].get("lam") is not None
         groups = [rows] if swept else [[r] for r in rows]  # a lam sweep is one legend entry
-        for j, members in enumerate(groups):
-            k = i + j
+        for members in groups:
+            k, entry = entry, entry + 1
             lams = ", ".join(f"{r['lam']:g}" for r in members) if swept else ""
             label = f"{fam} (λ_h = {lams})" if swept else members[0]["group"]
             line = ax.errorbar([r["helpful"] for r in members], [r["harmless"] for r in members],

@@ -156,9 +156,8 @@ def test_settled_at_matches_a_brute_force_reading(seed):
                    for k in ("helpful", "harmless", "benign_helpful") for j in range(i, len(its)))
     first = min(i for i in range(len(its)) if settled(i))
     assert t == its[first]
-    # the named metric is the one that settled last: without it the curve settles earlier or at t
-    rest = {k: v for k, v in curves.TOLERANCE.items() if k != metric}
-    assert curves.settled_at(curve, rest)[0] <= t
+    # the named metric is the one that settled last: on its own it settles exactly at t
+    assert curves.settled_at(curve, {metric: curves.TOLERANCE[metric]})[0] == t
 
 
 def test_curve_figures_are_written_as_png_and_pdf(tmp_path):

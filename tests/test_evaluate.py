@@ -333,3 +333,16 @@ def test_a_deleted_toy_world_is_rebuilt_not_blamed_on_the_hub(smoke_run, capsys)
     out = capsys.readouterr().out
     assert f"the toy world it was trained in ({toy}) needs a rebuild" in out
     assert (toy / "reward" / "model.safetensors").exists()
+
+
+def test_pareto_plot_gives_every_legend_entry_its_own_look(tmp_path):
+    from evaluate import plot_pareto
+    row = lambda group, family, x: {"group": group, "family": family, "lam": None, "helpful": x,
+                                    "harmless": 1.0, "helpful_std": 0.0, "harmless_std": 0.0}
+    # two rows of one family (an ablation) followed by another family: their looks must differ
+    agg = [row("mgda (w=False)", "mgda", 0.1), row("mgda (w=True)", "mgda", 0.2),
+           row("gapo p=1", "gapo p=1", 0.3), row("gapo p=2", "gapo p=2", 0.4)]
+    ax = plot_pareto(agg, str(tmp_path / "p.png"), [0.0, 0.0], {})
+    looks = [(c.lines[0].get_color(), c.lines[0].get_marker()) for c in ax.containers
+             if c.get_label() in {r["group"] for r in agg}]
+    assert len(looks) == 4 and len(set(looks)) == 4
