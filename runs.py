@@ -1,37 +1,25 @@
-"""Everything around the method that train.py needs: the command line, run folders, checkpoints,
-resume.
+"""The run folder of train.py: one run per folder, atomic checkpoints, resume, the log.
 
-train.py holds the algorithm (Config, one iteration, the loop); this file holds the plumbing, so
-that train.py reads top to bottom as the method:
-- `parse_config`: the command line, generated from train.Config (one flag per field; `--help` prints
-  each field's comment and default), presets first, explicit flags win; `check_config` refuses bad
-  values with one sentence before any model loads.
 - `prepare_out_dir`: one run per folder; `--resume` continues it, `--overwrite` replaces it.
   One process per folder (a flock on out_dir/.lock); a folder with no checkpoint is a failed
-  start and starts afresh; `--resume` reuses the saved configuration (docs/errors.md).
+  start and starts afresh; `--resume` reuses the saved configuration (cli.py, docs/errors.md).
+- `batch_indices`: a seeded prompt order, so a resumed run sees the same batches.
 - `save_checkpoint` / `load_checkpoint`: atomic checkpoints (everything written to checkpoint.tmp,
   then two renames), so a crash at any moment leaves the last good checkpoint; a resumed CPU run
   continues bit for bit (RNG states, optimizer and scheduler states, the method's state are all
   saved). Every rank writes its own shard of the optimizer states (optim/), which resume on any
   number of ranks.
-- `resolve_models` / `prompt_pool`: the built-in toy world fills any model or prompt path left
-  empty; `load_models` builds the networks (sharded by FSDP2 under torchrun, from the checkpoint
-  on resume).
 - `read_log` / `append_log` / `format_log_line` / `summary`: log.jsonl (one JSON line per
   iteration), the one-line terminal record, and the start-to-end summary with the next command.
 
 Run: nothing to run; `python -m pytest -q tests/test_train.py` exercises it through train.py.
 Left out on purpose: experiment trackers (log.jsonl is plain JSON lines), multi-node file systems.
 """
-import argparse
 import dataclasses
 import fcntl
-import inspect
 import json
-import math
 import os
 import random
-import re
 import shutil
 import socket
 import sys
@@ -39,226 +27,15 @@ import sys
 import numpy as np
 import torch
 
-import gapo
-from data import format_policy_prompt, load_prompts
-from model import (Critic, default_dtype, load_policy, load_reference, load_score_model,
-                   load_tokenizer)
-from rewards import Scorer
+from cli import check_device as _check_device  # noqa: F401  (evaluate.py's old name; moving)
+from cli import default_out_dir
 from scale import distributed
 
-# Fields a resumed run may change: they do not change what the run computes.
-VOLATILE = {"resume", "overwrite", "save_every", "stop_after", "device", "num_threads", "out_dir",
-            "eval_every", "eval_samples"}
 LOCK = ".lock"  # in the run folder: held (flock) by the one process driving the run
 # What train.py writes in a run folder; only these and no checkpoint: a failed start.
 RUN_FILES = {"train_config.json", "log.jsonl", "checkpoint", "checkpoint.tmp", "checkpoint.old",
              LOCK}
-DEVICES = re.compile(r"(auto|cpu|cuda(:\d+)?)$")  # match() anchors the start
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
-
-# ------------------------------------------------------------------------------------ command line
-
-def _parse_bool(text):
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def field_comments(config_class):
-    """{field name: its trailing comment} read from the class source: the comments are the docs."""
-    comments = {}
-    for line in inspect.getsource(config_class).splitlines():
-        match = re.match(r"\s+(\w+)\s*:\s*[\w\[\], ]+=.*?#\s*(.*)$", line)
-        if match:
-            comments[match.group(1)] = match.group(2).strip()
-    return comments
-
-
-def parse_config(config_class, presets, argv=None, description="", lora_lr=None):
-    """The command line, generated from the Config dataclass: --name value, --name=value, a bare
-    --flag for booleans. The preset fills defaults first; explicit flags win. lora_lr: {preset: lr}
-    that replaces actor_lr and critic_lr when lora_r > 0 and they were not given explicitly."""
-    comments = field_comments(config_class)
-    parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS,
-                                     usage="%(prog)s [--field value ...]  (every field of Config)")
-    for f in dataclasses.fields(config_class):
-        kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str,
-                                                         "bool": bool}[f.type]
-        help_text = f"{comments.get(f.name, '')} (default: {f.default!r})".replace("%", "%%")
-        if kind is bool:
-            parser.add_argument(f"--{f.name}", nargs="?", const=True, type=_parse_bool,
-                                help=help_text, metavar="BOOL")
-        else:
-            parser.add_argument(f"--{f.name}", type=kind, help=help_text,
-                                metavar=kind.__name__.upper())
-    explicit = vars(parser.parse_args(argv))
-    preset = explicit.get("preset", config_class.preset)
-    if preset not in presets:
-        raise SystemExit(f"error: unknown preset {preset!r}; choose one of {', '.join(presets)}.")
-    lora = {}
-    if lora_lr and explicit.get("lora_r", presets[preset].get("lora_r", config_class.lora_r)) > 0:
-        lora = {"actor_lr": lora_lr[preset], "critic_lr": lora_lr[preset]}  # LoRA's own rates
-    cfg = config_class(**{**presets[preset], **lora, **explicit})
-    return resume_config(cfg, explicit) if cfg.resume else cfg
-
-
-def saved_config(out_dir):
-    """The configuration saved in a run folder (the checkpoint's first: the newest), or None."""
-    for path in (os.path.join(out_dir, "checkpoint", "train_config.json"),
-                 os.path.join(out_dir, "checkpoint.old", "train_config.json"),
-                 os.path.join(out_dir, "train_config.json")):
-        if os.path.isfile(path):
-            try:
-                with open(path) as f:
-                    return json.load(f)
-            except (OSError, ValueError) as err:
-                raise ValueError(f"{path} cannot be read ({err}); start the run afresh with "
-                                 f"--overwrite or pass another --out_dir.") from None
-    return None
-
-
-def resume_config(cfg, explicit):
-    """--resume continues the run as it was started: its saved configuration, not today's defaults,
-    so no flag needs retyping. Explicit flags must agree with it, unless they are VOLATILE. The
-    folder is the one given (a renamed or copied run resumes where it now is)."""
-    out_dir = cfg.out_dir or default_out_dir(cfg)
-    saved = saved_config(out_dir)
-    if saved is None:
-        return cfg  # nothing saved: prepare_out_dir says so and starts afresh
-    # Empty model paths are filled from the toy world later, so they match whatever was saved.
-    different = sorted(k for k, v in explicit.items()
-                       if k not in VOLATILE and k in saved and v not in (saved[k], ""))
-    if different:
-        given = ", ".join(f"--{k} {explicit[k]} (saved: {saved[k]})" for k in different)
-        raise ValueError(f"--resume with a different configuration than the run in {out_dir}: "
-                         f"{given}; drop those flags (--resume reuses the saved ones) or use "
-                         f"another --out_dir.")
-    known = {f.name for f in dataclasses.fields(cfg)}
-    # Saved bookkeeping (save_every, device, ...) carries over too, unless given again now.
-    skip = {"resume", "overwrite", "stop_after", "out_dir"} | (explicit.keys() & VOLATILE)
-    kept = {k: v for k, v in saved.items() if k in known and k not in skip}
-    return dataclasses.replace(cfg, **kept, out_dir=out_dir)
-
-
-def parse_pref(text, K):
-    try:
-        pref = [float(x) for x in str(text).split(",")]
-    except ValueError:
-        pref = []
-    if (len(pref) != K or any(not math.isfinite(x) or x < 0 for x in pref)
-            or abs(sum(pref) - 1) > 1e-6):
-        raise ValueError(f"--pref must be {K} non-negative numbers summing to 1, such as 0.4,0.6 "
-                         f"(got {text!r}).")
-    return pref
-
-
-def _check_numbers(cfg):
-    """One sentence per out-of-range number; the ranges are those the loop can run with."""
-    positive = ["batch_size", "minibatch_size", "micro_batch_size", "ppo_epochs", "max_new_tokens",
-                "max_prompt_length", "save_every", "score_batch_size", "lambda_window", "actor_lr",
-                "critic_lr", "temperature", "repetition_penalty", "clip_eps", "clip_value",
-                "clip_score", "lambda_init", "lambda_max", "eval_samples"]
-    at_least_zero = ["iterations", "stop_after", "eval_every", "lora_r", "num_threads", "seed",
-                     "weight_decay", "max_grad_norm", "kl_coef", "lambda_lr", "fastrl_eta", "p"]
-    fraction = ["top_p", "warmup_ratio", "gamma", "gae_lambda"]
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"--{f.name} must be a finite number (got {value}).")
-        if f.name in positive and not value > 0:
-            raise ValueError(f"--{f.name} must be greater than 0 (got {value}).")
-        if f.name in at_least_zero and not value >= 0:
-            raise ValueError(f"--{f.name} must be 0 or more (got {value}).")
-        if f.name in fraction and not 0 <= value <= 1:
-            raise ValueError(f"--{f.name} must lie between 0 and 1 (got {value}).")
-    if cfg.top_p == 0:
-        raise ValueError("--top_p must be greater than 0 (got 0); 1 samples from the whole "
-                         "vocabulary.")
-    if cfg.iterations == 0 and not cfg.epochs > 0:
-        raise ValueError(f"--epochs must be greater than 0 when --iterations is 0 "
-                         f"(got {cfg.epochs}).")
-    if cfg.lora_r > 0 and cfg.lora_alpha < 0:  # 0 means 2 * lora_r
-        raise ValueError(f"--lora_alpha must be 0 (meaning 2 * lora_r) or more (got "
-                         f"{cfg.lora_alpha}).")
-
-
-def _check_device(cfg):
-    if not DEVICES.match(cfg.device):
-        raise ValueError(f"unknown --device {cfg.device!r}; choose auto, cpu, cuda or cuda:N.")
-    if cfg.device.startswith("cuda"):
-        index = int(cfg.device.split(":")[1]) if ":" in cfg.device else 0
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {cfg.device} asks for a GPU, but torch sees no CUDA device "
-                             f"here; use --device cpu (or auto).")
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"--device {cfg.device}: there are only {torch.cuda.device_count()} "
-                             f"CUDA devices; use cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
-    if cfg.dtype not in DTYPES:
-        raise ValueError(f"unknown --dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}.")
-
-
-def _check_prompt_file(path):
-    """A local prompt file must be text: say so, naming the file, before any model loads."""
-    if not path or not os.path.isfile(path) or path.endswith(".gz"):
-        return
-    try:
-        with open(path, encoding="utf-8") as f:
-            for _ in f:
-                pass
-    except UnicodeDecodeError as err:
-        raise ValueError(f"--prompts {path} is not UTF-8 text (byte {err.start} cannot be "
-                         f"decoded); give a .json or .jsonl file of prompts.") from None
-
-
-def check_config(cfg, K):
-    """Bad input stops here, before any model loads, with one sentence each. Returns the
-    preference."""
-    if cfg.method not in gapo.METHODS:
-        raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(gapo.METHODS)}.")
-    if not (cfg.p >= 0 and math.isfinite(cfg.p)):
-        raise ValueError(f"--p must be a finite number >= 0 (got {cfg.p}); p = 0 is plain MGDA.")
-    _check_numbers(cfg)
-    # Only morlhf and pgapo read the preference; the others must not fail on a value they ignore.
-    pref = parse_pref(cfg.pref, K) if cfg.method in ("morlhf", "pgapo") else [1 / K] * K
-    if cfg.method == "safe-rlhf" and K != 2:
-        raise ValueError("safe-rlhf needs exactly a reward and a cost objective.")
-    if cfg.minibatch_size % cfg.micro_batch_size or cfg.batch_size % cfg.minibatch_size:
-        raise ValueError(f"batch_size ({cfg.batch_size}) must be a multiple of minibatch_size "
-                         f"({cfg.minibatch_size}), itself a multiple of micro_batch_size "
-                         f"({cfg.micro_batch_size}).")
-    if cfg.mgda_params not in ("last_block", "lm_head", "all"):
-        raise ValueError(f"unknown mgda_params {cfg.mgda_params!r}; choose last_block, lm_head "
-                         f"or all.")
-    for name in ("toy_size", "smol_size"):
-        if getattr(cfg, name) not in ("default", "tiny"):
-            raise ValueError(f"unknown {name} {getattr(cfg, name)!r}; choose default or tiny.")
-    if cfg.critic_init not in ("first_rollout", "zero"):
-        raise ValueError(f"unknown critic_init {cfg.critic_init!r}; choose first_rollout or zero.")
-    if cfg.weight_scale not in ("sum_one", "raw"):
-        raise ValueError(f"unknown weight_scale {cfg.weight_scale!r}; choose sum_one or raw.")
-    if not (0 <= cfg.adam_beta1 < 1 and 0 <= cfg.adam_beta2 < 1):
-        raise ValueError(f"--adam_beta1 and --adam_beta2 must lie in [0, 1) "
-                         f"(got {cfg.adam_beta1}, {cfg.adam_beta2}).")
-    _check_device(cfg)
-    _check_prompt_file(cfg.prompts)
-    return pref
-
-
-def default_out_dir(cfg):
-    tag = cfg.method
-    if cfg.method in ("gapo", "gapo-eq17"):
-        tag += f"-p{cfg.p:g}"
-    if cfg.method in ("pgapo", "morlhf"):
-        tag += "-pref" + cfg.pref.replace(",", "_")
-    # runs of other presets get their own folder, so `evaluate.py runs/smol` takes them together
-    folder = "runs" if cfg.preset == "toy" else os.path.join("runs", cfg.preset)
-    return os.path.join(folder, f"{tag}-s{cfg.seed}")
-
-
-# ------------------------------------------------------------------------------------ run folder
 
 def find_checkpoint(out_dir):
     """The last complete checkpoint folder (recovering from a crash between the two renames), or
@@ -391,44 +168,7 @@ def start_run(cfg):
     return rank, world, device, resume_from
 
 
-# ---------------------------------------------------------------------------------- models and data
-
-def resolve_models(cfg):
-    """Fill policy / reward / cost from the toy world when they are empty (rank 0 builds it first).
-    Returns the toy world module when the prompts come from it, else None."""
-    if cfg.policy and cfg.reward_model and cfg.cost_model and cfg.prompts:
-        return None
-    if cfg.preset == "smol":
-        from worlds import smol
-        with distributed.main_first():
-            print(f"smol: using (or preparing, on first use) SmolLM2-135M-Instruct and its reward "
-                  f"and cost models in {cfg.smol_dir}")
-            paths = smol.ensure_smol(cfg.smol_dir, cfg.smol_data, cfg.smol_policy, cfg.smol_size)
-        for key, part in (("policy", "policy"), ("reward_model", "reward"),
-                          ("cost_model", "cost"), ("prompts", "prompts")):
-            setattr(cfg, key, getattr(cfg, key) or paths[part])
-        return None
-    from worlds import toyworld
-    toy_dir = cfg.toy_dir or toyworld.default_dir(cfg.toy_size)
-    with distributed.main_first():  # says the world is valid, or builds it (a minute, once)
-        toyworld.ensure_toyworld(toy_dir, size=cfg.toy_size)
-    paths = toyworld.toy_paths(toy_dir)
-    cfg.policy = cfg.policy or paths["sft"]
-    cfg.reward_model = cfg.reward_model or paths["reward"]
-    cfg.cost_model = cfg.cost_model or paths["cost"]
-    return toyworld
-
-
-def prompt_pool(cfg, toyworld_module, tokenizer):
-    """(raw prompts for the scorers, formatted prompts for the policy), same order."""
-    if cfg.prompts:
-        raw = load_prompts(cfg.prompts, split=cfg.prompt_split)
-    else:
-        raw = [p.text for p in toyworld_module.train_prompts()]
-    if not raw:
-        raise ValueError("the prompt set is empty; give --prompts a file or data set with prompts.")
-    return raw, [format_policy_prompt(tokenizer, p) for p in raw]
-
+# ------------------------------------------------------------------------------------ batches
 
 def batch_indices(cfg, n_prompts, position):
     """Prompt indices of the `position`-th batch: a seeded permutation per pass over the prompts, so
@@ -442,61 +182,6 @@ def batch_indices(cfg, n_prompts, position):
                             for i in (0, 1)])
     offset = start % n_prompts
     return order[offset:offset + cfg.batch_size].tolist()
-
-
-# ------------------------------------------------------------------------------------ models
-
-def loaded_scorer(loaded, path, dtype):
-    """(score model, its tokenizer) through `loaded` (whole, or sharded on every rank)."""
-    tokenizers = []
-
-    def load(device):
-        model, tokenizer = load_score_model(path, device, dtype)
-        tokenizers.append(tokenizer)
-        return model
-    return loaded(load), tokenizers[-1]
-
-
-def load_models(cfg, device, dtype, world, resume_from, K):
-    """The networks of a run: (tokenizer, policy, reference, critic with K heads, [reward, cost]
-    Scorers, MGDA parameters or None), fresh or from the checkpoint resume_from. Under torchrun
-    FSDP2 shards them, keeping the MGDA parameters whole."""
-    # One dtype for every rank's build: sharded loading builds on `device` but reads on the CPU.
-    dtype = dtype or default_dtype(device)
-    tokenizer = load_tokenizer(cfg.policy, padding_side="left")
-    # torchrun, full fine-tuning: each model built empty on every rank, sharded by FSDP2, then
-    # filled from rank 0's copy (distributed.load_sharded); otherwise loaded whole.
-    sharded = world > 1 and cfg.lora_r == 0
-    gradient_method = cfg.method in gapo.GRADIENT_METHODS
-
-    def loaded(load, shard=distributed.shard_model):
-        return distributed.load_sharded(load, device, shard) if sharded else load(device)
-
-    # The parameters whose objective gradients g_i feed the Gram matrix (docs/decisions.md):
-    # kept whole by FSDP.
-    def mgda(model):
-        return gapo.mgda_parameters(model, cfg.mgda_params) if gradient_method else []
-
-    # Sharded loading reads a resumed policy straight from the checkpoint (HF format).
-    policy_path = os.path.join(resume_from, "policy") if resume_from and sharded else cfg.policy
-    policy = loaded(lambda d: load_policy(policy_path, d, dtype, cfg.gradient_checkpointing,
-                                          cfg.lora_r, cfg.lora_alpha),
-                    distributed.policy_sharder(mgda))
-    reference = loaded(lambda d: load_reference(cfg.policy, d, dtype, policy=policy))
-    if resume_from and not sharded:
-        load_policy_weights(policy, os.path.join(resume_from, "policy"))
-    if resume_from:
-        critic = loaded(lambda d: Critic.load(os.path.join(resume_from, "critic"), d, dtype,
-                                              cfg.gradient_checkpointing),
-                        distributed.critic_sharder)
-    else:
-        critic = loaded(lambda d: Critic.from_policy(cfg.policy, K, d, dtype,
-                                                     cfg.gradient_checkpointing, cfg.lora_r,
-                                                     cfg.lora_alpha),
-                        distributed.critic_sharder)
-    scorers = [Scorer(*loaded_scorer(loaded, path, dtype), name=name)
-               for path, name in [(cfg.reward_model, "reward"), (cfg.cost_model, "cost")]]
-    return tokenizer, policy, reference, critic, scorers, mgda(policy) or None
 
 
 # ------------------------------------------------------------------------------------ checkpoints

@@ -17,7 +17,8 @@ One iteration (the paper's Sec. 3 and App. B; choices the paper leaves open: doc
   5. PPO epochs x minibatches: K losses (Eq. 15), the method's weights (Eq. 6, Problem 7), one
      weighted backward, optimizer steps                           (gapo.py, mgda.py)
   6. log (log.jsonl, tqdm) and checkpoint (atomic; --resume continues bit for bit on CPU)
-The command line, run folder, checkpoints and resume live in runs.py; multi-GPU in scale/.
+The command line lives in cli.py, model loading in loading.py, the run folder (checkpoints,
+resume, log) in runs.py; multi-GPU in scale/.
 
 Left out on purpose: multi-node training, vLLM generation, and evaluation (evaluate.py).
 """
@@ -31,6 +32,8 @@ import torch
 from tqdm import tqdm
 
 import gapo
+import cli
+import loading
 import runs
 from evals.heldout import heldout_metrics, heldout_prompts
 from evals.tables import GEN_FIELDS
@@ -298,20 +301,20 @@ def cosine_schedule(optimizer, total_steps, warmup_ratio):
 def train(argv, make_weigh):
     """The loop: read the Config, load the models, then iterate, log and checkpoint."""
     try:
-        cfg = runs.parse_config(Config, PRESETS, argv, __doc__.split("\n")[0], lora_lr=LORA_LR)
-        pref = runs.check_config(cfg, len(OBJECTIVES))
+        cfg = cli.parse_config(Config, PRESETS, argv, __doc__.split("\n")[0], lora_lr=LORA_LR)
+        pref = cli.check_config(cfg, len(OBJECTIVES))
         rank, world, device, resume_from = runs.start_run(cfg)
-        toyworld = runs.resolve_models(cfg)  # empty model paths: the built-in toy world's
+        toyworld = loading.resolve_models(cfg)  # empty model paths: the built-in toy world's
         if rank == 0:
             runs.write_config(cfg)  # with the resolved model paths, for evaluate.py
         dtype = None if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
         memory.check_device(cfg, device, world, dtype)  # CUDA: refuse a plan that cannot fit
 
         # The models: policy, frozen reference, critic (K value heads), reward and cost scorers;
-        # under torchrun sharded by FSDP2, with the MGDA parameters kept whole (runs.load_models).
-        tokenizer, policy, reference, critic, scorers, mgda_params = runs.load_models(
+        # under torchrun sharded by FSDP2, with the MGDA parameters kept whole (loading.load_models).
+        tokenizer, policy, reference, critic, scorers, mgda_params = loading.load_models(
             cfg, device, dtype, world, resume_from, len(OBJECTIVES))
-        raw, formatted = runs.prompt_pool(cfg, toyworld, tokenizer)
+        raw, formatted = loading.prompt_pool(cfg, toyworld, tokenizer)
         if cfg.eval_every and world > 1:
             raise ValueError("--eval_every runs in one process; under torchrun evaluate the "
                              "checkpoints with evaluate.py instead.")

@@ -42,7 +42,8 @@ import subprocess
 import sys
 import time
 
-import runs
+import cli
+
 import train
 from evals import curves
 from experiments import claims
@@ -78,7 +79,7 @@ def changed_settings(run_dir, train_argv):
     changed): such a run is stale and is trained again. Model paths and bookkeeping fields are not compared."""
     with open(os.path.join(run_dir, "train_config.json")) as f:
         saved = json.load(f)
-    wanted = dataclasses.asdict(runs.parse_config(train.Config, train.PRESETS, train_argv,
+    wanted = dataclasses.asdict(cli.parse_config(train.Config, train.PRESETS, train_argv,
                                                       lora_lr=train.LORA_LR))
     skip = {"policy", "reward_model", "cost_model", "out_dir", "resume", "overwrite", "iterations", "save_every",
             "stop_after", "device", "num_threads", "toy_dir", "eval_every", "eval_samples"}
@@ -193,8 +194,8 @@ def alpha_probe(train_argv):
     import torch
     import gapo
     from mgda import gram_matrix
-    cfg = runs.parse_config(train.Config, train.PRESETS, train_argv)
-    out_dir = cfg.out_dir or runs.default_out_dir(cfg)
+    cfg = cli.parse_config(train.Config, train.PRESETS, train_argv)
+    out_dir = cfg.out_dir or cli.default_out_dir(cfg)
     path = os.path.join(out_dir, "alpha_probe.jsonl")
     per_iteration = cfg.ppo_epochs * (cfg.batch_size // cfg.micro_batch_size)  # weigh calls per iteration
 

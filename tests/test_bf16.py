@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-import runs
+import cli
 import train
 from conftest import make_tiny_mistral, make_tiny_tokenizer
 from model import load_policy
@@ -100,15 +100,15 @@ def test_lora_defaults_move_the_policy_within_a_few_iterations(tiny_toyworld, tm
 
 
 def test_lora_learning_rate_rule():
-    assert runs.parse_config(train.Config, train.PRESETS, ["--lora_r", "8"], lora_lr=train.LORA_LR).actor_lr == 3e-3
-    paper = runs.parse_config(train.Config, train.PRESETS, ["--preset", "paper", "--lora_r", "64"], lora_lr=train.LORA_LR)
+    assert cli.parse_config(train.Config, train.PRESETS, ["--lora_r", "8"], lora_lr=train.LORA_LR).actor_lr == 3e-3
+    paper = cli.parse_config(train.Config, train.PRESETS, ["--preset", "paper", "--lora_r", "64"], lora_lr=train.LORA_LR)
     assert (paper.actor_lr, paper.critic_lr) == (1e-5, 1e-5)
     assert (
-        runs.parse_config(train.Config, train.PRESETS, ["--preset", "paper", "--lora_r", "64", "--actor_lr", "2e-6"], lora_lr=train.LORA_LR).actor_lr
+        cli.parse_config(train.Config, train.PRESETS, ["--preset", "paper", "--lora_r", "64", "--actor_lr", "2e-6"], lora_lr=train.LORA_LR).actor_lr
         == 2e-6
     )
     assert (
-        runs.parse_config(train.Config, train.PRESETS, ["--preset", "paper"], lora_lr=train.LORA_LR).actor_lr == 1e-6
+        cli.parse_config(train.Config, train.PRESETS, ["--preset", "paper"], lora_lr=train.LORA_LR).actor_lr == 1e-6
     )  # full fine-tuning keeps Table 2's
 
 

@@ -69,7 +69,7 @@ def test_lora_param_count_matches_peft():
 
 
 def test_memory_check_refuses_full_finetuning_on_one_80gb_gpu_and_names_the_fix(tmp_path):
-    import runs
+    import cli
     import train
     from benchmarks.bench import LLAMA_7B, TOKEN_IDS
     from transformers import LlamaConfig
@@ -78,13 +78,13 @@ def test_memory_check_refuses_full_finetuning_on_one_80gb_gpu_and_names_the_fix(
     LlamaConfig(**LLAMA_7B, **TOKEN_IDS, architectures=["LlamaModelForScore"]).save_pretrained(scorer)
     paths = ["--policy", str(policy), "--reward_model", str(scorer), "--cost_model", str(scorer)]
     h100 = 79 * 2**30  # what torch reports for an H100 80 GB, about
-    full = runs.parse_config(train.Config, train.PRESETS, ["--preset", "paper"] + paths)  # full fine-tuning, checkpointing on
+    full = cli.parse_config(train.Config, train.PRESETS, ["--preset", "paper"] + paths)  # full fine-tuning, checkpointing on
     with pytest.raises(ValueError, match="add --lora_r 64 "):
         memory.check_memory(full, h100)
-    lora = runs.parse_config(train.Config, train.PRESETS, ["--preset", "paper", "--lora_r", "64"] + paths)
+    lora = cli.parse_config(train.Config, train.PRESETS, ["--preset", "paper", "--lora_r", "64"] + paths)
     need = memory.check_memory(lora, h100)
     assert 50 * 2**30 < need < 70 * 2**30  # four 7B models in bf16 (about 51 GiB) + adapters + activations
-    no_ckpt = runs.parse_config(train.Config, train.PRESETS, ["--preset", "paper", "--lora_r", "64", "--gradient_checkpointing", "false"] + paths)
+    no_ckpt = cli.parse_config(train.Config, train.PRESETS, ["--preset", "paper", "--lora_r", "64", "--gradient_checkpointing", "false"] + paths)
     with pytest.raises(ValueError, match="add --gradient_checkpointing "):
         memory.check_memory(no_ckpt, h100)
     # FSDP over 8 GPUs: full fine-tuning with float32 master weights (16 bytes per trainable parameter) fits

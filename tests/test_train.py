@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import gapo
+import cli
 import runs
 import train
 
@@ -108,8 +109,8 @@ def test_bad_flags_stop_with_one_sentence(tmp_path, args, message):
 
 def test_pref_is_checked_only_for_the_methods_that_read_it():
     for method in ("gapo", "ppo-h", "safe-rlhf"):
-        cfg = runs.parse_config(train.Config, train.PRESETS, ["--method", method, "--pref", "junk"])
-        assert runs.check_config(cfg, 2) == [0.5, 0.5]
+        cfg = cli.parse_config(train.Config, train.PRESETS, ["--method", method, "--pref", "junk"])
+        assert cli.check_config(cfg, 2) == [0.5, 0.5]
 
 
 def test_binary_prompt_file_is_named(tmp_path):
@@ -252,9 +253,9 @@ def test_a_full_disk_during_a_save_keeps_the_last_checkpoint_and_no_tmp(tiny_toy
 
 
 def test_command_line_forms_and_preset(tmp_path):
-    cfg = runs.parse_config(train.Config, train.PRESETS, ["--method", "gapo", "--p=1", "--resume"])
+    cfg = cli.parse_config(train.Config, train.PRESETS, ["--method", "gapo", "--p=1", "--resume"])
     assert cfg.p == 1.0 and cfg.resume is True and cfg.method == "gapo"
-    paper = runs.parse_config(train.Config, train.PRESETS, ["--preset", "paper", "--actor_lr", "2e-6"])
+    paper = cli.parse_config(train.Config, train.PRESETS, ["--preset", "paper", "--actor_lr", "2e-6"])
     assert paper.policy == "HuggingFaceH4/mistral-7b-sft-beta" and paper.kl_coef == 0.05
     assert paper.actor_lr == 2e-6 and paper.critic_lr == 5e-7 and paper.gradient_checkpointing is True
 
@@ -355,9 +356,9 @@ def test_actor_gradient_norm_is_logged_before_clipping_and_betas_reach_adam(tiny
     betas = {model: {v for k, v in state.items() if k.endswith(".betas")}
              for model, state in saved.items()}
     assert betas == {"policy": {(0.9, 0.95)}, "critic": {(0.9, 0.95)}}
-    paper = runs.parse_config(train.Config, train.PRESETS, ["--preset", "paper"])
+    paper = cli.parse_config(train.Config, train.PRESETS, ["--preset", "paper"])
     assert (paper.adam_beta1, paper.adam_beta2) == (0.9, 0.95)
-    toy = runs.parse_config(train.Config, train.PRESETS, [])
+    toy = cli.parse_config(train.Config, train.PRESETS, [])
     assert (toy.adam_beta1, toy.adam_beta2) == (0.9, 0.999) and toy.whiten_advantages is False
 
 
@@ -367,7 +368,7 @@ def test_help_prints_every_field_with_its_meaning_and_default():
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     text = " ".join(result.stdout.split())  # argparse wraps lines
-    comments = runs.field_comments(train.Config)
+    comments = cli.field_comments(train.Config)
     for f in dataclasses.fields(train.Config):
         assert f"--{f.name} " in text and comments.get(f.name), f.name  # documented in Config
         assert f"{comments[f.name].split()[0]}" in text and f"(default: {f.default!r})" in text, f.name
@@ -388,7 +389,7 @@ def test_batch_orders_of_different_seeds_are_not_shifted_copies():
     seeding by seed + epoch did exactly that), and the order is a deterministic function of
     (seed, position), which resume relies on."""
     n, B = 64, 32  # two batches per pass over the prompts: position p + 2 is one epoch later
-    cfg = {seed: runs.parse_config(train.Config, train.PRESETS, ["--seed", str(seed)])
+    cfg = {seed: cli.parse_config(train.Config, train.PRESETS, ["--seed", str(seed)])
            for seed in range(3)}
     orders = {seed: [runs.batch_indices(cfg[seed], n, p) for p in range(6)] for seed in range(3)}
     assert orders[0][3] == runs.batch_indices(cfg[0], n, 3)  # deterministic

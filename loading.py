@@ -1,0 +1,112 @@
+"""Loading a run: the world fills the empty model and prompt paths, then the networks are built.
+
+- `resolve_models`: policy / reward / cost paths left empty come from the built-in toy world (or
+  the smol world with `--preset smol`), which rank 0 prepares first under torchrun;
+- `prompt_pool`: the training prompts, raw (as the scorers see them) and formatted for the policy;
+- `load_models`: policy, frozen reference, critic with K value heads, reward and cost scorers,
+  fresh or from a checkpoint, sharded by FSDP2 under torchrun with the MGDA parameters kept whole.
+
+Run: nothing to run; train.py and evaluate.py call it (`python -m pytest -q tests/test_train.py`).
+Left out on purpose: models from anywhere but a local folder or the Hugging Face Hub.
+"""
+import os
+
+import gapo
+from data import format_policy_prompt, load_prompts
+from model import (Critic, default_dtype, load_policy, load_reference, load_score_model,
+                   load_tokenizer)
+from rewards import Scorer
+from runs import load_policy_weights
+from scale import distributed
+
+
+def resolve_models(cfg):
+    """Fill policy / reward / cost from the toy world when they are empty (rank 0 builds it first).
+    Returns the toy world module when the prompts come from it, else None."""
+    if cfg.policy and cfg.reward_model and cfg.cost_model and cfg.prompts:
+        return None
+    if cfg.preset == "smol":
+        from worlds import smol
+        with distributed.main_first():
+            print(f"smol: using (or preparing, on first use) SmolLM2-135M-Instruct and its reward "
+                  f"and cost models in {cfg.smol_dir}")
+            paths = smol.ensure_smol(cfg.smol_dir, cfg.smol_data, cfg.smol_policy, cfg.smol_size)
+        for key, part in (("policy", "policy"), ("reward_model", "reward"),
+                          ("cost_model", "cost"), ("prompts", "prompts")):
+            setattr(cfg, key, getattr(cfg, key) or paths[part])
+        return None
+    from worlds import toyworld
+    toy_dir = cfg.toy_dir or toyworld.default_dir(cfg.toy_size)
+    with distributed.main_first():  # says the world is valid, or builds it (a minute, once)
+        toyworld.ensure_toyworld(toy_dir, size=cfg.toy_size)
+    paths = toyworld.toy_paths(toy_dir)
+    cfg.policy = cfg.policy or paths["sft"]
+    cfg.reward_model = cfg.reward_model or paths["reward"]
+    cfg.cost_model = cfg.cost_model or paths["cost"]
+    return toyworld
+
+
+def prompt_pool(cfg, toyworld_module, tokenizer):
+    """(raw prompts for the scorers, formatted prompts for the policy), same order."""
+    if cfg.prompts:
+        raw = load_prompts(cfg.prompts, split=cfg.prompt_split)
+    else:
+        raw = [p.text for p in toyworld_module.train_prompts()]
+    if not raw:
+        raise ValueError("the prompt set is empty; give --prompts a file or data set with prompts.")
+    return raw, [format_policy_prompt(tokenizer, p) for p in raw]
+
+
+# ------------------------------------------------------------------------------------ models
+
+def loaded_scorer(loaded, path, dtype):
+    """(score model, its tokenizer) through `loaded` (whole, or sharded on every rank)."""
+    tokenizers = []
+
+    def load(device):
+        model, tokenizer = load_score_model(path, device, dtype)
+        tokenizers.append(tokenizer)
+        return model
+    return loaded(load), tokenizers[-1]
+
+
+def load_models(cfg, device, dtype, world, resume_from, K):
+    """The networks of a run: (tokenizer, policy, reference, critic with K heads, [reward, cost]
+    Scorers, MGDA parameters or None), fresh or from the checkpoint resume_from. Under torchrun
+    FSDP2 shards them, keeping the MGDA parameters whole."""
+    # One dtype for every rank's build: sharded loading builds on `device` but reads on the CPU.
+    dtype = dtype or default_dtype(device)
+    tokenizer = load_tokenizer(cfg.policy, padding_side="left")
+    # torchrun, full fine-tuning: each model built empty on every rank, sharded by FSDP2, then
+    # filled from rank 0's copy (distributed.load_sharded); otherwise loaded whole.
+    sharded = world > 1 and cfg.lora_r == 0
+    gradient_method = cfg.method in gapo.GRADIENT_METHODS
+
+    def loaded(load, shard=distributed.shard_model):
+        return distributed.load_sharded(load, device, shard) if sharded else load(device)
+
+    # The parameters whose objective gradients g_i feed the Gram matrix (docs/decisions.md):
+    # kept whole by FSDP.
+    def mgda(model):
+        return gapo.mgda_parameters(model, cfg.mgda_params) if gradient_method else []
+
+    # Sharded loading reads a resumed policy straight from the checkpoint (HF format).
+    policy_path = os.path.join(resume_from, "policy") if resume_from and sharded else cfg.policy
+    policy = loaded(lambda d: load_policy(policy_path, d, dtype, cfg.gradient_checkpointing,
+                                          cfg.lora_r, cfg.lora_alpha),
+                    distributed.policy_sharder(mgda))
+    reference = loaded(lambda d: load_reference(cfg.policy, d, dtype, policy=policy))
+    if resume_from and not sharded:
+        load_policy_weights(policy, os.path.join(resume_from, "policy"))
+    if resume_from:
+        critic = loaded(lambda d: Critic.load(os.path.join(resume_from, "critic"), d, dtype,
+                                              cfg.gradient_checkpointing),
+                        distributed.critic_sharder)
+    else:
+        critic = loaded(lambda d: Critic.from_policy(cfg.policy, K, d, dtype,
+                                                     cfg.gradient_checkpointing, cfg.lora_r,
+                                                     cfg.lora_alpha),
+                        distributed.critic_sharder)
+    scorers = [Scorer(*loaded_scorer(loaded, path, dtype), name=name)
+               for path, name in [(cfg.reward_model, "reward"), (cfg.cost_model, "cost")]]
+    return tokenizer, policy, reference, critic, scorers, mgda(policy) or None
