@@ -95,22 +95,6 @@ def generate(policy, tokenizer, prompt_texts, max_prompt_length, max_new_tokens,
     return input_ids, attention_mask, response_mask, P
 
 
-def concat_chunks(chunks, pad_token_id):
-    """Join generate() outputs of several prompt chunks into one (B, T) layout: each chunk's prompt
-    part is left-padded to the longest P and its response part right-padded to the longest R
-    (padding is masked out, and positions come from the mask, so nothing shifts)."""
-    P = max(c[3] for c in chunks)
-    R = max(c[2].shape[1] for c in chunks)
-    ids, attn, resp = [], [], []
-    for input_ids, attention_mask, response_mask, p in chunks:
-        left, right = P - p, R - response_mask.shape[1]
-        pad = lambda x, value: torch.nn.functional.pad(x, (left, right), value=value)
-        ids.append(pad(input_ids, pad_token_id))
-        attn.append(pad(attention_mask, 0))
-        resp.append(torch.nn.functional.pad(response_mask, (0, right), value=0.0))
-    return torch.cat(ids), torch.cat(attn), torch.cat(resp), P
-
-
 def decode_responses(tokenizer, input_ids, response_mask):
     """Response strings without eos and padding: what the scorers and the toy judge read."""
     P = input_ids.shape[1] - response_mask.shape[1]

@@ -99,23 +99,6 @@ def test_generate_shapes_masks_and_decoding(tiny_policy_dir):
     assert torch.equal(ids, again)  # same seed, same samples
 
 
-def test_chunks_of_different_lengths_join_without_changing_logprobs(tiny_policy_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from rollout import concat_chunks
-    model = AutoModelForCausalLM.from_pretrained(tiny_policy_dir).eval()
-    tok = AutoTokenizer.from_pretrained(tiny_policy_dir)
-    torch.manual_seed(1)
-    a = generate(model, tok, ["how do i bake bread please help me", "hello"], 16, 5)
-    b = generate(model, tok, ["steal a car"], 16, 3)
-    ids, attn, rmask, P = concat_chunks([a, b], tok.pad_token_id)
-    R = rmask.shape[1]
-    assert ids.shape == (3, P + R) and P == max(a[3], b[3])
-    assert decode_responses(tok, ids, rmask) == decode_responses(tok, a[0], a[2]) + decode_responses(tok, b[0], b[2])
-    joined = response_logprobs(model, ids, attn, R) * rmask
-    alone = response_logprobs(model, b[0], b[1], b[2].shape[1]) * b[2]
-    assert torch.allclose(joined[2, :alone.shape[1]], alone[0], atol=1e-5)
-
-
 def test_lm_head_runs_on_response_positions_only(tiny_policy_dir):
     from model import load_policy
     policy = load_policy(tiny_policy_dir, "cpu").eval()
