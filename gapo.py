@@ -234,33 +234,19 @@ def value_loss(values, old_values, returns, response_mask, clip_value):
     return masked_sequence_mean(per_token, response_mask).sum()
 
 
-def mean_returns(rewards, response_mask, gamma):
-    """Mean Monte Carlo return per objective: (B, R, K) rewards, (B, R) mask -> (K,).
+def mean_returns(rewards, response_mask, gamma, per_response=False):
+    """Mean Monte Carlo return per objective: (B, R, K) rewards, (B, R) mask -> (K,), or (B, K)
+    with per_response (the mean over each response's tokens, before the mean over responses).
 
     The discounted reward-to-go of every response token (GAE with lambda = 1 and V = 0), averaged
-    per response then over responses: the constant that best predicts the return from any state.
+    per response then over responses: the constant that best predicts the return from any state;
+    the loop starts the critic's value heads there (docs/decisions.md, "The update").
     """
     assert rewards.shape[:2] == response_mask.shape, (rewards.shape, response_mask.shape)
     returns, _ = gae(rewards, torch.zeros_like(rewards), response_mask, gamma, 1.0)  # (B, R, K)
-    return masked_sequence_mean(returns, response_mask)
-
-
-@torch.no_grad()
-def shift_value_heads(critic, shift):
-    """Add shift (K,) to the bias of the critic's value heads (every value moves by shift).
-
-    Why: a zero-initialised head at the paper's critic learning rate (5e-7) stays near 0 for
-    hundreds of steps, so with gamma = 1, lambda_GAE = 0.95 the final score reaches early tokens
-    only as 0.95^k; starting the bias at the first rollout's mean return puts the values on the
-    score scale at once (docs/decisions.md). Done once; the checkpoint keeps the weights.
-    """
-    bias = critic.value_head.bias
-    assert shift.shape == bias.shape, (shift.shape, bias.shape)
-    shift = shift.to(device=bias.device, dtype=bias.dtype)
-    if type(bias).__name__ == "DTensor" or type(bias.data).__name__ == "DTensor":  # FSDP2
-        from torch.distributed.tensor import distribute_tensor
-        shift = distribute_tensor(shift, bias.device_mesh, bias.placements)
-    bias.add_(shift)
+    mask = response_mask.unsqueeze(-1).to(returns.dtype)  # (B, R, 1)
+    per_sequence = (returns * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, K)
+    return per_sequence if per_response else per_sequence.mean(0)
 
 
 def update_lagrange_multiplier(state, costs, threshold, lr, lambda_max, window):
@@ -294,3 +280,30 @@ def update_fastrl_weights(state, scores, eta):
                * torch.exp(-eta * standardised))
     state.fastrl_weights = (weights / weights.sum()).tolist()
     return state.fastrl_weights
+
+
+# ------------------------------------------------------------------ each method's own state
+
+def rollout_update(method, state, scores, cfg):
+    """After each rollout, before the update: the state a method moves once per rollout. fast-rl:
+    its reward weights from the rollout's scores (N, K), every rank's rows. Others: nothing."""
+    if method == "fast-rl":
+        update_fastrl_weights(state, scores, cfg.fastrl_eta)
+
+
+def step_update(method, state, new_costs, cfg):
+    """At each RL (micro-batch) step, before its losses: the state a method moves every step.
+    safe-rlhf: the step's new episode costs (every rank's; none after the first PPO epoch) join
+    the window and lambda moves, as Safe RLHF does. Returns True when the method's advantages must
+    be derived again (lambda moved)."""
+    if method == "safe-rlhf":
+        update_lagrange_multiplier(state, new_costs.tolist(), cfg.cost_threshold, cfg.lambda_lr,
+                                   cfg.lambda_max, cfg.lambda_window)
+        return True
+    return False
+
+
+def method_log(method, state):
+    """The method's own state for the log line: lambda (safe-rlhf) and the fast-rl weights."""
+    return {"lambda": math.exp(state.log_lambda) if method == "safe-rlhf" else None,
+            "fastrl_weights": state.fastrl_weights or None}

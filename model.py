@@ -20,11 +20,9 @@ load: the published v1.0 scores are raw).
 """
 import contextlib
 import copy
-import inspect
 import json
 import logging
 import os
-import types
 import warnings
 
 import torch
@@ -134,37 +132,34 @@ def enable_checkpointing(model):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def _autocast_forward(compute_dtype):
-    """A forward method that runs the class's forward under autocast(compute_dtype). A function
-    bound with MethodType (not a closure over the model), so copy.deepcopy rebinds it to the
-    copy."""
+def _enter_autocast(module, args):
+    """Forward pre-hook of master_weights: the forward runs under autocast(module.compute_dtype)."""
+    context = torch.autocast(next(module.parameters()).device.type, dtype=module.compute_dtype)
+    context.__enter__()
+    module.__dict__.setdefault("_autocast_contexts", []).append(context)  # nested calls stack
 
-    def forward(self, *args, **kwargs):
-        device_type = next(self.parameters()).device.type
-        with torch.autocast(device_type, dtype=compute_dtype):
-            return type(self).forward(self, *args, **kwargs)
 
-    return forward
+def _exit_autocast(module, args, output):
+    """Forward hook of master_weights (always called, also when the forward raises)."""
+    module._autocast_contexts.pop().__exit__(None, None, None)
 
 
 def master_weights(model, compute_dtype):
     """Keep `model`'s weights in float32 and compute in `compute_dtype` (bf16): mixed precision with
     fp32 master weights. AdamW then updates float32 numbers; updating bf16 weights in place rounds a
     1e-6 step away (bf16 keeps 8 bits of mantissa: a step smaller than |w| / 256 is lost;
-    docs/decisions.md). Every forward runs under torch.autocast, so matmuls read bf16 copies; FSDP2
-    (distributed.shard_model) all-gathers bf16 directly (MixedPrecisionPolicy) and reduces gradients
-    in float32.
+    docs/decisions.md). Every call of the model runs under torch.autocast (two forward hooks, so
+    the class's forward and its signature, which HF generate inspects, stay as they are): matmuls
+    read bf16 copies; FSDP2 (distributed.shard_model) all-gathers bf16 directly
+    (MixedPrecisionPolicy) and reduces gradients in float32.
     Sets `model.compute_dtype`, which distributed.shard_model reads. No-op for float32. Returns the
     model."""
     if compute_dtype == torch.float32:
         return model
     model.float()
-    forward = _autocast_forward(compute_dtype)
-    # HF generate inspects the forward's signature (logits_to_keep, cache arguments): keep the
-    # class's one.
-    forward.__signature__ = inspect.signature(type(model).forward)
-    model.forward = types.MethodType(forward, model)
     model.compute_dtype = compute_dtype
+    model.register_forward_pre_hook(_enter_autocast)
+    model.register_forward_hook(_exit_autocast, always_call=True)
     return model
 
 
@@ -346,6 +341,21 @@ class Critic(nn.Module):
         else:
             master_weights(backbone, compute)
         return cls(backbone, num_objectives, base_name=str(name_or_path)).train()
+
+    @torch.no_grad()
+    def shift_values(self, shift):
+        """Add shift (K,) to the value heads' biases: every value moves by shift. The loop does it
+        once, with the first rollout's mean return (docs/decisions.md, "The update"): a
+        zero-initialised head at the paper's critic learning rate (5e-7) stays near 0 for hundreds
+        of steps, so with gamma = 1, lambda_GAE = 0.95 the final score would reach early tokens
+        only as 0.95^k. Sharded by FSDP2, the bias is a DTensor, and so becomes the shift."""
+        bias = self.value_head.bias
+        assert shift.shape == bias.shape, (shift.shape, bias.shape)
+        shift = shift.to(device=bias.device, dtype=bias.dtype)
+        if hasattr(bias, "device_mesh"):  # a DTensor (scale/distributed.py shards the critic)
+            from torch.distributed.tensor import distribute_tensor
+            shift = distribute_tensor(shift, bias.device_mesh, bias.placements)
+        bias.add_(shift)
 
     def forward(self, input_ids, attention_mask):
         """(B, T) ids and mask -> (B, T, K) float32 values; positions from the mask, so left padding

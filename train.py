@@ -44,6 +44,7 @@ from scale import distributed, memory
 
 # K = 2: reward, and minus cost (docs/decisions.md, "Objectives")
 OBJECTIVES = ["helpful", "harmless"]
+K = len(OBJECTIVES)
 
 
 @dataclass
@@ -159,9 +160,9 @@ LORA_LR = {"toy": 3e-3, "smol": 1e-4, "paper": 1e-5}
 # ------------------------------------------------------------------------------------ one iteration
 
 @torch.no_grad()
-def collect_rollout(cfg, policy, reference, critic, tokenizer, scorers, raw, formatted, state=None):
-    """Steps 1-4 of the recipe. Returns the Rollout and the phase timings. With state (MethodState)
-    and critic_init first_rollout, the first call starts the value heads at the mean return."""
+def collect_rollout(cfg, policy, reference, critic, tokenizer, scorers, raw, formatted):
+    """Steps 1-3 of the recipe: responses, scores, log-probabilities, values, KL-shaped rewards.
+    The advantages (step 4) come after, in the loop. Returns the Rollout and the phase timings."""
     # Generation: the whole rollout batch in one call (decoding is memory-bound, so B rows cost
     # about what one row does). The forward passes below run in chunks of micro_batch_size
     # (activation memory).
@@ -189,28 +190,27 @@ def collect_rollout(cfg, policy, reference, critic, tokenizer, scorers, raw, for
     response_mask, scores = response_mask.to(device), scores.to(device)
     rewards = kl_shaped_rewards(scores, logprobs, ref_logprobs, response_mask, cfg.kl_coef,
                                 cfg.clip_score)
-    if cfg.critic_init == "first_rollout" and state is not None and not state.value_heads_started:
-        shift = gapo.mean_returns(rewards, response_mask, cfg.gamma)  # (K,)
-        shift = distributed.all_reduce_mean(shift)  # every rank's critic moves the same
-        gapo.shift_value_heads(critic, shift)  # saved with the critic; the flag stops a redo
-        values = values + shift  # exactly what the shifted critic would give (the head is linear)
-        state.value_heads_started = True
-    advantages, returns = gae(rewards, values, response_mask, cfg.gamma, cfg.gae_lambda)
     rollout = Rollout(raw, responses, input_ids, attention_mask, response_mask, logprobs,
-                      ref_logprobs, values, scores, rewards, advantages, returns)
+                      ref_logprobs, values, scores, rewards, advantages=None, returns=None)
     return rollout, {"generate": t1 - t0, "score": t2 - t1, "forward": time.perf_counter() - t2}
 
 
+def rollout_rows(rollout, gamma):
+    """Per response: the K scores, the KL to pi_ref, the K Monte Carlo returns -> (B, 2K + 1).
+    Under torchrun the loop gathers these rows from every rank (the global batch)."""
+    mask = rollout.response_mask
+    kl = ((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1, keepdim=True)  # (B, 1)
+    mc_returns = gapo.mean_returns(rollout.rewards, mask, gamma, per_response=True)  # (B, K)
+    return torch.cat([rollout.scores.float(), kl.float(), mc_returns.float()], dim=1)
+
+
 def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state, mgda_params,
-               iteration, weigh=gapo.loss_weights):
-    """Step 5: PPO epochs over minibatches; returns averaged diagnostics for the log.
-    weigh: the function that turns the K losses into weights (gapo.loss_weights); experiments pass a
-    wrapper with the same signature to time or record it (benchmarks/bench.py,
-    experiments/study.py)."""
+               iteration):
+    """Step 5: PPO epochs over minibatches; returns averaged diagnostics for the log."""
     B = rollout.input_ids.shape[0]
     R = rollout.response_mask.shape[1]
     device = rollout.input_ids.device
-    costs = -rollout.scores[:, 1]  # (B,) safe-rlhf: cost = -harmlessness
+    costs = -rollout.scores[:, -1]  # (B,) safe-rlhf's cost = -harmlessness, the last objective
     # Gradient accumulation: each micro-batch gets its own method weights (its own Gram matrix), and
     # the weighted losses accumulate until the optimizer step. Decision: the paper gives no detail.
     accumulate = cfg.minibatch_size // cfg.micro_batch_size
@@ -221,14 +221,12 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
             idx = order[start:start + cfg.micro_batch_size]
             ids, mask, rmask = (rollout.input_ids[idx], rollout.attention_mask[idx],
                                 rollout.response_mask[idx])
-            if cfg.method == "safe-rlhf":  # lambda every RL step, as Safe RLHF (docs/decisions.md)
-                # the step's episodes join the cost window once (first PPO epoch)
-                new = costs[idx.to(costs.device)] if epoch == 0 else costs[:0]
-                gapo.update_lagrange_multiplier(state, distributed.all_gather_rows(new).tolist(),
-                                                cfg.cost_threshold, cfg.lambda_lr, cfg.lambda_max,
-                                                cfg.lambda_window)
-            # Once per update, and again at every step for safe-rlhf, whose lambda moves each step.
-            if epoch == 0 and start == 0 or cfg.method == "safe-rlhf":
+            # The method's own state that moves every RL step: safe-rlhf's multiplier, whose cost
+            # window takes the step's episodes (every rank's) in the first PPO epoch. The method's
+            # advantages are derived once per update, and again whenever that state moved.
+            new_costs = costs[idx.to(costs.device)] if epoch == 0 else costs[:0]
+            moved = gapo.step_update(cfg.method, state, distributed.all_gather_rows(new_costs), cfg)
+            if epoch == 0 and start == 0 or moved:
                 advantages = gapo.method_advantages(
                     cfg.method, rollout.advantages.cpu(), rollout.response_mask.cpu(), pref, state,
                     cfg.whiten_advantages).to(device)  # (B, R, M)
@@ -243,9 +241,9 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
                 raise FloatingPointError(f"iteration {iteration}: the PPO loss of objective {bad} "
                                          f"is not finite")
             try:
-                weights, wlog = weigh(cfg.method, losses, mgda_params, cfg.p, pref,
-                                      reduce_grads=distributed.global_gradients,
-                                      weight_scale=cfg.weight_scale)
+                weights, wlog = gapo.loss_weights(cfg.method, losses, mgda_params, cfg.p, pref,
+                                                  reduce_grads=distributed.global_gradients,
+                                                  weight_scale=cfg.weight_scale)
             except FloatingPointError as err:
                 raise FloatingPointError(f"iteration {iteration}: {err}") from None
             info.update(wlog)
@@ -298,11 +296,11 @@ def cosine_schedule(optimizer, total_steps, warmup_ratio):
 
 # ------------------------------------------------------------------------------------ the loop
 
-def train(argv, make_weigh):
+def train(argv):
     """The loop: read the Config, load the models, then iterate, log and checkpoint."""
     try:
         cfg = cli.parse_config(Config, PRESETS, argv, __doc__.split("\n")[0], lora_lr=LORA_LR)
-        pref = cli.check_config(cfg, len(OBJECTIVES))
+        pref = cli.check_config(cfg, K)
         rank, world, device, resume_from = runs.start_run(cfg)
         toyworld = loading.resolve_models(cfg)  # empty model paths: the built-in toy world's
         if rank == 0:
@@ -313,7 +311,7 @@ def train(argv, make_weigh):
         # The models: policy, frozen reference, critic (K value heads), reward and cost scorers;
         # under torchrun sharded by FSDP2, with the MGDA parameters kept whole (loading.load_models).
         tokenizer, policy, reference, critic, scorers, mgda_params = loading.load_models(
-            cfg, device, dtype, world, resume_from, len(OBJECTIVES))
+            cfg, device, dtype, world, resume_from, K)
         raw, formatted = loading.prompt_pool(cfg, toyworld, tokenizer)
         if cfg.eval_every and world > 1:
             raise ValueError("--eval_every runs in one process; under torchrun evaluate the "
@@ -348,7 +346,6 @@ def train(argv, make_weigh):
     log_path = os.path.join(cfg.out_dir, "log.jsonl")
     if rank == 0:
         runs.truncate_log(log_path, start)
-    weigh = make_weigh(policy) if make_weigh else gapo.loss_weights
 
     # disable=None: no bar when stderr is not a terminal (a log file would collect every redraw)
     bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=cfg.method,
@@ -360,24 +357,32 @@ def train(argv, make_weigh):
         with distributed.unsharded(policy):
             rollout, timings = collect_rollout(cfg, policy, reference, critic, tokenizer, scorers,
                                                [raw[i] for i in index],
-                                               [formatted[i] for i in index], state)
-        # (world * B, K), all ranks' rows
-        scores = distributed.all_gather_rows(rollout.scores).cpu()
-        if cfg.method == "fast-rl":
-            gapo.update_fastrl_weights(state, scores, cfg.fastrl_eta)
+                                               [formatted[i] for i in index])
+        # (world * B, 2K + 1): every rank's responses, for the statistics below
+        rows = distributed.all_gather_rows(rollout_rows(rollout, cfg.gamma)).cpu()
+        scores, kl, mc_returns = (rows[:, :K].contiguous(), rows[:, K].contiguous(),
+                                  rows[:, K + 1:].contiguous())
+        # The critic's value heads start at the first rollout's mean return (docs/decisions.md,
+        # "The update"); the values just read move with them (the head is linear).
+        if cfg.critic_init == "first_rollout" and not state.value_heads_started:
+            shift = mc_returns.mean(0).to(rollout.values.device)  # (K,)
+            critic.shift_values(shift)  # saved with the critic; the flag stops a redo on resume
+            rollout.values = rollout.values + shift
+            state.value_heads_started = True
+        # Step 4: GAE per objective, (B, R, K) each
+        rollout.advantages, rollout.returns = gae(rollout.rewards, rollout.values,
+                                                  rollout.response_mask, cfg.gamma, cfg.gae_lambda)
+        gapo.rollout_update(cfg.method, state, scores, cfg)  # fast-rl's reward weights
         t0 = time.perf_counter()
         update = ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state,
-                            mgda_params, iteration + 1, weigh)  # NaN / inf: FloatingPointError
+                            mgda_params, iteration + 1)  # NaN / inf: FloatingPointError
         timings["update"] = time.perf_counter() - t0
 
-        mask = rollout.response_mask
-        kl = distributed.all_reduce_mean(
-            ((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1).mean())
         record = {"iteration": iteration + 1,
                   **{f"score_{n}": scores[:, i].mean().item() for i, n in enumerate(OBJECTIVES)},
-                  "kl": kl.item(), "response_length": mask.sum(1).mean().item(), **update,
-                  "lambda": math.exp(state.log_lambda) if cfg.method == "safe-rlhf" else None,
-                  "fastrl_weights": state.fastrl_weights or None,
+                  "kl": kl.mean().item(),
+                  "response_length": rollout.response_mask.sum(1).mean().item(), **update,
+                  **gapo.method_log(cfg.method, state),
                   "tokens_per_second": rollout.attention_mask.sum().item() / sum(timings.values()),
                   **{f"time_{k}": v for k, v in timings.items()}}
         last = iteration + 1 == iterations
@@ -406,12 +411,11 @@ def train(argv, make_weigh):
     return cfg
 
 
-def main(argv=None, make_weigh=None):
-    """Train one run. make_weigh(policy), if given, returns the `weigh` function ppo_update uses
-    (experiments/study.py records both Gram matrices this way); None keeps gapo.loss_weights.
-    A run that stops early (Ctrl-C, NaN, a failed save) ends in one line: why, and what is kept."""
+def main(argv=None):
+    """Train one run. A run that stops early (Ctrl-C, NaN, a failed save) ends in one line: why, and
+    what is kept."""
     try:
-        return train(argv, make_weigh)
+        return train(argv)
     except (KeyboardInterrupt, FloatingPointError, runs.SaveError, runs.CheckpointError) as err:
         raise SystemExit(runs.stopped(err))
     finally:

@@ -25,10 +25,9 @@ the K gradients of the same losses (same forward graph, no extra rollout) with r
 parameters and records both Gram matrices in <run>/alpha_probe.jsonl. From them, offline: alpha for
 p = 0, 1, 2 from each parameter set, mean |alpha_last - alpha_all|, how often both pick the same dominant
 objective, and the cosine, in the full parameter space, between the update the last-block weights give and
-the exact all-parameter GAPO update (<out_root>/alpha_agreement.json). It passes a recording wrapper of
-gapo.loss_weights through train.main's `make_weigh` hook (`python -m experiments.study --alpha_probe
-<train.py flags>`); the extra gradients use no randomness, so the run's trajectory is
-the one plain train.py gives. Design choice: both estimates on the same minibatches of one trajectory
+the exact all-parameter GAPO update (<out_root>/alpha_agreement.json). A recorder stands in for
+gapo.loss_weights during the run (`python -m experiments.study --alpha_probe <train.py flags>`); the
+extra gradients use no randomness, so the run's trajectory is the one plain train.py gives. Design choice: both estimates on the same minibatches of one trajectory
 compare directly; two runs (--mgda_params all vs last_block) would mix the estimate's error with diverging
 trajectories.
 
@@ -189,8 +188,8 @@ def train_all(runs, args):
 def alpha_probe(train_argv):
     """train.main(train_argv), recording per minibatch the Gram matrices of the K objective gradients over the
     last block and over all trainable parameters in <out_dir>/alpha_probe.jsonl (appended on --resume; the
-    summary keeps the last record of each (iteration, minibatch)). Uses train.main's public `make_weigh`
-    hook: the recorder wraps gapo.loss_weights and returns exactly what it returns."""
+    summary keeps the last record of each (iteration, minibatch)). The recorder stands in for
+    gapo.loss_weights while the run lasts and returns exactly what it returns."""
     import torch
     import gapo
     from mgda import gram_matrix
@@ -199,28 +198,40 @@ def alpha_probe(train_argv):
     path = os.path.join(out_dir, "alpha_probe.jsonl")
     per_iteration = cfg.ppo_epochs * (cfg.batch_size // cfg.micro_batch_size)  # weigh calls per iteration
 
-    def make_weigh(policy):
-        chosen = {which: gapo.mgda_parameters(policy, which) for which in ("last_block", "all")}
-        log_path = os.path.join(out_dir, "log.jsonl")  # already cut to the checkpoint's iterations
-        done = sum(1 for line in open(log_path) if line.strip()) if os.path.isfile(log_path) else 0
-        calls = [done * per_iteration]
-        if done == 0 and os.path.isfile(path):  # a fresh start (train.py has checked the folder)
-            os.remove(path)
+    policies = []  # the policy, caught when train.py picks its MGDA parameters
 
-        def weigh(method, losses, params, p, preference, **kwargs):
-            iteration, minibatch = divmod(calls[0], per_iteration)
-            record, reduce = {"iteration": iteration + 1, "minibatch": minibatch}, kwargs.get("reduce_grads")
-            for which, ps in chosen.items():  # the same losses and graph: both estimates see one minibatch
-                grads = [torch.autograd.grad(loss, ps, retain_graph=True, allow_unused=True) for loss in losses]
-                grads = [[torch.zeros_like(q) if g is None else g for g, q in zip(gs, ps)] for gs in grads]
-                record[which] = gram_matrix(reduce(grads) if reduce else grads).tolist()  # (K, K) float64
-            with open(path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            calls[0] += 1
-            return gapo.loss_weights(method, losses, params, p, preference, **kwargs)
-        return weigh
+    def mgda_parameters(policy, which):
+        policies.append(policy)
+        return pick(policy, which)
 
-    train.main(train_argv, make_weigh=make_weigh)
+    def loss_weights(method, losses, params, p, preference, **kwargs):
+        if not calls:  # the first step: train.py has checked the folder and cut the log by now
+            log_path = os.path.join(out_dir, "log.jsonl")
+            done = sum(1 for line in open(log_path) if line.strip()) if os.path.isfile(log_path) else 0
+            calls.append(done * per_iteration)
+            if done == 0 and os.path.isfile(path):  # a fresh start
+                os.remove(path)
+        chosen = {which: pick(policies[-1], which) for which in ("last_block", "all")}
+        iteration, minibatch = divmod(calls[0], per_iteration)
+        record, reduce = {"iteration": iteration + 1, "minibatch": minibatch}, kwargs.get("reduce_grads")
+        for which, ps in chosen.items():  # the same losses and graph: both estimates see one minibatch
+            grads = [torch.autograd.grad(loss, ps, retain_graph=True, allow_unused=True) for loss in losses]
+            grads = [[torch.zeros_like(q) if g is None else g for g, q in zip(gs, ps)] for gs in grads]
+            record[which] = gram_matrix(reduce(grads) if reduce else grads).tolist()  # (K, K) float64
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        calls[0] += 1
+        return weigh(method, losses, params, p, preference, **kwargs)
+
+    calls = []  # loss_weights calls so far, counted from the checkpoint's iteration
+    # train.py calls gapo.mgda_parameters and gapo.loss_weights through the module: the recorder
+    # stands in for both while the run lasts, and returns exactly what they return.
+    pick, weigh = gapo.mgda_parameters, gapo.loss_weights
+    gapo.mgda_parameters, gapo.loss_weights = mgda_parameters, loss_weights
+    try:
+        train.main(train_argv)
+    finally:
+        gapo.mgda_parameters, gapo.loss_weights = pick, weigh
 
 
 def read_probe(path):

@@ -164,15 +164,17 @@ def test_mean_returns_and_shifting_the_value_heads():
             want[k] += sum(rtg) / n / B
     torch.testing.assert_close(gapo.mean_returns(rewards, mask, gamma), want, atol=1e-6, rtol=0)
 
-    class Critic(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.value_head = torch.nn.Linear(3, K)
+    per_response = gapo.mean_returns(rewards, mask, gamma, per_response=True)  # (B, K)
+    assert per_response.shape == (B, K)
+    torch.testing.assert_close(per_response.mean(0), want, atol=1e-6, rtol=0)
 
-    critic = Critic()
+    from model import Critic
+    critic = Critic.__new__(Critic)  # only the value head matters here
+    torch.nn.Module.__init__(critic)
+    critic.value_head = torch.nn.Linear(3, K)
     h = torch.randn(5, 3)
     before = critic.value_head(h).detach()
-    gapo.shift_value_heads(critic, torch.tensor([2.0, -7.0]))
+    critic.shift_values(torch.tensor([2.0, -7.0]))
     torch.testing.assert_close(critic.value_head(h).detach(), before + torch.tensor([2.0, -7.0]))
 
 
