@@ -308,9 +308,9 @@ def parse_args(argv):
     if parse_lambdas(args.soup_lambdas) is None:
         ap.error(f"--soup_lambdas must be numbers in [0, 1] such as 0.2,0.4,0.6,0.8 "
                  f"(got {args.soup_lambdas!r}).")
-    import runs  # the same device and dtype rules as train.py
+    import cli  # the same device and dtype rules as train.py
     try:
-        runs._check_device(argparse.Namespace(device=args.device, dtype=args.dtype))
+        cli.check_device(argparse.Namespace(device=args.device, dtype=args.dtype))
     except ValueError as err:
         ap.error(str(err))
     return args

@@ -10,8 +10,6 @@ What it does (the paper's Sec. 4.1 setting; choices in docs/decisions.md):
 - score models: `LlamaModelForScore`, the exact layout of PKU-Alignment/beaver-7b-v1.0-{reward,cost}
   (LLaMA backbone `model.*` + `score_head`), or any AutoModelForSequenceClassification with one
   label. The score is read at the last non-padding token, as the beaver models do.
-- interpolate_state_dicts for Rewarded Soups (`soup`); param_count_from_config (meta device) for
-  the memory plan (scale/memory.py) of whether a configuration fits.
 
 Run: nothing to run; `python -m pytest -q tests/test_model.py` checks it.
 Left out on purpose: multi-GPU sharding (scale/distributed.py does it), DeepSpeed, quantisation,
@@ -19,7 +17,6 @@ value-head normalisers, and the beaver score models' training-time `normalizer` 
 load: the published v1.0 scores are raw).
 """
 import contextlib
-import copy
 import json
 import logging
 import os
@@ -93,7 +90,7 @@ def _place(module, device):
     return module if _META["on"] else module.to(device)
 
 
-def _from_hub(loader, name_or_path, what, **kwargs):
+def from_hub(loader, name_or_path, what, **kwargs):
     """Call loader(name_or_path, **kwargs); a missing local folder or a hub miss becomes one clear
     sentence."""
     name_or_path = str(name_or_path)
@@ -116,7 +113,7 @@ def _load_backbone(name_or_path, dtype):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        return _from_hub(AutoModel.from_pretrained, name_or_path, "critic base model", dtype=dtype)
+        return from_hub(AutoModel.from_pretrained, name_or_path, "critic base model", dtype=dtype)
     finally:
         hf_logging.set_verbosity(verbosity)
 
@@ -202,7 +199,7 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 def load_tokenizer(name_or_path, padding_side="left"):
     """Left padding for policy prompts (generation appends on the right); right padding for
     scorers."""
-    tok = _from_hub(AutoTokenizer.from_pretrained, name_or_path, "tokenizer")
+    tok = from_hub(AutoTokenizer.from_pretrained, name_or_path, "tokenizer")
     if tok.pad_token is None:
         # Reuse an existing token so the embedding matrix keeps its shape; unk first, because eos as
         # pad would make "last non-pad token" rules (AutoModelForSequenceClassification) skip a real
@@ -240,7 +237,7 @@ def load_policy(
     (master_weights); master=False loads plain `dtype` weights (evaluation)."""
     device = torch.device(device)
     compute = _dtype(dtype, device)
-    model = _from_hub(
+    model = from_hub(
         AutoModelForCausalLM.from_pretrained,
         name_or_path,
         "policy model",
@@ -297,7 +294,7 @@ def load_reference(name_or_path, device, dtype=None, policy=None):
     if policy is not None and hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config"):
         return AdapterDisabledReference(policy)
     device = torch.device(device)
-    model = _place(_from_hub(AutoModelForCausalLM.from_pretrained, name_or_path,
+    model = _place(from_hub(AutoModelForCausalLM.from_pretrained, name_or_path,
                              "reference model", dtype=_dtype(dtype, device)), device)
     model.config.use_cache = False
     return model.eval().requires_grad_(False)
@@ -426,7 +423,7 @@ class LlamaModelForScore(LlamaPreTrainedModel):
 
     def __init__(self, config):
         super().__init__(config)
-        if not _is_score_config(config):
+        if not is_score_config(config):
             config.architectures = ["LlamaModelForScore"]
         config.score_dim = getattr(config, "score_dim", None) or 1
         config.bias = bool(getattr(config, "bias", False))
@@ -465,7 +462,7 @@ class SequenceClassifierScore(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
 
 
-def _is_score_config(config):
+def is_score_config(config):
     return any(a in SCORE_ARCHITECTURES for a in (config.architectures or []))
 
 
@@ -496,9 +493,9 @@ def load_score_model(name_or_path, device=None, dtype=None):
     token)."""
     device = torch.device(device) if device is not None else pick_device()
     dtype = _dtype(dtype, device)
-    config = _from_hub(AutoConfig.from_pretrained, name_or_path, "score model")
+    config = from_hub(AutoConfig.from_pretrained, name_or_path, "score model")
     tokenizer = load_tokenizer(name_or_path, padding_side="right")
-    if _is_score_config(config):
+    if is_score_config(config):
         model, info = _pretrained(LlamaModelForScore.from_pretrained, name_or_path, dtype=dtype,
                                   output_loading_info=True)
         if getattr(config, "do_normalize", False):
@@ -525,45 +522,3 @@ def load_score_model(name_or_path, device=None, dtype=None):
         model = SequenceClassifierScore(model)
     _check_head(info, name_or_path)
     return _place(model, device).eval().requires_grad_(False), tokenizer
-
-
-# --------------------------------------------------------------------- soups and sizes
-
-def interpolate_state_dicts(sd_a, sd_b, lam):
-    """Rewarded Soups: lam * a + (1 - lam) * b per float tensor (computed in fp32, cast back to a's
-    dtype); integer/bool tensors (buffers) are copied from a."""
-    if sd_a.keys() != sd_b.keys():
-        diff = sorted(set(sd_a) ^ set(sd_b))
-        raise ValueError(f"The two state dicts have different keys (e.g. {diff[:3]}); "
-                         "interpolate checkpoints of the same model.")
-    out = {}
-    for k, a in sd_a.items():
-        b = sd_b[k]
-        if a.shape != b.shape:
-            raise ValueError(f"Parameter '{k}' has shape {tuple(a.shape)} in one state dict and "
-                             f"{tuple(b.shape)} in the other; "
-                             "interpolate checkpoints of the same model.")
-        if a.is_floating_point():
-            out[k] = (lam * a.float() + (1.0 - lam) * b.to(a.device).float()).to(a.dtype)
-        else:
-            out[k] = a.clone()
-    return out
-
-
-def param_count_from_config(config, head="causal_lm") -> int:
-    """Parameter count of a model built from `config` (or a hub id / folder) on the meta device:
-    no memory.
-    head: "causal_lm" (policy/reference), "base" (critic backbone, + value head ignored), "score"
-    (score model)."""
-    if not isinstance(config, transformers.PretrainedConfig):
-        config = _from_hub(AutoConfig.from_pretrained, config, "model config")
-    with torch.device("meta"):
-        if head == "score" or _is_score_config(config):
-            model = LlamaModelForScore(copy.deepcopy(config))  # __init__ edits config.architectures
-        elif head == "base":
-            model = AutoModel.from_config(config)
-        elif head == "causal_lm":
-            model = AutoModelForCausalLM.from_config(config)
-        else:
-            raise ValueError(f"Unknown head '{head}'; use 'causal_lm', 'base' or 'score'.")
-    return sum(p.numel() for p in model.parameters())

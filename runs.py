@@ -27,7 +27,6 @@ import sys
 import numpy as np
 import torch
 
-from cli import check_device as _check_device  # noqa: F401  (evaluate.py's old name; moving)
 from cli import default_out_dir
 from scale import distributed
 

@@ -11,16 +11,19 @@ Run: nothing to run; tests/test_model.py and tests/test_distributed.py check the
 and `python -m benchmarks.bench` prints the estimate beside a measured peak.
 - `load_bytes`: the load-time peak, on the GPU and in host memory; check_memory refuses a run
   whose training peak or load peak does not fit.
+- `param_count_from_config`: a model's size from its config, built on the meta device (no memory).
 Left out on purpose: allocator fragmentation and the CUDA context (leave headroom).
 """
+import copy
 import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoConfig
+import transformers
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from model import param_count_from_config
+from model import LlamaModelForScore, from_hub, is_score_config
 
 @dataclass
 class MemoryRow:
@@ -253,3 +256,22 @@ def check_device(cfg, device, world, dtype=None):
     return check_memory(cfg, torch.cuda.get_device_properties(device).total_memory, world,
                         dtype or torch.bfloat16, host_bytes=host,
                         local_world=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+
+
+def param_count_from_config(config, head="causal_lm") -> int:
+    """Parameter count of a model built from `config` (or a hub id / folder) on the meta device:
+    no memory.
+    head: "causal_lm" (policy/reference), "base" (critic backbone, + value head ignored), "score"
+    (score model)."""
+    if not isinstance(config, transformers.PretrainedConfig):
+        config = from_hub(AutoConfig.from_pretrained, config, "model config")
+    with torch.device("meta"):
+        if head == "score" or is_score_config(config):
+            model = LlamaModelForScore(copy.deepcopy(config))  # __init__ edits config.architectures
+        elif head == "base":
+            model = AutoModel.from_config(config)
+        elif head == "causal_lm":
+            model = AutoModelForCausalLM.from_config(config)
+        else:
+            raise ValueError(f"Unknown head '{head}'; use 'causal_lm', 'base' or 'score'.")
+    return sum(p.numel() for p in model.parameters())

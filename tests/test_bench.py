@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from benchmarks import bench
-from model import param_count_from_config
+from scale.memory import param_count_from_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

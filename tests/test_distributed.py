@@ -127,7 +127,7 @@ def test_load_peak_by_hand_and_for_the_paper():
     lora = memory.load_bytes(c, counts, torch.bfloat16, 4, 2, local_world=2)
     adapter = 4 * memory.lora_param_count(c, 2)
     assert lora == (2 * (1000 + 900 + 500 + 500) + 2 * adapter, 2 * (2 * 1000 + adapter))
-    from model import param_count_from_config
+    from scale.memory import param_count_from_config
     m = mistral_7b()
     n = param_count_from_config(m, "causal_lm")
     paper = {"policy": n, "critic": param_count_from_config(m, "base"), "reward": n, "cost": n}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_mistral
-from model import interpolate_state_dicts
+from evals.soups import interpolate_state_dicts
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")  # peft's noise
 

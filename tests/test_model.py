@@ -11,9 +11,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaModel, M
 
 from conftest import make_tiny_mistral, make_tiny_tokenizer
 from model import (AdapterDisabledReference, Critic, LlamaModelForScore, default_dtype,
-                   interpolate_state_dicts, last_token_index, load_policy, load_reference, load_score_model,
-                   load_tokenizer, new_score_model, param_count_from_config, pick_device,
-                   position_ids_from_mask)
+                   last_token_index, load_policy, load_reference, load_score_model,
+                   load_tokenizer, new_score_model, pick_device, position_ids_from_mask)
+from scale.memory import param_count_from_config
 
 CPU = torch.device("cpu")
 
@@ -334,21 +334,6 @@ def test_offline_unknown_id_gives_one_clear_sentence(call, name):
 
 
 # ----------------------------------------------------------------------------- soups and memory
-
-def test_interpolate_state_dicts():
-    a = {"w": torch.randn(3, 2), "h": torch.randn(4).bfloat16(), "n": torch.tensor([7])}
-    b = {"w": torch.randn(3, 2), "h": torch.randn(4).bfloat16(), "n": torch.tensor([9])}
-    for lam, want in ((1.0, a), (0.0, b)):
-        out = interpolate_state_dicts(a, b, lam)
-        assert torch.equal(out["w"], want["w"]) and torch.equal(out["h"], want["h"])
-    mid = interpolate_state_dicts(a, b, 0.25)
-    torch.testing.assert_close(mid["w"], 0.25 * a["w"] + 0.75 * b["w"])
-    assert mid["h"].dtype == torch.bfloat16 and mid["n"].item() == 7
-    with pytest.raises(ValueError, match="different keys"):
-        interpolate_state_dicts(a, {"w": b["w"]}, 0.5)
-    with pytest.raises(ValueError, match="shape"):
-        interpolate_state_dicts(a, {**b, "w": torch.zeros(2, 3)}, 0.5)
-
 
 def test_param_count_from_config_matches_built_models():
     tiny = make_tiny_mistral(50)
