@@ -16,99 +16,23 @@ What it does
   itself starts with 25 safe rows).
 
 The folder holds the three files under the names in SET_FILES; SOURCES says where each comes
-from. The red-team file may be JSON Lines or the upstream problem.json's JSON list of objects.
+from (both, with the file readers, in worlds/eval_sets.py, which the world builders share). The
+red-team file may be JSON Lines or the upstream problem.json's JSON list of objects.
 
 Run: python -m evals.prompt_sets FOLDER   (prints the count and first prompt of each set)
 
 Left out on purpose: no download (the files are third-party data with their own licences; the
 user fetches them), and no de-duplication (the published sets have none to remove).
 """
-import csv
 import os
 import sys
-from dataclasses import dataclass
 
-from data import _read_file  # JSON Lines or one JSON list, with one-sentence errors
+# The files and their readers live below evals/ so that worlds/smol.py can keep evaluation
+# prompts out of its training data without importing evals/. SOURCES is imported for the callers
+# that read it here (evals.prompt_sets.SOURCES), hence the noqa.
+from worlds.eval_sets import (SET_FILES, SOURCES, STANDARD_SETS, EvalPrompt,  # noqa: F401
+                              load_jsonl_set, load_xstest)
 
-SET_FILES = {"redteam": "safe_rlhf_redteam.jsonl", "alpaca": "alpacaeval_helpful_base.jsonl",
-             "xstest-safe": "xstest_prompts.csv", "xstest-unsafe": "xstest_prompts.csv"}
-SOURCES = {
-    "safe_rlhf_redteam.jsonl": "the red-team prompts of PKU-Alignment/safe-rlhf on GitHub, file "
-                               "safe_rlhf/evaluate/gpt4/problem.json (fields prompt, category)",
-    "alpacaeval_helpful_base.jsonl": "the helpful_base instructions of tatsu-lab/alpaca_eval "
-                                     "(fields prompt, category)",
-    "xstest_prompts.csv": "xstest_prompts.csv of github.com/paul-rottger/exaggerated-safety",
-}
-STANDARD_SETS = ["redteam", "alpaca", "xstest-safe", "xstest-unsafe"]
-XSTEST_COLUMNS = ["id", "prompt", "type", "label", "focus", "note"]
-
-
-@dataclass
-class EvalPrompt:
-    prompt: str
-    set: str  # redteam, alpaca, xstest-safe, xstest-unsafe, or a custom file's name
-    label: str | None  # XSTest's "safe" / "unsafe"; None where the source gives no label
-    category: str  # red-team harm category, XSTest type ("homonyms", "contrast_privacy"), ...
-
-
-# ---------------------------------------------------------------------------------------------
-# One reader per file format; each error names the file (and line) and says what to do.
-
-def _require(path):
-    """Fail with one sentence that names the missing file and where to get it."""
-    if os.path.isfile(path):
-        return
-    name = os.path.basename(path)
-    folder = os.path.dirname(path) or "."
-    where = f"the folder {folder} does not exist" if not os.path.isdir(folder) else f"in {folder}"
-    if name not in SOURCES:  # a custom prompt file
-        raise FileNotFoundError(f"prompt file {path} does not exist ({where}); check the path.")
-    raise FileNotFoundError(f"evaluation file {name} is missing ({where}); get it from "
-                            f"{SOURCES[name]} and put it there.")
-
-
-def _prompt_of(path, where, row):
-    if not isinstance(row, dict):
-        raise ValueError(f"{path}, {where} is a {type(row).__name__}, not a JSON object; "
-                         f"write one object with a \"prompt\" field per prompt.")
-    prompt = row.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"{path}, {where} has no non-empty string field \"prompt\"; "
-                         f"fill it in or remove the row.")
-    return prompt
-
-
-def load_jsonl_set(path, set_name, default_category=""):
-    """EvalPrompts of a JSON Lines file with a "prompt" field and an optional "category"."""
-    _require(path)
-    rows = list(_read_file(path))  # JSON Lines, or one JSON list (the upstream problem.json)
-    return [EvalPrompt(_prompt_of(path, where, row), set_name, None,
-                       str(row.get("category") or default_category)) for where, row in rows]
-
-
-def load_xstest(path):
-    """(safe, unsafe) EvalPrompts of XSTest's CSV, each in file order; category = its type."""
-    _require(path)
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in ("prompt", "type", "label") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path} has no column {', '.join(missing)}; XSTest's CSV has the "
-                             f"columns {', '.join(XSTEST_COLUMNS)}.")
-        sets = {"safe": [], "unsafe": []}
-        for i, row in enumerate(reader, 2):  # line 1 is the header
-            label = (row["label"] or "").strip()
-            if label not in sets:
-                raise ValueError(f"{path}, line {i} has label {label!r}; XSTest labels are "
-                                 f"'safe' or 'unsafe'.")
-            if not (row["prompt"] or "").strip():
-                raise ValueError(f"{path}, line {i} has an empty prompt; fill it in or remove "
-                                 f"the row.")
-            sets[label].append(EvalPrompt(row["prompt"], f"xstest-{label}", label, row["type"]))
-    return sets["safe"], sets["unsafe"]
-
-
-# ---------------------------------------------------------------------------------------------
 
 def custom_set_name(path):
     """The set name of a custom prompt file: its file name without .jsonl."""

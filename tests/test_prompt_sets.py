@@ -169,3 +169,14 @@ def test_real_files():
     limited = by_set(load_eval_sets(str(SHARED_EVAL), limit=5))
     assert {k: len(v) for k, v in limited.items()} == dict.fromkeys(sets, 5)
     assert {r.label for r in limited["xstest-unsafe"]} == {"unsafe"}
+
+
+def test_one_standard_set_as_the_world_builders_read_it(eval_dir):
+    """worlds/eval_sets.load_standard_set (what worlds/smol.py keeps out of its training data)
+    gives each standard set exactly as load_eval_sets does, and names the sets it knows."""
+    from evals.prompt_sets import STANDARD_SETS
+    from worlds.eval_sets import load_standard_set
+    for name in STANDARD_SETS:
+        assert load_standard_set(str(eval_dir), name) == load_eval_sets(str(eval_dir), [name])
+    with pytest.raises(ValueError, match="unknown standard evaluation set 'mine.jsonl'"):
+        load_standard_set(str(eval_dir), "mine.jsonl")

@@ -10,7 +10,7 @@ renamed into place, so an interrupted build never looks finished):
            or the Hub id HuggingFaceTB/SmolLM2-135M-Instruct.
 - reward/, cost/  score models (model.LlamaModelForScore, the beaver layout) built on the same
            SmolLM2 backbone: the pretrained lower stack frozen, the top `train_layers` decoder
-           layers, the final norm and a new score head trained (rewards.train_score_model, bf16
+           layers, the final norm and a new score head trained (worlds/score_training.py, bf16
            autocast) on HH-RLHF pairs: helpful-base for the reward model (Bradley-Terry),
            harmless-base for the cost model (the pairwise term: chosen = less harmful, so it gets
            the lower cost). Held-out pair accuracy on BOTH pair sets and the "longer answer wins"
@@ -174,11 +174,11 @@ def eval_prompts_in(data):
     folder = eval_folder(data)
     if not os.path.isdir(folder):
         return set()
-    from evals.prompt_sets import STANDARD_SETS, load_eval_sets
+    from worlds.eval_sets import STANDARD_SETS, load_standard_set
     found = set()
     for name in STANDARD_SETS:
         try:
-            found |= {_normalised(p.prompt) for p in load_eval_sets(folder, [name])}
+            found |= {_normalised(p.prompt) for p in load_standard_set(folder, name)}
         except (OSError, ValueError):
             pass  # a set that is not there cannot leak
     return found
@@ -246,17 +246,21 @@ def train_scorer(kind, policy_dir, pairs, recipe, out, progress=True, data="",
     """Train the reward (kind="reward") or cost model on pairs[kind]'s split, check it on both
     held-out sets, calibrate the cost's zero, save model + tokenizer + report.json in out."""
     from model import load_tokenizer
-    from rewards import Scorer, train_score_model
+    from rewards import Scorer
+    from worlds.score_training import train_score_model
     t0 = time.time()
     train = pairs[kind]["train"]
     scorer, trainable = new_scorer(policy_dir, recipe.train_layers)
     tokenizer = load_tokenizer(policy_dir, padding_side="right")
     bf16 = torch.bfloat16 if _cpu_has_bf16() else None
-    # Quiet rewards.py while building: HH-RLHF has no safe labels by design (the zero is
-    # calibrated below), and dialogues over max_length lose their start in every batch (a known,
-    # accepted cut). Its level is restored after, so a training run that follows still warns.
-    quiet, level = logging.getLogger("rewards"), logging.getLogger("rewards").level
-    quiet.setLevel(logging.ERROR)
+    # Quiet the scorer code while building: HH-RLHF has no safe labels by design (the zero is
+    # calibrated below; score_training warns), and dialogues over max_length lose their start in
+    # every batch (a known, accepted cut; rewards warns). The levels are restored after, so a
+    # training run that follows still warns.
+    quiet = [logging.getLogger(name) for name in ("rewards", "worlds.score_training")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
     try:
         stats = train_score_model(scorer, tokenizer, train,
                                   "reward" if kind == "reward" else "cost", recipe.epochs,
@@ -267,7 +271,8 @@ def train_scorer(kind, policy_dir, pairs, recipe, out, progress=True, data="",
         held = {name: heldout_scores(as_scorer, p["heldout"], recipe.max_length)
                 for name, p in (("helpful", pairs["reward"]), ("harmless", pairs["cost"]))}
     finally:
-        quiet.setLevel(level)
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
     # (better, worse) of each pair: a reward model should score better higher, a cost model lower
     right = lambda b, w: ((b < w) if kind == "cost" else (b > w)).float().mean().item()
     report = {"kind": kind, "recipe": asdict(recipe), "data": data,
