@@ -152,7 +152,7 @@ def sample_and_score(ctx, policy, tokenizer, cfg, prompts, desc):
     (evals/heldout.py, which train.py's --eval_every shares)."""
     from tqdm import tqdm
     from evals import heldout
-    from model import load_score_model
+    from rewards import load_score_model
     from rewards import Scorer
     a = ctx.args
     scorers = []

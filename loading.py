@@ -13,8 +13,8 @@ import os
 
 import gapo
 from data import format_policy_prompt, load_prompts
-from model import (Critic, default_dtype, load_policy, load_reference, load_score_model,
-                   load_tokenizer)
+from model import Critic, default_dtype, load_policy, load_reference, load_tokenizer
+from rewards import load_score_model
 from rewards import Scorer
 from runs import load_policy_weights
 from scale import distributed

@@ -1,5 +1,4 @@
-"""Building and loading every network GAPO needs: policy, frozen reference, critic, score
-models.
+"""Building and loading the networks GAPO trains: policy, frozen reference, critic.
 
 What it does (the paper's Sec. 4.1 setting; choices in docs/decisions.md):
 - policy and reference: any causal LM from a Hugging Face Hub id or a local folder (the paper uses
@@ -7,14 +6,12 @@ What it does (the paper's Sec. 4.1 setting; choices in docs/decisions.md):
   on CPU. Optional LoRA (peft): the reference is then the same weights with the adapter switched
   off.
 - critic: the policy's backbone (no LM head) plus one value head per objective, (B, T, K).
-- score models: `LlamaModelForScore`, the exact layout of PKU-Alignment/beaver-7b-v1.0-{reward,cost}
-  (LLaMA backbone `model.*` + `score_head`), or any AutoModelForSequenceClassification with one
-  label. The score is read at the last non-padding token, as the beaver models do.
+- float32 master weights under bf16 autocast (`master_weights`), and the loading helpers the
+  score models (rewards.py) share.
 
 Run: nothing to run; `python -m pytest -q tests/test_model.py` checks it.
 Left out on purpose: multi-GPU sharding (scale/distributed.py does it), DeepSpeed, quantisation,
-value-head normalisers, and the beaver score models' training-time `normalizer` buffers (ignored on
-load: the published v1.0 scores are raw).
+value-head normalisers.
 """
 import contextlib
 import json
@@ -25,9 +22,7 @@ import warnings
 import torch
 import transformers
 from torch import nn
-from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM,
-                          AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig,
-                          LlamaModel, LlamaPreTrainedModel)
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 # one bar per shard per model is noise in a training log
 transformers.utils.logging.disable_progress_bar()
@@ -39,9 +34,6 @@ os.environ.setdefault("USE_HUB_KERNELS", "NO")
 log = logging.getLogger(__name__)
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-# The beaver configs have said both over time (safe-rlhf renamed the class); same weights, same
-# forward.
-SCORE_ARCHITECTURES = ("LlamaModelForScore", "LlamaForScore")
 
 
 # --------------------------------------------------------------------- devices and loading helpers
@@ -55,39 +47,39 @@ def default_dtype(device) -> torch.dtype:
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
-def _dtype(dtype, device) -> torch.dtype:
+def dtype_for(dtype, device) -> torch.dtype:
     if dtype is None:
         return default_dtype(device)
     return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
-_META = {"on": False}  # set by meta_loading
+META = {"on": False}  # set by meta_loading
 
 
 @contextlib.contextmanager
 def meta_loading():
     """Inside the block the loaders below build their model with every parameter and buffer on
     the meta device (from_pretrained's device_map="meta": same config, classes, head checks and
-    dtype handling, no memory) and leave it there (`_place` skips the move). Sharded loading uses
+    dtype handling, no memory) and leave it there (`place` skips the move). Sharded loading uses
     it on every rank (scale.distributed.load_sharded): FSDP shards the empty model, then rank 0's
     weights are broadcast into the shards."""
-    _META["on"] = True
+    META["on"] = True
     try:
         yield
     finally:
-        _META["on"] = False
+        META["on"] = False
 
 
-def _pretrained(loader, name_or_path, **kwargs):
+def pretrained(loader, name_or_path, **kwargs):
     """loader(name_or_path, **kwargs), on the meta device inside meta_loading."""
-    if _META["on"]:
+    if META["on"]:
         kwargs["device_map"] = "meta"
     return loader(str(name_or_path), **kwargs)
 
 
-def _place(module, device):
+def place(module, device):
     """module.to(device), except for a meta model (meta_loading), which stays empty."""
-    return module if _META["on"] else module.to(device)
+    return module if META["on"] else module.to(device)
 
 
 def from_hub(loader, name_or_path, what, **kwargs):
@@ -95,7 +87,7 @@ def from_hub(loader, name_or_path, what, **kwargs):
     sentence."""
     name_or_path = str(name_or_path)
     try:
-        return _pretrained(loader, name_or_path, **kwargs)
+        return pretrained(loader, name_or_path, **kwargs)
     except OSError as err:
         # transformers raises OSError for offline, unknown repo id and malformed path alike
         if os.path.isdir(name_or_path):
@@ -236,14 +228,14 @@ def load_policy(
     (lora_alpha 0 = 2 r). Full fine-tuning in bf16 gets float32 master weights and bf16 autocast
     (master_weights); master=False loads plain `dtype` weights (evaluation)."""
     device = torch.device(device)
-    compute = _dtype(dtype, device)
+    compute = dtype_for(dtype, device)
     model = from_hub(
         AutoModelForCausalLM.from_pretrained,
         name_or_path,
         "policy model",
         dtype=_weights_dtype(compute, lora_r, master),
     )
-    model = _place(model, device)
+    model = place(model, device)
     model.config.use_cache = (
         False  # training forwards; rollout passes use_cache=True to generate explicitly
     )
@@ -294,8 +286,8 @@ def load_reference(name_or_path, device, dtype=None, policy=None):
     if policy is not None and hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config"):
         return AdapterDisabledReference(policy)
     device = torch.device(device)
-    model = _place(from_hub(AutoModelForCausalLM.from_pretrained, name_or_path,
-                             "reference model", dtype=_dtype(dtype, device)), device)
+    model = place(from_hub(AutoModelForCausalLM.from_pretrained, name_or_path,
+                             "reference model", dtype=dtype_for(dtype, device)), device)
     model.config.use_cache = False
     return model.eval().requires_grad_(False)
 
@@ -327,8 +319,8 @@ class Critic(nn.Module):
                     gradient_checkpointing=False, lora_r=0, lora_alpha=0):
         """The policy's backbone + a zero value head; float32 master weights as load_policy's."""
         device = torch.device(device)
-        compute = _dtype(dtype, device)
-        backbone = _place(_load_backbone(name_or_path, _weights_dtype(compute, lora_r, True)),
+        compute = dtype_for(dtype, device)
+        backbone = place(_load_backbone(name_or_path, _weights_dtype(compute, lora_r, True)),
                           device)
         backbone.config.use_cache = False
         if gradient_checkpointing:
@@ -390,135 +382,19 @@ class Critic(nn.Module):
         with open(meta_file) as f:
             meta = json.load(f)
         device = torch.device(device)
-        dtype = _dtype(dtype, device)
+        dtype = dtype_for(dtype, device)
         if meta["lora"]:
             from peft import PeftModel
             base = _load_backbone(meta["base"], dtype)
             backbone = _peft(PeftModel.from_pretrained, base, path, is_trainable=True)
         else:  # float32 master weights, as saved (from_policy)
             backbone = master_weights(
-                _place(_pretrained(AutoModel.from_pretrained, path, dtype=torch.float32), device),
+                place(pretrained(AutoModel.from_pretrained, path, dtype=torch.float32), device),
                 dtype)
         if gradient_checkpointing:  # as from_policy: a resumed critic keeps the memory plan's shape
             enable_checkpointing(backbone)
-        critic = cls(_place(backbone, device), meta["num_objectives"], base_name=meta["base"])
-        if not _META["on"]:  # a meta critic gets its head from rank 0 (load_sharded)
+        critic = cls(place(backbone, device), meta["num_objectives"], base_name=meta["base"])
+        if not META["on"]:  # a meta critic gets its head from rank 0 (load_sharded)
             critic.value_head.load_state_dict(
                 load_file(os.path.join(path, "value_head.safetensors")))
-        return _place(critic, device).train()
-
-
-# --------------------------------------------------------------------- score models
-
-class LlamaModelForScore(LlamaPreTrainedModel):
-    """The beaver score model: LlamaModel (`model.*`) +
-    `score_head = Linear(hidden, score_dim, bias)`.
-
-    forward(input_ids, attention_mask) -> end scores, score_head(h) at the last real token: (B,)
-    when score_dim == 1, (B, score_dim) otherwise. Positions come from the mask, so the score of a
-    text does not depend on the padding side or on the other texts in the batch.
-    """
-    # training-time extras, not used
-    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^normalizer\."]
-
-    def __init__(self, config):
-        super().__init__(config)
-        if not is_score_config(config):
-            config.architectures = ["LlamaModelForScore"]
-        config.score_dim = getattr(config, "score_dim", None) or 1
-        config.bias = bool(getattr(config, "bias", False))
-        self.model = LlamaModel(config)
-        self.score_head = nn.Linear(config.hidden_size, config.score_dim, bias=config.bias)
-        self.post_init()
-
-    def forward(self, input_ids, attention_mask=None, **kwargs):
-        assert input_ids.dim() == 2, input_ids.shape
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        # (B, T, H)
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                            position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
-        end = hidden[torch.arange(input_ids.shape[0], device=hidden.device),
-                     last_token_index(attention_mask)]
-        scores = self.score_head(end).float()  # (B, score_dim)
-        return scores[:, 0] if self.config.score_dim == 1 else scores
-
-
-class SequenceClassifierScore(nn.Module):
-    """Wraps an AutoModelForSequenceClassification with one label so calling it returns (B,) like
-    the beaver."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    @property
-    def config(self):
-        return self.model.config
-
-    def forward(self, input_ids, attention_mask=None, **kwargs):
-        # The HF head pools at the last token that is not pad_token_id (its own rule, padding-side
-        # robust).
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
-
-
-def is_score_config(config):
-    return any(a in SCORE_ARCHITECTURES for a in (config.architectures or []))
-
-
-def new_score_model(config) -> LlamaModelForScore:
-    """A fresh, randomly initialised LlamaModelForScore from a LlamaConfig or a dict of its
-    fields."""
-    if isinstance(config, dict):
-        config = LlamaConfig(**{"score_dim": 1, "bias": False, **config})
-    return LlamaModelForScore(config)
-
-
-def _check_head(info, name_or_path):
-    missing = [k for k in info["missing_keys"] if "score" in k]
-    if missing:
-        raise ValueError(f"'{name_or_path}' has no trained score head "
-                         f"({', '.join(sorted(missing))} missing); "
-                         "pass a reward or cost model checkpoint, not a plain language model.")
-    unused = [k for k in info["unexpected_keys"] if "score" in k]
-    # e.g. score_head.bias in the weights while config.bias is false: scores would be off by it
-    if unused:
-        raise ValueError(f"'{name_or_path}' holds {', '.join(sorted(unused))} that its config.json "
-                         "does not declare; "
-                         "fix the config (score_dim / bias) to match the weights.")
-
-
-def load_score_model(name_or_path, device=None, dtype=None):
-    """-> (frozen score model returning (B,) end scores, tokenizer with right padding and a pad
-    token)."""
-    device = torch.device(device) if device is not None else pick_device()
-    dtype = _dtype(dtype, device)
-    config = from_hub(AutoConfig.from_pretrained, name_or_path, "score model")
-    tokenizer = load_tokenizer(name_or_path, padding_side="right")
-    if is_score_config(config):
-        model, info = _pretrained(LlamaModelForScore.from_pretrained, name_or_path, dtype=dtype,
-                                  output_loading_info=True)
-        if getattr(config, "do_normalize", False):
-            log.warning("score model '%s' asks for normalised scores (do_normalize); "
-                        "raw scores are returned", name_or_path)
-    else:
-        archs = config.architectures or []
-        if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
-            raise ValueError(f"'{name_or_path}' is a {archs[0]}, not a reward or cost model; "
-                             "pass a beaver LlamaModelForScore checkpoint or an "
-                             "AutoModelForSequenceClassification with one label.")
-        if config.num_labels != 1:
-            raise ValueError(f"The score model '{name_or_path}' has {config.num_labels} labels; "
-                             "pass a reward model with exactly one output (num_labels == 1) or a "
-                             "beaver LlamaModelForScore checkpoint.")
-        model, info = _pretrained(AutoModelForSequenceClassification.from_pretrained,
-                                  name_or_path, dtype=dtype, output_loading_info=True)
-        if model.config.pad_token_id is None:
-            # HF's pooling refuses batches > 1 without it
-            model.config.pad_token_id = tokenizer.pad_token_id
-        if model.config.pad_token_id == tokenizer.eos_token_id:
-            log.warning("score model '%s' pads with its eos token: HF pools before a trailing eos",
-                        name_or_path)
-        model = SequenceClassifierScore(model)
-    _check_head(info, name_or_path)
-    return _place(model, device).eval().requires_grad_(False), tokenizer
+        return place(critic, device).train()

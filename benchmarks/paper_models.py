@@ -20,7 +20,8 @@ import torch
 from transformers import LlamaConfig, MistralConfig, MistralForCausalLM, MistralModel
 
 import train
-from model import Critic, add_lora, enable_checkpointing, load_reference, new_score_model
+from model import Critic, add_lora, enable_checkpointing, load_reference
+from rewards import new_score_model
 
 VOCAB = 32000
 # HuggingFaceH4/mistral-7b-sft-beta (Mistral-7B-v0.1) and the LLaMA-7B backbone of

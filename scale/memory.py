@@ -23,7 +23,8 @@ from torch import nn
 import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from model import LlamaModelForScore, from_hub, is_score_config
+from model import from_hub
+from rewards import LlamaModelForScore, is_score_config
 
 @dataclass
 class MemoryRow:

@@ -8,7 +8,7 @@ from torch import nn
 
 from conftest import make_tiny_tokenizer
 from data import format_scorer_text
-from model import new_score_model
+from rewards import new_score_model
 from rewards import Scorer, load_scorer, objective_matrix, score_texts
 from worlds.score_training import sign_accuracy
 

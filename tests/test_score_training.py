@@ -7,7 +7,7 @@ import torch
 
 from conftest import make_tiny_tokenizer
 from data import PreferencePair
-from model import load_score_model, new_score_model
+from rewards import load_score_model, new_score_model
 from rewards import Scorer, score_texts
 from test_rewards import CPU, TINY
 from worlds.score_training import (bradley_terry_loss, cost_model_loss, labelled_responses,

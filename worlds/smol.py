@@ -212,7 +212,7 @@ def length_baseline(pairs):
 def new_scorer(policy_dir, train_layers):
     """A LlamaModelForScore on the policy's pretrained backbone: (model, trainable parameters)."""
     from transformers import AutoConfig, AutoModelForCausalLM
-    from model import new_score_model
+    from rewards import new_score_model
     config = AutoConfig.from_pretrained(policy_dir)
     config.bias = True  # the cost model's zero is set through the head's bias (see above)
     scorer = new_score_model(config)
