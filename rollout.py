@@ -37,8 +37,10 @@ class Rollout:
     values: torch.Tensor  # (B, R, K) critic values V_i(s_t) before each response token
     scores: torch.Tensor  # (B, K) objective scores (helpful = reward, harmless = -cost), unclipped
     rewards: torch.Tensor  # (B, R, K) KL-shaped per-token rewards
-    advantages: torch.Tensor  # (B, R, K) raw GAE advantages (not whitened)
-    returns: torch.Tensor  # (B, R, K) advantages + values, the critic's targets
+    # Step 4, set by the loop once the values are final (train.py: after the critic's first-rollout
+    # start): None until then.
+    advantages: torch.Tensor | None  # (B, R, K) raw GAE advantages (not whitened)
+    returns: torch.Tensor | None  # (B, R, K) advantages + values, the critic's targets
 
     @property
     def prompt_length(self):
