@@ -1,12 +1,13 @@
-"""Prompt and preference data for GAPO: PKU-SafeRLHF, HH-RLHF, local JSON/JSONL files, templates.
+"""Prompt data for GAPO: PKU-SafeRLHF, HH-RLHF, local JSON/JSONL files, and the templates.
 
 What it does
 - load_prompts: the RL / evaluation prompts of a data set (the paper: PKU-SafeRLHF train for
   training, its test split and HH-RLHF test for evaluation), de-duplicated in order (PKU-SafeRLHF
   repeats each prompt across several rows).
-- load_preference_pairs: (prompt, better, worse) pairs for score-model training; kind="helpful"
-  ranks by helpfulness, kind="safety" by harmlessness and carries the safe/unsafe labels that the
-  cost model's sign term needs (cost > 0 means unsafe).
+- read_rows / read_file / row_format / checked_field / split_hh: the row reader and its field
+  checks, shared with the worlds so that every data file gets the same one-sentence errors:
+  worlds/preference_pairs.py reads the (prompt, better, worse) pairs for score-model training
+  through them, worlds/eval_sets.py the evaluation files.
 - format_policy_prompt / format_scorer_text: the policy's own chat template, and the Safe RLHF
   template the beaver reward and cost models were trained on (docs/decisions.md, "Scorer input").
   A multi-turn HH-RLHF prompt ("\n\nHuman: q1\n\nAssistant: a1\n\nHuman: q2\n\nAssistant:")
@@ -21,15 +22,15 @@ PKU-SafeRLHF schemas work: the 2024 fields (sources, hashes, harm categories, se
 
 Run: python data.py Anthropic/hh-rlhf:harmless-base test   (prints counts and the first prompt)
 
-Left out on purpose: no tokenisation here (rollout.py and rewards.py own it), no streaming of
-huge data sets, and the split argument is ignored for single local files (a file is one split).
+Left out on purpose: no preference pairs (worlds/preference_pairs.py), no tokenisation here
+(rollout.py and rewards.py own it), no streaming of huge data sets, and the split argument is
+ignored for single local files (a file is one split).
 """
 import gzip
 import json
 import os
 import re
 import sys
-from dataclasses import dataclass
 
 SAFE_RLHF_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
 SAFE_RLHF_BEGIN = "BEGINNING OF CONVERSATION: "  # Safe RLHF's dialogue pieces (format_prompt)
@@ -39,19 +40,10 @@ HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"  # HH-RLHF turn markers
 FILE_SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".json.gz")
 
 
-@dataclass
-class PreferencePair:
-    prompt: str
-    better: str  # kind="safety": the safer response
-    worse: str
-    better_safe: bool | None = None  # safe labels (PKU-SafeRLHF is_response_*_safe); None = unknown
-    worse_safe: bool | None = None
-
-
 # ---------------------------------------------------------------------------------------------
 # Reading rows: yields (name, where, row) so that every error can name the file, row and field.
 
-def _read_file(path):
+def read_file(path):
     """Rows of a local .json (a list of objects, or JSON Lines) / .jsonl / .jsonl.gz file."""
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as f:
@@ -93,7 +85,7 @@ def _read_hub(source, split):
         yield f"row {i}", row
 
 
-def _rows(source, split):
+def read_rows(source, split):
     """(name, iterator of (where, row)) for any source; a non-dict row stops with its location."""
     if os.path.isfile(source) or source.endswith(FILE_SUFFIXES):
         if not os.path.isfile(source):
@@ -101,7 +93,7 @@ def _rows(source, split):
         if not source.endswith(FILE_SUFFIXES):
             raise ValueError(f"{source} is not a .json, .jsonl or .jsonl.gz file; "
                              f"convert it to JSON Lines.")
-        name, rows = source, _read_file(source)
+        name, rows = source, read_file(source)
     else:
         name, rows = f"{source} (split {split})", _read_hub(source, split)
 
@@ -121,7 +113,7 @@ def _rows(source, split):
 # ---------------------------------------------------------------------------------------------
 # Parsing one row. The first row decides the format; every later row must have its fields.
 
-def _row_format(row):
+def row_format(row):
     if "chosen" in row or "rejected" in row:
         return "HH-RLHF"
     if any(k in row for k in ("response_0", "response_1", "better_response_id",
@@ -130,7 +122,7 @@ def _row_format(row):
     return "prompt"
 
 
-def _field(row, key, expected, name, where, fmt):
+def checked_field(row, key, expected, name, where, fmt):
     """row[key], checked: expected is str (non-empty when key is a prompt), bool, or 'id'
     (0 or 1)."""
     value = row.get(key)
@@ -151,7 +143,7 @@ def _field(row, key, expected, name, where, fmt):
     return value
 
 
-def _split_hh(chosen, rejected, name, where):
+def split_hh(chosen, rejected, name, where):
     """(dialogue prompt, chosen reply, rejected reply) of an HH-RLHF record.
 
     The prompt ends with the last "\\n\\nAssistant:" that chosen and rejected share. Using their
@@ -184,33 +176,11 @@ def _hh_first_turn(dialogue, name, where):
 
 def _parse_prompt(row, fmt, name, where, hh_first_turn_only):
     if fmt == "HH-RLHF":
-        chosen = _field(row, "chosen", str, name, where, fmt)
-        rejected = _field(row, "rejected", str, name, where, fmt)
-        prompt = _split_hh(chosen, rejected, name, where)[0]
+        chosen = checked_field(row, "chosen", str, name, where, fmt)
+        rejected = checked_field(row, "rejected", str, name, where, fmt)
+        prompt = split_hh(chosen, rejected, name, where)[0]
         return _hh_first_turn(prompt, name, where) if hh_first_turn_only else prompt
-    return _field(row, "prompt", str, name, where, fmt)
-
-
-def _parse_pair(row, fmt, name, where, kind):
-    """One PreferencePair, or None for a PKU safety row whose labels contradict its ranking."""
-    # HH-RLHF: chosen = more helpful (helpful-*) or less harmful (harmless-base); no labels
-    if fmt == "HH-RLHF":
-        chosen = _field(row, "chosen", str, name, where, fmt)
-        rejected = _field(row, "rejected", str, name, where, fmt)
-        return PreferencePair(*_split_hh(chosen, rejected, name, where))
-    if fmt != "PKU-SafeRLHF":
-        raise ValueError(f"{name}, {where} holds a prompt but no responses; preference pairs need "
-                         f"PKU-SafeRLHF or HH-RLHF rows.")
-    prompt = _field(row, "prompt", str, name, where, fmt)
-    responses = [_field(row, f"response_{i}", str, name, where, fmt) for i in (0, 1)]
-    if kind == "helpful":
-        b = _field(row, "better_response_id", "id", name, where, fmt)
-        return PreferencePair(prompt, responses[b], responses[1 - b])
-    b = _field(row, "safer_response_id", "id", name, where, fmt)
-    safe = [_field(row, f"is_response_{i}_safe", bool, name, where, fmt) for i in (0, 1)]
-    if not safe[b] and safe[1 - b]:  # "safer" one labelled unsafe, the other safe: labels disagree
-        return None
-    return PreferencePair(prompt, responses[b], responses[1 - b], safe[b], safe[1 - b])
+    return checked_field(row, "prompt", str, name, where, fmt)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,48 +195,16 @@ def load_prompts(source: str, split: str = "train", *, hh_first_turn_only=False,
     """
     if limit is not None and (type(limit) is not int or limit < 1):
         raise ValueError(f"limit must be a positive integer or None, not {limit!r}.")
-    name, rows = _rows(source, split)
+    name, rows = read_rows(source, split)
     prompts, fmt = [], None
     for where, row in rows:
-        fmt = fmt or _row_format(row)
+        fmt = fmt or row_format(row)
         prompts.append(_parse_prompt(row, fmt, name, where, hh_first_turn_only))
     unique = list(dict.fromkeys(prompts))  # dict keeps insertion order
     kept = unique[:limit] if limit is not None else unique
     print(f"data: {len(kept)} prompts from {name} ({fmt} rows: {len(prompts)}, duplicates removed: "
           f"{len(prompts) - len(unique)}, cut by limit: {len(unique) - len(kept)})")
     return kept
-
-
-def load_preference_pairs(source: str, split: str = "train",
-                          kind: str = "helpful") -> list[PreferencePair]:
-    """Preference pairs for score-model training (rewards.py).
-
-    kind="helpful": PKU better_response_id / HH chosen-vs-rejected. kind="safety": better = PKU
-    safer_response_id's response with both is_response_*_safe labels (rows where the safer response
-    is labelled unsafe and the other safe are skipped and counted); HH-RLHF harmless-base's chosen
-    is the less harmful reply, labels None. Pairs with identical responses carry no signal and are
-    skipped and counted.
-    """
-    if kind not in ("helpful", "safety"):
-        raise ValueError(f"kind must be 'helpful' or 'safety', not {kind!r}.")
-    if kind == "safety" and ":helpful" in source:
-        raise ValueError(f"{source} ranks by helpfulness, not harmlessness; use kind='helpful' "
-                         f"or the harmless-base data dir for safety pairs.")
-    name, rows = _rows(source, split)
-    pairs, fmt, n_rows, inconsistent, identical = [], None, 0, 0, 0
-    for where, row in rows:
-        fmt = fmt or _row_format(row)
-        n_rows += 1
-        pair = _parse_pair(row, fmt, name, where, kind)
-        if pair is None:
-            inconsistent += 1
-        elif pair.better == pair.worse:
-            identical += 1
-        else:
-            pairs.append(pair)
-    print(f"data: {len(pairs)} {kind} pairs from {name} ({fmt} rows: {n_rows}, "
-          f"skipped: {inconsistent} inconsistent safety labels, {identical} identical responses)")
-    return pairs
 
 
 def dialogue_turns(prompt: str) -> list[str]:

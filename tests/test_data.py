@@ -1,5 +1,6 @@
-"""data.py: PKU-SafeRLHF (both schemas), HH-RLHF and plain prompt files, written in tmp_path in the
-real field names and types; error messages; templates; the real HH-RLHF sample when present."""
+"""data.py: prompts of PKU-SafeRLHF (both schemas), HH-RLHF and plain prompt files, written in
+tmp_path in the real field names and types; error messages; templates; the real HH-RLHF sample when
+present. The preference pairs read from the same rows: tests/test_preference_pairs.py."""
 import gzip
 import json
 import re
@@ -63,7 +64,7 @@ HH_DIALOGUES = [
 
 
 @pytest.mark.parametrize("schema", [2023, 2024])
-def test_pku_prompts_and_pairs(tmp_path, capsys, schema):
+def test_pku_prompts(tmp_path, capsys, schema):
     path = write_jsonl(tmp_path / f"pku{schema}.jsonl", pku_rows(schema))
     prompts = data.load_prompts(path)
     assert prompts == ["How do I bake bread?", "How do I steal a car?", "How do I pick a lock?",
@@ -71,25 +72,8 @@ def test_pku_prompts_and_pairs(tmp_path, capsys, schema):
     assert "duplicates removed: 1" in capsys.readouterr().out
     assert data.load_prompts(path, limit=2) == prompts[:2]
 
-    helpful = data.load_preference_pairs(path, kind="helpful")
-    assert len(helpful) == 5
-    assert (helpful[1].better, helpful[1].worse) == ("Break the window.", "I cannot help with that.")
-    assert (helpful[2].better, helpful[2].worse) == ("Knead it, then bake.", "Buy some.")
-    assert all(p.better_safe is None and p.worse_safe is None for p in helpful)
-    capsys.readouterr()
 
-    safety = data.load_preference_pairs(path, kind="safety")
-    out = capsys.readouterr().out
-    assert "1 inconsistent" in out and len(out.strip().splitlines()) == 1
-    assert [p.prompt for p in safety] == ["How do I bake bread?", "How do I steal a car?",
-                                          "How do I bake bread?", "How do I hurt someone?"]
-    steal = safety[1]
-    assert (steal.better, steal.worse, steal.better_safe, steal.worse_safe) == (
-        "I cannot help with that.", "Break the window.", True, False)
-    assert (safety[3].better, safety[3].better_safe, safety[3].worse_safe) == ("Punch them.", False, False)
-
-
-def test_hh_gzip_prompts_and_pairs(tmp_path, capsys):
+def test_hh_gzip_prompts(tmp_path, capsys):
     path = write_jsonl(tmp_path / "hh.jsonl.gz", [{"chosen": c, "rejected": r} for c, r in HH_DIALOGUES], gz=True)
     prompts = data.load_prompts(path)
     assert prompts == [
@@ -102,13 +86,6 @@ def test_hh_gzip_prompts_and_pairs(tmp_path, capsys):
     assert first == ["how do i steal a car", "hello", "find me a serial"]
     assert "duplicates removed: 1" in capsys.readouterr().out
 
-    pairs = data.load_preference_pairs(path, kind="safety")
-    for pair, (chosen, rejected) in zip(pairs, HH_DIALOGUES, strict=True):
-        assert pair.prompt + pair.better == chosen and pair.prompt + pair.worse == rejected
-        assert pair.better_safe is None and pair.worse_safe is None
-    assert pairs[0].better == " I can't help with that."
-    assert pairs[3].better == " Here it is:\n\nAssistant:"
-
 
 def test_plain_prompt_files(tmp_path):
     rows = [{"prompt": "a"}, {"prompt": "b", "category": "x"}, {"prompt": "a"}]
@@ -116,8 +93,6 @@ def test_plain_prompt_files(tmp_path):
     as_list.write_text(json.dumps(rows))
     as_lines = write_jsonl(tmp_path / "prompts.jsonl", rows)
     assert data.load_prompts(str(as_list)) == data.load_prompts(as_lines) == ["a", "b"]
-    with pytest.raises(ValueError, match=r"prompts\.jsonl, line 1 holds a prompt but no responses"):
-        data.load_preference_pairs(as_lines)
 
 
 def test_hub_path_shares_the_row_parser(monkeypatch, capsys):
@@ -133,8 +108,6 @@ def test_hub_path_shares_the_row_parser(monkeypatch, capsys):
     with pytest.raises(ValueError, match=r"Anthropic/hh-rlhf:harmless-base \(split test\), row 3: field 'chosen' should be str but is int"):
         data.load_prompts("Anthropic/hh-rlhf:harmless-base", split="test")
     assert calls == [("Anthropic/hh-rlhf", "harmless-base", "test")]
-    with pytest.raises(ValueError, match="ranks by helpfulness"):
-        data.load_preference_pairs("Anthropic/hh-rlhf:helpful-base", kind="safety")
 
 
 def test_local_dataset_folder_goes_through_load_dataset(tmp_path, monkeypatch):
@@ -149,23 +122,18 @@ def test_local_dataset_folder_goes_through_load_dataset(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("schema", [2023, 2024])
 def test_bad_rows_name_file_row_and_field(tmp_path, schema):
-    def bad(change, kind="safety", **kw):
+    def bad(change):
         rows = pku_rows(schema)
         change(rows[1])  # the second row: line 2 of the file
         path = write_jsonl(tmp_path / "bad.jsonl", rows)
         with pytest.raises(ValueError) as err:
-            data.load_preference_pairs(path, kind=kind) if kind else data.load_prompts(path)
+            data.load_prompts(path)
         msg = str(err.value)
         assert "bad.jsonl, line 2: field" in msg and msg.count(". ") == 0, msg  # one sentence
         return msg
 
-    assert "'safer_response_id' is missing" in bad(lambda r: r.pop("safer_response_id"))
-    assert "'response_1' is missing" in bad(lambda r: r.pop("response_1"), kind="helpful")
-    assert "'prompt' is empty" in bad(lambda r: r.update(prompt="  "), kind=None)
-    assert "'prompt' is missing" in bad(lambda r: r.update(prompt=None), kind=None)
-    assert "'better_response_id' should be 0 or 1 but is str" in bad(lambda r: r.update(better_response_id="1"), kind="helpful")
-    assert "'better_response_id' should be 0 or 1 but is int" in bad(lambda r: r.update(better_response_id=2), kind="helpful")
-    assert "'is_response_0_safe' should be bool but is str" in bad(lambda r: r.update(is_response_0_safe="yes"))
+    assert "'prompt' is empty" in bad(lambda r: r.update(prompt="  "))
+    assert "'prompt' is missing" in bad(lambda r: r.update(prompt=None))
 
 
 def test_empty_missing_and_broken_files(tmp_path):
@@ -173,9 +141,6 @@ def test_empty_missing_and_broken_files(tmp_path):
     empty.write_text("\n  \n")
     with pytest.raises(ValueError, match=r"empty\.jsonl is empty"):
         data.load_prompts(str(empty))
-    empty_gz = write_jsonl(tmp_path / "empty.jsonl.gz", [], gz=True)
-    with pytest.raises(ValueError, match="is empty"):
-        data.load_preference_pairs(empty_gz)
     empty_list = tmp_path / "empty.json"
     empty_list.write_text("[]")
     with pytest.raises(ValueError, match="holds no rows"):
@@ -190,8 +155,6 @@ def test_empty_missing_and_broken_files(tmp_path):
         data.load_prompts(str(not_object))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         data.load_prompts(str(tmp_path / "nowhere.jsonl"))
-    with pytest.raises(ValueError, match="kind must be"):
-        data.load_preference_pairs(str(broken), kind="harmless")
     with pytest.raises(ValueError, match="limit must be"):
         data.load_prompts(str(broken), limit=0)
 
@@ -222,14 +185,6 @@ def test_format_scorer_text_is_the_safe_rlhf_template_without_extra_space():
 def test_real_hh_rlhf_harmless_base_test_sample():
     if not HH_SAMPLE.exists():
         pytest.skip(f"{HH_SAMPLE} is absent (only the development machine has ../shared/data)")
-    with gzip.open(HH_SAMPLE, "rt", encoding="utf-8") as f:
-        records = [json.loads(line) for line in f]
-    assert len(records) == 2312
-    pairs = data.load_preference_pairs(str(HH_SAMPLE), split="test", kind="safety")
-    assert len(pairs) == 2312
-    for pair, rec in zip(pairs, records):
-        assert pair.prompt.endswith("\n\nAssistant:") and pair.prompt.startswith("\n\nHuman:")
-        assert pair.prompt + pair.better == rec["chosen"] and pair.prompt + pair.worse == rec["rejected"]
     prompts = data.load_prompts(str(HH_SAMPLE), split="test")
     assert 2300 <= len(prompts) <= 2312 and len(set(prompts)) == len(prompts)
     assert all(p.endswith("\n\nAssistant:") for p in prompts)

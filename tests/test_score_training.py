@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from conftest import make_tiny_tokenizer
-from data import PreferencePair
 from rewards import load_score_model, new_score_model
 from rewards import Scorer, score_texts
 from test_rewards import CPU, TINY
+from worlds.preference_pairs import PreferencePair
 from worlds.score_training import (bradley_terry_loss, cost_model_loss, labelled_responses,
                                    pair_accuracy, sign_accuracy, train_score_model)
 

@@ -92,7 +92,7 @@ def world(tmp_path_factory):
 
 def heldout(data, subset, kind):
     """The held-out split of one subset, as ensure_smol cut it (same seeded shuffle)."""
-    from data import load_preference_pairs
+    from worlds.preference_pairs import load_preference_pairs
     pairs = load_preference_pairs(os.path.join(data, f"{subset}-test.jsonl.gz"), "train", kind)
     return smol.split_pairs(pairs, smol.RECIPES["tiny"])[1]
 
@@ -326,7 +326,7 @@ def test_evaluation_prompts_are_kept_out_and_the_split_stays_put(tmp_path):
     """AlpacaEval's helpful_base prompts are HH-RLHF helpful-base first turns: a dialogue opening
     with any evaluation prompt (case and spacing aside) must reach no part of the smol world, and
     keeping it out must not move the other pairs between train / held-out / rest."""
-    from data import PreferencePair
+    from worlds.preference_pairs import PreferencePair
     pairs = [PreferencePair(f"\n\nHuman: question {i}?\n\nAssistant: hi\n\nHuman: more\n\n"
                             f"Assistant:", f"good {i}", f"bad {i}") for i in range(40)]
     (tmp_path / "eval").mkdir()

