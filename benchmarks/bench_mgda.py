@@ -1,7 +1,8 @@
 """Benchmark of mgda.py: min-norm solver time and iterations per K, and Gram-matrix build time.
 
-Run: python -m benchmarks.bench_mgda           (a few seconds on a 2-core CPU; figures go in the README)
-Not a test: timings on shared machines are noisy, so they are measured here and reported, never asserted.
+Run: python -m benchmarks.bench_mgda   (a few seconds on a 2-core CPU; figures go in the README)
+Not a test: timings on shared machines are noisy, so they are measured here and reported, never
+asserted.
 """
 import time
 
@@ -23,7 +24,8 @@ def main():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("solver: K, mean time per call, mean / max iterations, worst relative duality gap (100 random Gram matrices)")
+    print("solver: K, mean time per call, mean / max iterations, worst relative duality gap "
+          "(100 random Gram matrices)")
     for K in [2, 3, 5, 10]:
         grams = []
         for _ in range(100):

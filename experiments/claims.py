@@ -33,7 +33,8 @@ import numpy as np
 # Two-sided 95% Student t quantiles by degrees of freedom (the normal 1.96 beyond 30).
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
         10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
-MULTI = ("safe-rlhf", "fast-rl", "mgda", "gapo p=1", "gapo p=2", "pgapo", "morlhf")  # trained, K = 2
+# trained, K = 2
+MULTI = ("safe-rlhf", "fast-rl", "mgda", "gapo p=1", "gapo p=2", "pgapo", "morlhf")
 
 
 def t_quantile(df):
@@ -151,7 +152,8 @@ def claim_rows(table, lambdas):
             differences(per_seed(table, gapo, "avg"), per_seed(table, baseline, "avg")))
     if "gapo p=1" in table and "gapo p=2" in table:
         add("GAPO p=2 is more helpful than p=1", "gapo p=2", "gapo p=1", "helpful",
-            differences(per_seed(table, "gapo p=2", "helpful"), per_seed(table, "gapo p=1", "helpful")))
+            differences(per_seed(table, "gapo p=2", "helpful"),
+                        per_seed(table, "gapo p=1", "helpful")))
     for p in ("1", "2"):
         if f"gapo p={p}" in table and "mgda" in table:
             add(f"GAPO p={p} is above MGDA", f"gapo p={p}", "mgda", "avg",
@@ -194,7 +196,8 @@ def ablation_rows(table):
 
 
 def training_summary(run_dir, window=10):
-    """Mean alpha, gradient norms and cosine over the first and last `window` iterations of a log."""
+    """Mean alpha, gradient norms and cosine over the first and last `window` iterations
+    of a log."""
     with open(os.path.join(run_dir, "log.jsonl")) as f:
         records = []
         for line in f:
@@ -207,7 +210,8 @@ def training_summary(run_dir, window=10):
         for key in ("alpha", "grad_norms"):
             values = [r[key] for r in chunk if r.get(key)]
             if values:
-                out[f"{key}_{part}"] = np.mean(np.array(values, dtype=float), axis=0).round(4).tolist()
+                out[f"{key}_{part}"] = (np.mean(np.array(values, dtype=float), axis=0)
+                                        .round(4).tolist())
         cosines = [r["grad_cosine"][0][1] for r in chunk if r.get("grad_cosine")]
         if cosines:
             out[f"cosine_{part}"] = round(float(np.mean(cosines)), 4)
@@ -218,7 +222,8 @@ def format_claims(rows):
     lines = [f"{'claim':<54}{'mean':>9}{'95% CI':>22}  {'n':>2}  verdict"]
     for r in rows:
         ci = f"[{r['low']:+.3f}, {r['high']:+.3f}]" if math.isfinite(r["low"]) else "n/a"
-        lines.append(f"{r['claim'][:53]:<54}{r['mean']:>+9.3f}{ci:>22}  {r['seeds']:>2}  {r['verdict']}")
+        lines.append(f"{r['claim'][:53]:<54}{r['mean']:>+9.3f}{ci:>22}  "
+                     f"{r['seeds']:>2}  {r['verdict']}")
     return "\n".join(lines)
 
 
@@ -229,7 +234,8 @@ def main(argv=None):
                          "python -m experiments.claims runs/study")
     root = argv[0]
     table = read_runs(os.path.join(root, "eval", "runs.csv"))
-    run_dirs = sorted(d for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, "log.jsonl")))
+    run_dirs = sorted(d for d in os.listdir(root)
+                      if os.path.isfile(os.path.join(root, d, "log.jsonl")))
     lambdas = {int(d.rsplit("-s", 1)[1]): final_lambda(os.path.join(root, d))
                for d in run_dirs if d.startswith("safe-rlhf-s")}
     rows = claim_rows(table, lambdas)
@@ -237,11 +243,12 @@ def main(argv=None):
     summaries = {d: training_summary(os.path.join(root, d)) for d in run_dirs
                  if d.startswith(("gapo-p2", "gapo-p1", "mgda"))}
     with open(os.path.join(root, "claims.json"), "w") as f:
-        json.dump({"claims": rows, "whitening_ablation": ablation, "training": summaries}, f, indent=1)
+        json.dump({"claims": rows, "whitening_ablation": ablation, "training": summaries}, f,
+                  indent=1)
     print(format_claims(rows))
     for r in ablation:
-        print(f"whitening ablation, {r['method']}: {r['metric']} raw - whitened {r['raw_minus_whitened']:+.3f} "
-              f"[{r['low']:+.3f}, {r['high']:+.3f}]")
+        print(f"whitening ablation, {r['method']}: {r['metric']} raw - whitened "
+              f"{r['raw_minus_whitened']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]")
     print(f"written to {os.path.join(root, 'claims.json')}")
     return rows
 

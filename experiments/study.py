@@ -10,28 +10,31 @@ Runs (every method of the paper's Sec. 4 at one shared set of hyper-parameters; 
 `python train.py`, one subprocess each, log in <out_root>/logs/):
   PPO-H, PPO-S, Safe RLHF, Fast RL, MGDA, GAPO p=1, GAPO p=2, and P-GAPO and MORLHF at lam_h in
   {0.2, 0.4, 0.6, 0.8} (pref "lam_h,1-lam_h"), plus the whitening ablation (MGDA and GAPO p=2 with
-  --whiten_advantages); then `python evaluate.py` on all of them with
-  `--soup auto` (Rewarded Soups of each seed's PPO-H and PPO-S at the same lam), writing the table and the
-  Pareto plot to <out_root>/eval. Every run logs a held-out learning-curve point every --eval_every (25)
-  iterations; evals/curves.py then draws each setup's mean curve over seeds and says when it settles
-  (<out_root>/eval/curves_*.png/.pdf, curves.json). A run whose checkpoint has reached the final iteration
-  is skipped, so a second call only does what is missing; a run folder without any checkpoint is restarted.
-  `--only fast-rl,gapo-p2 --iterations 600 --out_root runs/study600` trains a subset at another budget
-  (experiments/budget.py compares two budgets).
+  --whiten_advantages); then `python evaluate.py` on all of them with `--soup auto` (Rewarded
+  Soups of each seed's PPO-H and PPO-S at the same lam), writing the table and the Pareto plot to
+  <out_root>/eval. Every run logs a held-out learning-curve point every --eval_every (25)
+  iterations; evals/curves.py then draws each setup's mean curve over seeds and says when it
+  settles (<out_root>/eval/curves_*.png/.pdf, curves.json). A run whose checkpoint has reached the
+  final iteration is skipped, so a second call only does what is missing; a run folder without
+  any checkpoint is restarted.
+  `--only fast-rl,gapo-p2 --iterations 600 --out_root runs/study600` trains a subset at another
+  budget (experiments/budget.py compares two budgets).
 
-Alpha agreement (the question the paper leaves open: which "last layer"; docs/decisions.md): the GAPO p=2 run of the first
-seed trains exactly as the others (alpha from last-block gradients), but at every minibatch it also takes
-the K gradients of the same losses (same forward graph, no extra rollout) with respect to ALL trainable
-parameters and records both Gram matrices in <run>/alpha_probe.jsonl. From them, offline: alpha for
-p = 0, 1, 2 from each parameter set, mean |alpha_last - alpha_all|, how often both pick the same dominant
-objective, and the cosine, in the full parameter space, between the update the last-block weights give and
-the exact all-parameter GAPO update (<out_root>/alpha_agreement.json). A recorder stands in for
-gapo.loss_weights during the run (`python -m experiments.study --alpha_probe <train.py flags>`); the
-extra gradients use no randomness, so the run's trajectory is the one plain train.py gives. Design choice: both estimates on the same minibatches of one trajectory
-compare directly; two runs (--mgda_params all vs last_block) would mix the estimate's error with diverging
-trajectories.
+Alpha agreement (the question the paper leaves open: which "last layer"; docs/decisions.md): the
+GAPO p=2 run of the first seed trains exactly as the others (alpha from last-block gradients), but
+at every minibatch it also takes the K gradients of the same losses (same forward graph, no extra
+rollout) with respect to ALL trainable parameters and records both Gram matrices in
+<run>/alpha_probe.jsonl. From them, offline: alpha for p = 0, 1, 2 from each parameter set, mean
+|alpha_last - alpha_all|, how often both pick the same dominant objective, and the cosine, in the
+full parameter space, between the update the last-block weights give and the exact all-parameter
+GAPO update (<out_root>/alpha_agreement.json). A recorder stands in for gapo.loss_weights during
+the run (`python -m experiments.study --alpha_probe <train.py flags>`); the extra gradients use
+no randomness, so the run's trajectory is the one plain train.py gives. Design choice: both
+estimates on the same minibatches of one trajectory compare directly; two runs (--mgda_params all
+vs last_block) would mix the estimate's error with diverging trajectories.
 
-Left out on purpose: multi-machine scheduling, and the paper's 7B setting (use train.py --preset paper).
+Left out on purpose: multi-machine scheduling, and the paper's 7B setting (use train.py --preset
+paper).
 """
 import argparse
 import dataclasses
@@ -65,7 +68,8 @@ def plan(seeds, lambdas=LAMBDAS, whitening=True):
         for method in ("pgapo", "morlhf"):
             for lam in lambdas:
                 pref = f"{lam:g},{1 - lam:g}"
-                specs.append((f"{method}-pref{pref.replace(',', '_')}", ["--method", method, "--pref", pref]))
+                specs.append((f"{method}-pref{pref.replace(',', '_')}",
+                              ["--method", method, "--pref", pref]))
         if whitening:  # the ablation: per-objective whitened advantages (raw is the default)
             specs += [("mgda-whiten", ["--method", "mgda", "--whiten_advantages"]),
                       ("gapo-p2-whiten", ["--method", "gapo", "--p", "2", "--whiten_advantages"])]
@@ -74,20 +78,24 @@ def plan(seeds, lambdas=LAMBDAS, whitening=True):
 
 
 def changed_settings(run_dir, train_argv):
-    """Config fields whose saved value differs from what train.py would use now (say, after its defaults
-    changed): such a run is stale and is trained again. Model paths and bookkeeping fields are not compared."""
+    """Config fields whose saved value differs from what train.py would use now (say, after its
+    defaults changed): such a run is stale and is trained again. Model paths and bookkeeping fields
+    are not compared."""
     with open(os.path.join(run_dir, "train_config.json")) as f:
         saved = json.load(f)
     wanted = dataclasses.asdict(cli.parse_config(train.Config, train.PRESETS, train_argv,
                                                       lora_lr=train.LORA_LR))
-    skip = {"policy", "reward_model", "cost_model", "out_dir", "resume", "overwrite", "iterations", "save_every",
-            "stop_after", "device", "num_threads", "toy_dir", "eval_every", "eval_samples"}
-    return [f"{k} {saved[k]} -> {v}" for k, v in wanted.items() if k not in skip and k in saved and saved[k] != v]
+    skip = {"policy", "reward_model", "cost_model", "out_dir", "resume", "overwrite", "iterations",
+            "save_every", "stop_after", "device", "num_threads", "toy_dir", "eval_every",
+            "eval_samples"}
+    return [f"{k} {saved[k]} -> {v}" for k, v in wanted.items()
+            if k not in skip and k in saved and saved[k] != v]
 
 
 def run_state(run_dir, iterations, train_argv=None):
-    """'done' (checkpoint at the final iteration), 'partial N' (checkpoint at iteration N), 'stale: ...' (trained
-    with other settings: train again), 'empty' (a folder without a checkpoint: restart it) or 'new'."""
+    """'done' (checkpoint at the final iteration), 'partial N' (checkpoint at iteration N),
+    'stale: ...' (trained with other settings: train again), 'empty' (a folder without a
+    checkpoint: restart it) or 'new'."""
     state_file = os.path.join(run_dir, "checkpoint", "trainer_state.pt")
     if train_argv is not None and os.path.isfile(os.path.join(run_dir, "train_config.json")):
         changed = changed_settings(run_dir, train_argv)
@@ -106,9 +114,11 @@ def probe_name(args):
 
 def train_command(name, run_dir, flags, args):
     probe = name == probe_name(args) and not args.skip_alpha
-    entry = ["-m", "experiments.study", "--alpha_probe"] if probe else [os.path.join(ROOT, "train.py")]
+    entry = (["-m", "experiments.study", "--alpha_probe"] if probe
+             else [os.path.join(ROOT, "train.py")])
     return [sys.executable, *entry, *flags, "--iterations", str(args.iterations),
-            "--toy_dir", args.toy_dir, "--toy_size", args.toy_size, "--eval_every", str(args.eval_every),
+            "--toy_dir", args.toy_dir, "--toy_size", args.toy_size,
+            "--eval_every", str(args.eval_every),
             "--out_dir", run_dir, *args.train_args]
 
 
@@ -117,9 +127,11 @@ def run_logged(cmd, log_path, env=None):
     with open(log_path, "a") as log:
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
-        code = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        code = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                              env=env).returncode
     with open(log_path) as f:
-        tail = [line.rstrip() for line in f.read().replace("\r", "\n").splitlines() if line.strip()][-6:]
+        tail = [line.rstrip() for line in f.read().replace("\r", "\n").splitlines()
+                if line.strip()][-6:]
     return code, tail
 
 
@@ -127,8 +139,8 @@ def last_log_line(run_dir):
     try:
         with open(os.path.join(run_dir, "log.jsonl")) as f:
             r = json.loads(f.read().strip().splitlines()[-1])
-        return (f"iteration {r['iteration']}: helpful {r['score_helpful']:+.3f} harmless {r['score_harmless']:+.3f} "
-                f"kl {r['kl']:.3f}")
+        return (f"iteration {r['iteration']}: helpful {r['score_helpful']:+.3f} "
+                f"harmless {r['score_harmless']:+.3f} kl {r['kl']:.3f}")
     except (OSError, IndexError, KeyError, ValueError):
         return ""
 
@@ -150,10 +162,11 @@ def train_all(runs, args):
             finished.append(run_dir)
             continue
         if state.startswith("partial") and not args.resume:
-            print(f"{name}: interrupted at {state.split()[1]} of {args.iterations} iterations; rerun with --resume "
-                  f"to continue it (left out of this evaluation).")
+            print(f"{name}: interrupted at {state.split()[1]} of {args.iterations} iterations; "
+                  f"rerun with --resume to continue it (left out of this evaluation).")
             continue
-        extra = ["--resume"] if state.startswith("partial") else ["--overwrite"] if state != "new" else []
+        extra = (["--resume"] if state.startswith("partial")
+                 else ["--overwrite"] if state != "new" else [])
         todo.append((name, run_dir, cmd + extra, state.split(":")[0]))
     print(f"study: {len(finished)} of {len(runs)} runs already done, {len(todo)} to train "
           f"({args.iterations} iterations each) in {args.out_root}")
@@ -164,16 +177,19 @@ def train_all(runs, args):
 
     def one(item):
         i, (name, run_dir, cmd, state) = item
-        t0, tag, log = time.time(), f"[{i + 1}/{len(todo)}] {name}:", os.path.join(args.out_root, "logs", name + ".out")
+        t0, tag, log = (time.time(), f"[{i + 1}/{len(todo)}] {name}:",
+                        os.path.join(args.out_root, "logs", name + ".out"))
         print(f"{tag} {'resuming' if state.startswith('partial') else 'training'} ...", flush=True)
         code, tail = run_logged(cmd, log, env)
         if code == 0:
             print(f"{tag} done in {time.time() - t0:.0f} s; {last_log_line(run_dir)}", flush=True)
         else:
-            print(f"{tag} FAILED (exit {code}); last lines of {log}:\n    " + "\n    ".join(tail), flush=True)
+            print(f"{tag} FAILED (exit {code}); last lines of {log}:\n    " + "\n    ".join(tail),
+                  flush=True)
         return run_dir, code == 0
 
-    os.makedirs(os.path.join(args.out_root, "logs"), exist_ok=True)  # outside the run folders: train.py owns those
+    # outside the run folders: train.py owns those
+    os.makedirs(os.path.join(args.out_root, "logs"), exist_ok=True)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for run_dir, ok in pool.map(one, enumerate(todo)):
             if ok:
@@ -186,17 +202,19 @@ def train_all(runs, args):
 # ----------------------------------------------------------------------------- alpha agreement
 
 def alpha_probe(train_argv):
-    """train.main(train_argv), recording per minibatch the Gram matrices of the K objective gradients over the
-    last block and over all trainable parameters in <out_dir>/alpha_probe.jsonl (appended on --resume; the
-    summary keeps the last record of each (iteration, minibatch)). The recorder stands in for
-    gapo.loss_weights while the run lasts and returns exactly what it returns."""
+    """train.main(train_argv), recording per minibatch the Gram matrices of the K objective
+    gradients over the last block and over all trainable parameters in <out_dir>/alpha_probe.jsonl
+    (appended on --resume; the summary keeps the last record of each (iteration, minibatch)). The
+    recorder stands in for gapo.loss_weights while the run lasts and returns exactly what it
+    returns."""
     import torch
     import gapo
     from mgda import gram_matrix
     cfg = cli.parse_config(train.Config, train.PRESETS, train_argv)
     out_dir = cfg.out_dir or cli.default_out_dir(cfg)
     path = os.path.join(out_dir, "alpha_probe.jsonl")
-    per_iteration = cfg.ppo_epochs * (cfg.batch_size // cfg.micro_batch_size)  # weigh calls per iteration
+    # weigh calls per iteration
+    per_iteration = cfg.ppo_epochs * (cfg.batch_size // cfg.micro_batch_size)
 
     policies = []  # the policy, caught when train.py picks its MGDA parameters
 
@@ -207,17 +225,23 @@ def alpha_probe(train_argv):
     def loss_weights(method, losses, params, p, preference, **kwargs):
         if not calls:  # the first step: train.py has checked the folder and cut the log by now
             log_path = os.path.join(out_dir, "log.jsonl")
-            done = sum(1 for line in open(log_path) if line.strip()) if os.path.isfile(log_path) else 0
+            done = (sum(1 for line in open(log_path) if line.strip())
+                    if os.path.isfile(log_path) else 0)
             calls.append(done * per_iteration)
             if done == 0 and os.path.isfile(path):  # a fresh start
                 os.remove(path)
         chosen = {which: pick(policies[-1], which) for which in ("last_block", "all")}
         iteration, minibatch = divmod(calls[0], per_iteration)
-        record, reduce = {"iteration": iteration + 1, "minibatch": minibatch}, kwargs.get("reduce_grads")
-        for which, ps in chosen.items():  # the same losses and graph: both estimates see one minibatch
-            grads = [torch.autograd.grad(loss, ps, retain_graph=True, allow_unused=True) for loss in losses]
-            grads = [[torch.zeros_like(q) if g is None else g for g, q in zip(gs, ps)] for gs in grads]
-            record[which] = gram_matrix(reduce(grads) if reduce else grads).tolist()  # (K, K) float64
+        record, reduce = ({"iteration": iteration + 1, "minibatch": minibatch},
+                          kwargs.get("reduce_grads"))
+        # the same losses and graph: both estimates see one minibatch
+        for which, ps in chosen.items():
+            grads = [torch.autograd.grad(loss, ps, retain_graph=True, allow_unused=True)
+                     for loss in losses]
+            grads = [[torch.zeros_like(q) if g is None else g for g, q in zip(gs, ps)]
+                     for gs in grads]
+            # (K, K) float64
+            record[which] = gram_matrix(reduce(grads) if reduce else grads).tolist()
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
         calls[0] += 1
@@ -235,7 +259,8 @@ def alpha_probe(train_argv):
 
 
 def read_probe(path):
-    """The probe's records, the last one of each (iteration, minibatch) kept (a resumed run repeats some)."""
+    """The probe's records, the last one of each (iteration, minibatch) kept (a resumed run repeats
+    some)."""
     records = {}
     with open(path) as f:
         for line in f:
@@ -246,16 +271,18 @@ def read_probe(path):
 
 
 def alpha_agreement(records, ps=(0.0, 1.0, 2.0)):
-    """records: [{'last_block': G (K, K), 'all': G (K, K)}] -> per p: mean |alpha_last - alpha_all| (max over
-    objectives), share of minibatches with the same dominant objective (argmax alpha; a tie only agrees with a
-    tie), and the cosine, in the all-parameter space, between sum_i w_last_i g_i and the exact GAPO direction
-    sum_i w_all_i g_i (computed from G_all alone)."""
+    """records: [{'last_block': G (K, K), 'all': G (K, K)}] -> per p: mean |alpha_last -
+    alpha_all| (max over objectives), share of minibatches with the same dominant objective (argmax
+    alpha; a tie only agrees with a tie), and the cosine, in the all-parameter space, between
+    sum_i w_last_i g_i and the exact GAPO direction sum_i w_all_i g_i (computed from G_all
+    alone)."""
     import numpy as np
     from mgda import gapo_weights
-    # The objective with the largest alpha, or -1 for a tie (p = 1 with K = 2 always gives alpha = (1/2, 1/2)).
-    # With K = 2 and an interior solution, alpha for p = 2 is alpha for p = 0 with the objectives swapped
-    # (alpha_1 = (G22 - G12) / (G11 + G22 - 2 G12) becomes (G11 - G12) / (...)), so their alpha differences
-    # agree; the update directions, and so the cosines, differ.
+    # The objective with the largest alpha, or -1 for a tie (p = 1 with K = 2 always gives
+    # alpha = (1/2, 1/2)).
+    # With K = 2 and an interior solution, alpha for p = 2 is alpha for p = 0 with the objectives
+    # swapped (alpha_1 = (G22 - G12) / (G11 + G22 - 2 G12) becomes (G11 - G12) / (...)), so their
+    # alpha differences agree; the update directions, and so the cosines, differ.
     dominant = lambda a: int(np.argmax(a)) if np.sort(a)[-1] - np.sort(a)[-2] > 1e-9 else -1
     out = {}
     for p in ps:
@@ -271,19 +298,23 @@ def alpha_agreement(records, ps=(0.0, 1.0, 2.0)):
             cosines.append(wl @ G_all @ wf / denominator if denominator > 0 else np.nan)
             a_last.append(al[0])
             a_all.append(af[0])
-        corr = np.corrcoef(a_last, a_all)[0, 1] if np.std(a_last) > 0 and np.std(a_all) > 0 else float("nan")
-        out[f"p={p:g}"] = {"mean_abs_alpha_diff": float(np.mean(diffs)), "max_abs_alpha_diff": float(np.max(diffs)),
+        corr = (np.corrcoef(a_last, a_all)[0, 1] if np.std(a_last) > 0 and np.std(a_all) > 0
+                else float("nan"))
+        out[f"p={p:g}"] = {"mean_abs_alpha_diff": float(np.mean(diffs)),
+                           "max_abs_alpha_diff": float(np.max(diffs)),
                            "same_dominant_objective": float(np.mean(same)),
                            "direction_cosine_mean": float(np.nanmean(cosines)),
                            "direction_cosine_min": float(np.nanmin(cosines)),
-                           "alpha_helpful_correlation": float(corr), "alpha_helpful_last": [float(a) for a in a_last],
+                           "alpha_helpful_correlation": float(corr),
+                           "alpha_helpful_last": [float(a) for a in a_last],
                            "alpha_helpful_all": [float(a) for a in a_all]}
-    cos = lambda G: np.asarray(G)[0, 1] / np.sqrt(np.asarray(G)[0, 0] * np.asarray(G)[1, 1] + 1e-300)
+    cos = lambda G: (np.asarray(G)[0, 1]
+                     / np.sqrt(np.asarray(G)[0, 0] * np.asarray(G)[1, 1] + 1e-300))
     out["objective_gradient_cosine_mean"] = {w: float(np.mean([cos(r[w]) for r in records]))
                                              for w in ("last_block", "all")}
     norm = lambda G: float(np.sqrt(np.trace(np.asarray(G))))  # length of the stacked K gradients
-    out["last_block_share_of_gradient_norm"] = float(np.mean([norm(r["last_block"]) / max(norm(r["all"]), 1e-300)
-                                                               for r in records]))
+    out["last_block_share_of_gradient_norm"] = float(np.mean(
+        [norm(r["last_block"]) / max(norm(r["all"]), 1e-300) for r in records]))
     out["minibatches"] = len(records)
     return out
 
@@ -292,7 +323,8 @@ def report_alpha(args):
     """Summarise the probe run's records into <out_root>/alpha_agreement.json and print it."""
     probe = os.path.join(args.out_root, probe_name(args), "alpha_probe.jsonl")
     if not os.path.isfile(probe):
-        print(f"alpha agreement: no {probe}; the run was trained without the probe (delete it and rerun to measure).")
+        print(f"alpha agreement: no {probe}; the run was trained without the probe "
+              f"(delete it and rerun to measure).")
         return 1
     records = read_probe(probe)
     if not records:
@@ -302,17 +334,20 @@ def report_alpha(args):
     summary_path = os.path.join(args.out_root, "alpha_agreement.json")
     with open(summary_path, "w") as f:
         json.dump(s, f, indent=1)
-    print(f"alpha agreement over {s['minibatches']} minibatches of {probe_name(args)} (last block vs all parameters):")
+    print(f"alpha agreement over {s['minibatches']} minibatches of {probe_name(args)} "
+          f"(last block vs all parameters):")
     for p in ("p=0", "p=1", "p=2"):
         r = s[p]
         print(f"  {p}: mean |alpha_last - alpha_all| {r['mean_abs_alpha_diff']:.3f} "
               f"(max {r['max_abs_alpha_diff']:.3f}), "
-              f"same dominant objective {100 * r['same_dominant_objective']:.0f}%, cosine of the update to the exact "
-              f"all-parameter one {r['direction_cosine_mean']:.3f} (min {r['direction_cosine_min']:.3f})")
+              f"same dominant objective {100 * r['same_dominant_objective']:.0f}%, cosine of the "
+              f"update to the exact all-parameter one {r['direction_cosine_mean']:.3f} "
+              f"(min {r['direction_cosine_min']:.3f})")
     g = s["objective_gradient_cosine_mean"]
-    print(f"  mean cosine between the two objectives' gradients: last block {g['last_block']:+.3f}, "
-          f"all {g['all']:+.3f}; the last block holds {100 * s['last_block_share_of_gradient_norm']:.0f}% of the "
-          f"gradient norm. Written to {summary_path}")
+    print(f"  mean cosine between the two objectives' gradients: last block "
+          f"{g['last_block']:+.3f}, all {g['all']:+.3f}; the last block holds "
+          f"{100 * s['last_block_share_of_gradient_norm']:.0f}% of the gradient norm. "
+          f"Written to {summary_path}")
     return 0
 
 
@@ -320,26 +355,38 @@ def report_alpha(args):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="one seed, 20 iterations (unless --seeds / --iterations "
-                    "say otherwise)")
-    ap.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2,3,4; --quick: 0)")
-    ap.add_argument("--iterations", type=int, default=None, help="PPO iterations per run (default: train.py's, "
+    ap.add_argument("--quick", action="store_true",
+                    help="one seed, 20 iterations (unless --seeds / --iterations say otherwise)")
+    ap.add_argument("--seeds", default=None,
+                    help="comma-separated seeds (default 0,1,2,3,4; --quick: 0)")
+    ap.add_argument("--iterations", type=int, default=None,
+                    help="PPO iterations per run (default: train.py's, "
                     f"{train.Config.iterations}; --quick: 20)")
-    ap.add_argument("--eval_every", type=int, default=25, help="learning-curve points: held-out evaluation every N "
-                    "iterations of every run (train.py --eval_every; 0 = none)")
-    ap.add_argument("--out_root", default=None, help="default runs/study (--quick: runs/study-quick)")
-    ap.add_argument("--toy_dir", default="", help="toy world folder (default: the shipped worlds/toy)")
-    ap.add_argument("--toy_size", default="default", help="default | tiny (a seconds-long smoke test of the pipeline)")
-    ap.add_argument("--jobs", type=int, default=1, help="runs trained at once; train.py uses one thread by default, "
-                    "so --jobs 2 fills a 2-core CPU")
-    ap.add_argument("--resume", action="store_true", help="continue interrupted runs from their checkpoints")
-    ap.add_argument("--dry_run", action="store_true", help="print the plan and run states; train nothing")
+    ap.add_argument("--eval_every", type=int, default=25,
+                    help="learning-curve points: held-out evaluation every N iterations of every "
+                    "run (train.py --eval_every; 0 = none)")
+    ap.add_argument("--out_root", default=None,
+                    help="default runs/study (--quick: runs/study-quick)")
+    ap.add_argument("--toy_dir", default="",
+                    help="toy world folder (default: the shipped worlds/toy)")
+    ap.add_argument("--toy_size", default="default",
+                    help="default | tiny (a seconds-long smoke test of the pipeline)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs trained at once; train.py uses one thread by default, so --jobs 2 "
+                    "fills a 2-core CPU")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue interrupted runs from their checkpoints")
+    ap.add_argument("--dry_run", action="store_true",
+                    help="print the plan and run states; train nothing")
     ap.add_argument("--skip_eval", action="store_true", help="train only")
     ap.add_argument("--skip_ablation", action="store_true", help="no whitened-advantage runs")
-    ap.add_argument("--only", default="", help="comma-separated setups of the plan to train, e.g. "
-                    "fast-rl,gapo-p2 (default: all; experiments/budget.py's doubling check uses it)")
-    ap.add_argument("--skip_alpha", action="store_true", help="train the GAPO p=2 run plainly, no alpha agreement")
-    ap.add_argument("--eval_args", default="", help="extra flags for evaluate.py, e.g. '--samples_per_prompt 8'")
+    ap.add_argument("--only", default="",
+                    help="comma-separated setups of the plan to train, e.g. fast-rl,gapo-p2 "
+                    "(default: all; experiments/budget.py's doubling check uses it)")
+    ap.add_argument("--skip_alpha", action="store_true",
+                    help="train the GAPO p=2 run plainly, no alpha agreement")
+    ap.add_argument("--eval_args", default="",
+                    help="extra flags for evaluate.py, e.g. '--samples_per_prompt 8'")
     args, train_args = ap.parse_known_args(argv)
     args.train_args = train_args  # anything else goes to every train.py call, e.g. --batch_size 8
     args.seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2,3,4")).split(",")]
@@ -350,27 +397,31 @@ def main(argv=None):
     t0 = time.time()
     if not args.dry_run:
         os.makedirs(args.out_root, exist_ok=True)
-        print(f"study: toy world in {args.toy_dir} (checked; built only if it is missing)", flush=True)
-        code = subprocess.run([sys.executable, "-m", "worlds.toyworld", "--out", args.toy_dir, "--size",
-                               args.toy_size], cwd=ROOT, stdout=subprocess.DEVNULL).returncode
+        print(f"study: toy world in {args.toy_dir} (checked; built only if it is missing)",
+              flush=True)
+        code = subprocess.run([sys.executable, "-m", "worlds.toyworld", "--out", args.toy_dir,
+                               "--size", args.toy_size],
+                              cwd=ROOT, stdout=subprocess.DEVNULL).returncode
         if code != 0:
-            raise SystemExit(f"error: building the toy world in {args.toy_dir} failed; run python -m worlds.toyworld --out "
-                             f"{args.toy_dir} to see why.")
+            raise SystemExit(f"error: building the toy world in {args.toy_dir} failed; run "
+                             f"python -m worlds.toyworld --out {args.toy_dir} to see why.")
     runs = plan(args.seeds, whitening=not args.skip_ablation)
     if args.only:
         wanted = set(args.only.split(","))
         setups = {name.rsplit("-s", 1)[0] for name, _ in runs}
         if wanted - setups:
-            raise SystemExit(f"error: --only: unknown setup {sorted(wanted - setups)[0]!r}; the plan has "
-                             f"{', '.join(sorted(setups))}.")
+            raise SystemExit(f"error: --only: unknown setup {sorted(wanted - setups)[0]!r}; "
+                             f"the plan has {', '.join(sorted(setups))}.")
         runs = [(name, flags) for name, flags in runs if name.rsplit("-s", 1)[0] in wanted]
     finished, failed = train_all(runs, args)
     code = 1 if failed else 0
     if not args.skip_eval and finished and not args.dry_run:
-        cmd = [sys.executable, os.path.join(ROOT, "evaluate.py"), *finished, "--soup", "auto", "--soup_lambdas",
-               ",".join(f"{x:g}" for x in LAMBDAS), "--out", os.path.join(args.out_root, "eval"),
+        cmd = [sys.executable, os.path.join(ROOT, "evaluate.py"), *finished, "--soup", "auto",
+               "--soup_lambdas", ",".join(f"{x:g}" for x in LAMBDAS),
+               "--out", os.path.join(args.out_root, "eval"),
                *args.eval_args.split()]
-        print(f"study: evaluating {len(finished)} runs and their soups into {args.out_root}/eval", flush=True)
+        print(f"study: evaluating {len(finished)} runs and their soups into {args.out_root}/eval",
+              flush=True)
         code = max(code, subprocess.run(cmd, cwd=ROOT).returncode)
     if not args.skip_eval and finished and not args.dry_run and code == 0:
         print("study: the paper's claims, with 95% confidence intervals over seeds", flush=True)
@@ -378,7 +429,8 @@ def main(argv=None):
     if finished and not args.dry_run and args.eval_every:
         print("study: learning curves (mean over seeds) and when each setup settles", flush=True)
         curves.main([args.out_root, "--out", os.path.join(args.out_root, "eval")])
-    if not args.skip_alpha and not args.dry_run and os.path.join(args.out_root, probe_name(args)) in finished:
+    if (not args.skip_alpha and not args.dry_run
+            and os.path.join(args.out_root, probe_name(args)) in finished):
         code = max(code, report_alpha(args))
     print(f"study: finished in {(time.time() - t0) / 60:.1f} min"
           + (f"; failed runs: {', '.join(failed)}" if failed else ""))

@@ -1,15 +1,18 @@
 """Data parallelism for `torchrun --nproc_per_node N train.py`.
 
 What it does (the paper trains on 8 GPUs; docs/decisions.md, "Gradient accumulation with MGDA"):
-- one process per GPU (nccl; gloo on CPU), every rank samples and scores its own share of the prompts;
-- FSDP2 (`torch.distributed.fsdp.fully_shard`) shards every decoder layer and the rest of each model,
-  EXCEPT the parameters GAPO differentiates separately (docs/decisions.md, "Which last layer": by
-  default the policy's last block): torch.autograd.grad with respect to a sharded parameter fails in torch 2.13 ("appears to not
-  have been used in the graph": the forward runs on unsharded copies), so those stay whole on every rank
-  (`ignored_params`) and their gradients get an explicit all-reduce (`all_reduce_grads`);
-- `global_gradients`: the K per-objective gradients g_i averaged over ranks BEFORE the Gram matrix, so
-  every rank solves the same Problem 7 and gets the same alpha (the Gram matrix of a mean is not the mean
-  of the Gram matrices); the weighted backward then goes through FSDP's own gradient reduction;
+- one process per GPU (nccl; gloo on CPU), every rank samples and scores its own share of the
+  prompts;
+- FSDP2 (`torch.distributed.fsdp.fully_shard`) shards every decoder layer and the rest of each
+  model, EXCEPT the parameters GAPO differentiates separately (docs/decisions.md, "Which last
+  layer": by default the policy's last block): torch.autograd.grad with respect to a sharded
+  parameter fails in torch 2.13 ("appears to not have been used in the graph": the forward runs
+  on unsharded copies), so those stay whole on every rank (`ignored_params`) and their gradients
+  get an explicit all-reduce (`all_reduce_grads`);
+- `global_gradients`: the K per-objective gradients g_i averaged over ranks BEFORE the Gram
+  matrix, so every rank solves the same Problem 7 and gets the same alpha (the Gram matrix of a
+  mean is not the mean of the Gram matrices); the weighted backward then goes through FSDP's own
+  gradient reduction;
 - global statistics (`all_gather_rows`) for the Lagrange multiplier and the fast-rl weights;
 - `clip_grad_norm_` over a mix of sharded and whole gradients (torch's own refuses the mix);
 - sharded loading (`load_sharded`, full fine-tuning): every rank builds each model on the meta
@@ -18,7 +21,8 @@ What it does (the paper trains on 8 GPUs; docs/decisions.md, "Gradient accumulat
   written shard by shard by every rank (`save_optimizers` / `load_optimizers`,
   torch.distributed.checkpoint), which resume on any number of ranks;
 - memory planning lives beside it, in scale/memory.py.
-Every helper is a no-op (or the plain torch call) in a single process, so train.py calls them always.
+Every helper is a no-op (or the plain torch call) in a single process, so train.py calls them
+always.
 
 Run: `torchrun --nproc_per_node 8 train.py --preset paper --method gapo --p 1` (see README);
 tests: `python -m pytest -q tests/test_distributed.py` (2 gloo processes on CPU).
@@ -43,12 +47,14 @@ from torch import nn
 
 
 def init_distributed(device="auto"):
-    """-> (rank, world, device). Under torchrun (WORLD_SIZE > 1): joins the process group, one GPU per
-    LOCAL_RANK, and silences stdout on ranks > 0 (rank 0 prints and logs). Otherwise: (0, 1, device)."""
+    """-> (rank, world, device). Under torchrun (WORLD_SIZE > 1): joins the process group, one GPU
+    per LOCAL_RANK, and silences stdout on ranks > 0 (rank 0 prints and logs). Otherwise: (0, 1,
+    device)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     use_cuda = torch.cuda.is_available() and device != "cpu"
     if world <= 1:
-        return 0, 1, torch.device("cuda" if use_cuda else "cpu") if device == "auto" else torch.device(device)
+        return 0, 1, (torch.device("cuda" if use_cuda else "cpu") if device == "auto"
+                      else torch.device(device))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
         torch.cuda.set_device(local_rank)
@@ -121,9 +127,9 @@ def barrier():
 
 @contextlib.contextmanager
 def main_first():
-    """Rank 0 runs the block first (builds the toy world, fills the download cache), then the others.
-    If rank 0 fails inside, it still releases the others (who then fail on their own, in one line,
-    rather than wait in the barrier until the collective timeout)."""
+    """Rank 0 runs the block first (builds the toy world, fills the download cache), then the
+    others. If rank 0 fails inside, it still releases the others (who then fail on their own, in
+    one line, rather than wait in the barrier until the collective timeout)."""
     if not is_main():
         barrier()
     try:
@@ -145,7 +151,8 @@ def broadcast_object(obj):
 # ----------------------------------------------------------------------------- collectives
 
 def all_reduce_sum(tensor):
-    """A new tensor: the sum over ranks (nccl needs CUDA tensors, gloo CPU ones: pass the model's device's)."""
+    """A new tensor: the sum over ranks (nccl needs CUDA tensors, gloo CPU ones: pass the model's
+    device's)."""
     out = tensor.clone()
     if is_distributed():
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
@@ -157,8 +164,9 @@ def all_reduce_mean(tensor):
 
 
 def all_gather_rows(tensor):
-    """(B, ...) on each rank -> (world * B, ...) in rank order, on every rank (B must match across ranks).
-    Global statistics exactly: the mean cost for the Lagrange multiplier, fast-rl's mean and std."""
+    """(B, ...) on each rank -> (world * B, ...) in rank order, on every rank (B must match across
+    ranks). Global statistics exactly: the mean cost for the Lagrange multiplier, fast-rl's mean
+    and std."""
     if not is_distributed():
         return tensor
     parts = [torch.empty_like(tensor) for _ in range(get_world_size())]
@@ -167,7 +175,8 @@ def all_gather_rows(tensor):
 
 
 def _average_in_place(tensors):
-    """Mean over ranks of a list of same-dtype tensors, one flat all-reduce per dtype (few, large messages)."""
+    """Mean over ranks of a list of same-dtype tensors, one flat all-reduce per dtype (few, large
+    messages)."""
     by_dtype = {}
     for t in tensors:
         by_dtype.setdefault(t.dtype, []).append(t)
@@ -184,11 +193,11 @@ def _average_in_place(tensors):
 def global_gradients(grads):
     """K gradients g_i (each a list of tensors, one per MGDA parameter) -> their means over ranks.
 
-    gapo.loss_weights' `reduce_grads` hook: each rank's g_i is the gradient of its own mean loss, so the
-    mean over ranks is the gradient of the global loss when ranks hold equal token counts (and, otherwise,
-    the same average FSDP applies to the weighted backward). Every rank then holds the same Gram matrix
-    and solves Problem 7 to the same alpha. Cost: K all-reduces of the last block (K x 218M numbers for
-    Mistral-7B full fine-tuning, a few MB with LoRA)."""
+    gapo.loss_weights' `reduce_grads` hook: each rank's g_i is the gradient of its own mean loss,
+    so the mean over ranks is the gradient of the global loss when ranks hold equal token counts
+    (and, otherwise, the same average FSDP applies to the weighted backward). Every rank then holds
+    the same Gram matrix and solves Problem 7 to the same alpha. Cost: K all-reduces of the last
+    block (K x 218M numbers for Mistral-7B full fine-tuning, a few MB with LoRA)."""
     if not is_distributed():
         return grads
     out = [[g.detach().clone() for g in gs] for gs in grads]
@@ -202,10 +211,10 @@ def _is_sharded(tensor):
 
 
 def all_reduce_grads(params):
-    """Average over ranks the gradients FSDP does not reduce: those of whole (not sharded) parameters, i.e. the
-    ignored last block, or every trainable parameter of a replicated (LoRA) model. Call after the backward
-    passes of an optimizer step, before clipping. Parameters without a gradient are skipped (the same on every
-    rank, since every rank runs the same code path)."""
+    """Average over ranks the gradients FSDP does not reduce: those of whole (not sharded)
+    parameters, i.e. the ignored last block, or every trainable parameter of a replicated (LoRA)
+    model. Call after the backward passes of an optimizer step, before clipping. Parameters without
+    a gradient are skipped (the same on every rank, since every rank runs the same code path)."""
     if is_distributed():
         whole = [p.grad for p in params if p.grad is not None and not _is_sharded(p.grad)]
         if whole:
@@ -213,16 +222,19 @@ def all_reduce_grads(params):
 
 
 def clip_grad_norm_(params, max_norm):
-    """torch.nn.utils.clip_grad_norm_ for a mix of sharded (DTensor) and whole gradients -> the total norm.
-    Sharded parts: local squares summed over ranks; whole parts (identical after all_reduce_grads): once."""
+    """torch.nn.utils.clip_grad_norm_ for a mix of sharded (DTensor) and whole gradients -> the
+    total norm. Sharded parts: local squares summed over ranks; whole parts (identical after
+    all_reduce_grads): once."""
     params = [p for p in params if p.grad is not None]
     sharded = [p.grad for p in params if _is_sharded(p.grad)]
     if not sharded:
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
     whole = [p.grad for p in params if not _is_sharded(p.grad)]
     device = sharded[0].to_local().device
-    local = sum((g.to_local().float().pow(2).sum() for g in sharded), torch.zeros((), device=device))
-    squares = all_reduce_sum(local) + sum((g.float().pow(2).sum() for g in whole), torch.zeros((), device=device))
+    local = sum((g.to_local().float().pow(2).sum() for g in sharded),
+                torch.zeros((), device=device))
+    squares = all_reduce_sum(local) + sum((g.float().pow(2).sum() for g in whole),
+                                          torch.zeros((), device=device))
     total = squares.sqrt()
     scale = min(1.0, max_norm / (float(total) + 1e-6))  # torch's rule: shrink only, never grow
     for p in params:
@@ -244,9 +256,10 @@ def _decoder_layers(model):
 
 
 def _mixed_precision(model):
-    """FSDP2's MixedPrecisionPolicy for a model with float32 master weights (model.master_weights sets
-    `compute_dtype` on it or on its backbone): all-gather in bf16, reduce gradients in float32. None
-    (FSDP's default: gather and reduce in the parameter dtype) for a model stored in its compute dtype."""
+    """FSDP2's MixedPrecisionPolicy for a model with float32 master weights (model.master_weights
+    sets `compute_dtype` on it or on its backbone): all-gather in bf16, reduce gradients in
+    float32. None (FSDP's default: gather and reduce in the parameter dtype) for a model stored in
+    its compute dtype."""
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
     compute = next((m.compute_dtype for m in model.modules() if hasattr(m, "compute_dtype")), None)
@@ -256,11 +269,11 @@ def _mixed_precision(model):
 
 
 def shard_model(model, keep=(), own_group=()):
-    """FSDP2 in place: each decoder layer, then the root (embeddings, final norm, heads), sharded over all
-    ranks; parameters in `keep` stay whole on every rank (gradients: all_reduce_grads). Modules in
-    `own_group` get their own FSDP group without mixed precision: a float32 head (the critic's value head)
-    would otherwise share the root group with a bf16 backbone (FSDP requires one parameter dtype per group)
-    or be cast to bf16 by the root's policy. Returns the model."""
+    """FSDP2 in place: each decoder layer, then the root (embeddings, final norm, heads), sharded
+    over all ranks; parameters in `keep` stay whole on every rank (gradients: all_reduce_grads).
+    Modules in `own_group` get their own FSDP group without mixed precision: a float32 head (the
+    critic's value head) would otherwise share the root group with a bf16 backbone (FSDP requires
+    one parameter dtype per group) or be cast to bf16 by the root's policy. Returns the model."""
     from torch.distributed.fsdp import fully_shard
 
     keep = set(keep)
@@ -333,10 +346,11 @@ def critic_sharder(critic):
 
 
 def adamw(model, lr, weight_decay, betas=(0.9, 0.999)):
-    """torch.optim.AdamW over the trainable parameters of `model`, sharded (DTensor) and whole parameters in
-    separate param groups: the foreach kernels (CUDA's default) refuse a list mixing DTensors and plain
-    tensors ("got mixed torch.Tensor and DTensor"), and the kept last block is plain. Under torchrun the
-    foreach path is asked for explicitly, so CPU (gloo) runs take the same path as CUDA."""
+    """torch.optim.AdamW over the trainable parameters of `model`, sharded (DTensor) and whole
+    parameters in separate param groups: the foreach kernels (CUDA's default) refuse a list mixing
+    DTensors and plain tensors ("got mixed torch.Tensor and DTensor"), and the kept last block is
+    plain. Under torchrun the foreach path is asked for explicitly, so CPU (gloo) runs take the
+    same path as CUDA."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if _is_sharded(p)]},
@@ -354,8 +368,9 @@ def _fsdp_modules(model):
 
 @contextlib.contextmanager
 def unsharded(model):
-    """Keep the parameters gathered across forwards for the block (generation: one all-gather per layer
-    instead of one per layer per new token). Costs one whole model per rank meanwhile; no-op if not sharded."""
+    """Keep the parameters gathered across forwards for the block (generation: one all-gather per
+    layer instead of one per layer per new token). Costs one whole model per rank meanwhile; no-op
+    if not sharded."""
     modules = _fsdp_modules(model)
     for m in modules:
         m.set_reshard_after_forward(False, recurse=False)
@@ -363,16 +378,18 @@ def unsharded(model):
         yield
     finally:
         for m in modules:
-            # FSDP2's defaults: layers reshard after forward, the root does not (backward needs it at once).
+            # FSDP2's defaults: layers reshard after forward, the root does not (backward needs it
+            # at once).
             m.set_reshard_after_forward(m is not model, recurse=False)
             m.reshard()
 
 
 @contextlib.contextmanager
 def full_parameters(model):
-    """Collective (every rank enters): inside the block rank 0's model holds whole CPU copies of its sharded
-    parameters, so save_pretrained / Critic.save write a normal Hugging Face checkpoint; the other ranks hold
-    meta placeholders and must not save. Parameters are put back on exit."""
+    """Collective (every rank enters): inside the block rank 0's model holds whole CPU copies of
+    its sharded parameters, so save_pretrained / Critic.save write a normal Hugging Face
+    checkpoint; the other ranks hold meta placeholders and must not save. Parameters are put back
+    on exit."""
     swapped = []
     for module in model.modules():
         for name, p in list(module._parameters.items()):
@@ -398,11 +415,13 @@ def optimizer_state_dict(model, optimizer):
 
 
 def load_optimizer_state_dict(model, optimizer, state):
-    """Inverse of optimizer_state_dict: every rank passes the full state dict and keeps its shard of it."""
+    """Inverse of optimizer_state_dict: every rank passes the full state dict and keeps its shard
+    of it."""
     if not is_distributed():
         return optimizer.load_state_dict(state)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    optimizer.zero_grad(set_to_none=True)  # torch creates the empty state to fill only when no grads are held
+    # torch creates the empty state to fill only when no grads are held
+    optimizer.zero_grad(set_to_none=True)
     set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
                              options=StateDictOptions(full_state_dict=True))
 

@@ -1,14 +1,15 @@
 """Memory planning: will a configuration fit on the GPU, before anything is loaded?
 
-- `memory_plan`: bytes of weights, gradients and AdamW state per model (float32 master weights for
-  the trainable ones when training runs in bf16), printed as a table at the start of every run.
-- `activation_and_cache_bytes`: the KV cache of one rollout batch and the activations autograd keeps
-  for one training micro-batch, from the policy's config alone.
-- `plan_bytes` / `check_memory`: the peak per GPU of a whole run (four models, FSDP sharding over N
-  ranks or LoRA), and the refusal, with the flags that would fit, that train.py prints on CUDA.
+- `memory_plan`: bytes of weights, gradients and AdamW state per model (float32 master weights
+  for the trainable ones when training runs in bf16), printed as a table at the start of every
+  run.
+- `activation_and_cache_bytes`: the KV cache of one rollout batch and the activations autograd
+  keeps for one training micro-batch, from the policy's config alone.
+- `plan_bytes` / `check_memory`: the peak per GPU of a whole run (four models, FSDP sharding over
+  N ranks or LoRA), and the refusal, with the flags that would fit, that train.py prints on CUDA.
 
-Run: nothing to run; tests/test_model.py and tests/test_distributed.py check the arithmetic by hand,
-and `python -m benchmarks.bench` prints the estimate beside a measured peak.
+Run: nothing to run; tests/test_model.py and tests/test_distributed.py check the arithmetic by
+hand, and `python -m benchmarks.bench` prints the estimate beside a measured peak.
 - `load_bytes`: the load-time peak, on the GPU and in host memory; check_memory refuses a run
   whose training peak or load peak does not fit.
 - `param_count_from_config`: a model's size from its config, built on the meta device (no memory).
@@ -40,20 +41,22 @@ class MemoryRow:
         return self.param_bytes + self.grad_bytes + self.optimizer_bytes
 
 
-def memory_plan(models, dtype=torch.float32, trainable=None, optimizer="adamw", available_bytes=None,
-                master_dtype=None):
+def memory_plan(models, dtype=torch.float32, trainable=None, optimizer="adamw",
+                available_bytes=None, master_dtype=None):
     """Bytes for parameters, gradients and optimizer state per model -> (rows, printable table).
 
-    models: {name: nn.Module or int parameter count}. trainable: {name: bool or int} (default: a module's
-    requires_grad parameters; an int count is frozen). Weights shared between entries (a LoRA reference) should
-    be listed once. Gradients and AdamW's two moments are kept in the parameter dtype (plain torch AdamW).
-    master_dtype (float32 for train.py, see master_weights): the dtype of trainable parameters, their gradients
-    and moments, while frozen ones stay in `dtype`; default `dtype` for all.
+    models: {name: nn.Module or int parameter count}. trainable: {name: bool or int} (default: a
+    module's requires_grad parameters; an int count is frozen). Weights shared between entries (a
+    LoRA reference) should be listed once. Gradients and AdamW's two moments are kept in the
+    parameter dtype (plain torch AdamW).
+    master_dtype (float32 for train.py, see master_weights): the dtype of trainable parameters,
+    their gradients and moments, while frozen ones stay in `dtype`; default `dtype` for all.
     Activations and the CUDA context are not counted: leave headroom.
     """
     states = {"adamw": 2, "adam": 2, "sgd": 0}
     if optimizer not in states:
-        raise ValueError(f"Unknown optimizer '{optimizer}' for the memory plan; use one of {sorted(states)}.")
+        raise ValueError(f"Unknown optimizer '{optimizer}' for the memory plan; "
+                         f"use one of {sorted(states)}.")
     trainable = trainable or {}
     size = torch.tensor([], dtype=dtype).element_size()
     master = torch.tensor([], dtype=master_dtype or dtype).element_size()
@@ -67,21 +70,23 @@ def memory_plan(models, dtype=torch.float32, trainable=None, optimizer="adamw", 
         t = trainable.get(name)
         if t is not None:
             n_train = n if t is True else (0 if t is False else int(t))
-        rows.append(MemoryRow(name, n, n_train, (n - n_train) * size + n_train * master, n_train * master,
-                              states[optimizer] * n_train * master))
+        rows.append(MemoryRow(name, n, n_train, (n - n_train) * size + n_train * master,
+                              n_train * master, states[optimizer] * n_train * master))
     gib = lambda b: f"{b / 2**30:8.2f}"
-    lines = [f"{'model':<12}{'params':>14}{'trainable':>14}{'weights GiB':>12}{'grads GiB':>11}{'optim GiB':>11}"
-             f"{'total GiB':>11}"]
+    lines = [f"{'model':<12}{'params':>14}{'trainable':>14}{'weights GiB':>12}{'grads GiB':>11}"
+             f"{'optim GiB':>11}{'total GiB':>11}"]
     for r in rows:
-        lines.append(f"{r.name:<12}{r.params:>14,}{r.trainable:>14,}{gib(r.param_bytes):>12}{gib(r.grad_bytes):>11}"
-                     f"{gib(r.optimizer_bytes):>11}{gib(r.total_bytes):>11}")
+        lines.append(f"{r.name:<12}{r.params:>14,}{r.trainable:>14,}{gib(r.param_bytes):>12}"
+                     f"{gib(r.grad_bytes):>11}{gib(r.optimizer_bytes):>11}{gib(r.total_bytes):>11}")
     total = sum(r.total_bytes for r in rows)
-    lines.append(f"{'total':<12}{'':>14}{'':>14}{'':>12}{'':>11}{'':>11}{gib(total):>11}"
-                 f"   ({str(dtype).replace('torch.', '')}"
-                 f"{', trainable ' + str(master_dtype).replace('torch.', '') if master_dtype else ''}, {optimizer}; "
-                 "activations not included)")
+    lines.append(
+        f"{'total':<12}{'':>14}{'':>14}{'':>12}{'':>11}{'':>11}{gib(total):>11}"
+        f"   ({str(dtype).replace('torch.', '')}"
+        f"{', trainable ' + str(master_dtype).replace('torch.', '') if master_dtype else ''}, "
+        f"{optimizer}; activations not included)")
     if available_bytes is not None:
-        verdict = "fits" if total < available_bytes else "does NOT fit (try --lora_r or smaller models)"
+        verdict = ("fits" if total < available_bytes
+                   else "does NOT fit (try --lora_r or smaller models)")
         lines.append(f"device memory {available_bytes / 2**30:.2f} GiB: {verdict}")
     return rows, "\n".join(lines)
 
@@ -100,24 +105,30 @@ class ActivationEstimate:
 
 def activation_and_cache_bytes(config, batch, seq_len, dtype, checkpointing, response_len=None,
                                generation_batch=None):
-    """Estimate of the memory beyond weights, gradients and optimizer state (the paper's batch shapes).
+    """Estimate of the memory beyond weights, gradients and optimizer state (the paper's batch
+    shapes).
 
-    config: the policy's (L layers, hidden h, intermediate i, kv heads, head dim d, vocab V); batch = micro-
-    batch (training), generation_batch = rollout batch (default batch), seq_len T = P + R, response_len R.
+    config: the policy's (L layers, hidden h, intermediate i, kv heads, head dim d, vocab V);
+    batch = micro-batch (training), generation_batch = rollout batch (default batch),
+    seq_len T = P + R, response_len R.
       KV cache   = 2 (k and v) * L * B_gen * T * kv_heads * d * bytes
       per token and layer, with a fused (SDPA / flash) attention kernel, elements autograd keeps:
-        A = 9 h + 2 kv_heads * d + 4 i   (RMSNorm inputs kept in float32 = 2 h twice, their outputs h twice,
-                                          q and the attention output 2 h, k and v, o_proj input h,
-                                          gate, silu(gate), up and their product 4 i)
-      activations = B * T * bytes * (L * h + A)   with gradient checkpointing (layer inputs + one layer redone)
+        A = 9 h + 2 kv_heads * d + 4 i
+            (RMSNorm inputs kept in float32 = 2 h twice, their outputs h twice,
+             q and the attention output 2 h, k and v, o_proj input h,
+             gate, silu(gate), up and their product 4 i)
+      activations = B * T * bytes * (L * h + A)   with gradient checkpointing
+                                                  (layer inputs + one layer redone)
                   = B * T * bytes * L * A         without
-      logits      = B * V * (T * bytes + 3 * R * 4)  (bf16 logits for all T; float32 log-softmax of the R
-                                                      response rows, kept, plus its input and output grads)
-    A back-of-the-envelope figure (good to ~20%), not an allocator trace: `python -m benchmarks.bench`
-    prints both to compare.
+      logits      = B * V * (T * bytes + 3 * R * 4)
+                    (bf16 logits for all T; float32 log-softmax of the R response rows, kept,
+                     plus its input and output grads)
+    A back-of-the-envelope figure (good to ~20%), not an allocator trace:
+    `python -m benchmarks.bench` prints both to compare.
     """
     bytes_ = torch.tensor([], dtype=dtype).element_size()
-    L, h, i, V = config.num_hidden_layers, config.hidden_size, config.intermediate_size, config.vocab_size
+    L, h, i, V = (config.num_hidden_layers, config.hidden_size, config.intermediate_size,
+                  config.vocab_size)
     kv_heads = config.num_key_value_heads or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
     R = seq_len if response_len is None else response_len
@@ -131,17 +142,20 @@ def activation_and_cache_bytes(config, batch, seq_len, dtype, checkpointing, res
 
 
 def lora_param_count(config, r):
-    """Parameters of LoRA on q, k, v, o (model.LORA_TARGETS) in every layer: r * (fan_in + fan_out) each."""
+    """Parameters of LoRA on q, k, v, o (model.LORA_TARGETS) in every layer:
+    r * (fan_in + fan_out) each."""
     h = config.hidden_size
     kv = (config.num_key_value_heads or config.num_attention_heads) * (
         getattr(config, "head_dim", None) or h // config.num_attention_heads)
-    q_out = config.num_attention_heads * (getattr(config, "head_dim", None) or h // config.num_attention_heads)
+    q_out = config.num_attention_heads * (
+        getattr(config, "head_dim", None) or h // config.num_attention_heads)
     return config.num_hidden_layers * r * ((h + q_out) + 2 * (h + kv) + (q_out + h))
 
 
 def block_param_count(config):
-    """Parameters of one decoder block (q, k, v, o, the gated MLP, two RMSNorms): the last block, which
-    full fine-tuning under FSDP keeps whole on every rank (GAPO's objective gradients need it unsharded)."""
+    """Parameters of one decoder block (q, k, v, o, the gated MLP, two RMSNorms): the last block,
+    which full fine-tuning under FSDP keeps whole on every rank (GAPO's objective gradients need it
+    unsharded)."""
     h, i = config.hidden_size, config.intermediate_size
     d = getattr(config, "head_dim", None) or h // config.num_attention_heads
     q = config.num_attention_heads * d
@@ -150,12 +164,13 @@ def block_param_count(config):
 
 
 def plan_bytes(cfg, policy_config, counts, dtype, world, lora_r, checkpointing):
-    """Peak bytes per GPU of a configuration: weights, gradients and AdamW state (memory_plan's rule, with
-    float32 master weights: trainable parameters, their gradients and moments 16 bytes each, frozen ones in
-    `dtype`), plus activation_and_cache_bytes. counts: parameter counts {policy, critic, reward, cost}. Full
-    fine-tuning on N ranks shards all of it N ways (FSDP) except the policy's last block (whole on every rank,
-    16 bytes a parameter), and gathers the whole policy in `dtype` for the rollout (`unsharded`); LoRA
-    replicates everything. Not counted: the CUDA context, fragmentation."""
+    """Peak bytes per GPU of a configuration: weights, gradients and AdamW state (memory_plan's
+    rule, with float32 master weights: trainable parameters, their gradients and moments 16 bytes
+    each, frozen ones in `dtype`), plus activation_and_cache_bytes. counts: parameter counts
+    {policy, critic, reward, cost}. Full fine-tuning on N ranks shards all of it N ways (FSDP)
+    except the policy's last block (whole on every rank, 16 bytes a parameter), and gathers the
+    whole policy in `dtype` for the rollout (`unsharded`); LoRA replicates everything. Not
+    counted: the CUDA context, fragmentation."""
 
     models, trainable = dict(counts), {"reward": 0, "cost": 0}
     if lora_r:
@@ -225,7 +240,8 @@ def check_memory(cfg, device_bytes, world=1, dtype=torch.bfloat16, host_bytes=No
               "critic": param_count_from_config(policy_config, "base"),
               "reward": param_count_from_config(cfg.reward_model, "score"),
               "cost": param_count_from_config(cfg.cost_model, "score")}
-    need = plan_bytes(cfg, policy_config, counts, dtype, world, cfg.lora_r, cfg.gradient_checkpointing)
+    need = plan_bytes(cfg, policy_config, counts, dtype, world, cfg.lora_r,
+                      cfg.gradient_checkpointing)
     gib = lambda b: f"{b / 2**30:.1f} GiB"
     host = load_bytes(policy_config, counts, dtype, world, cfg.lora_r, local_world)[1]
     if host_bytes is not None and host > host_bytes:
@@ -241,11 +257,13 @@ def check_memory(cfg, device_bytes, world=1, dtype=torch.bfloat16, host_bytes=No
             continue
         fits = plan_bytes(cfg, policy_config, counts, dtype, world, lora_r, ckpt)
         if fits <= device_bytes:
-            raise ValueError(f"This run needs about {gib(need)} per GPU but the GPU has {gib(device_bytes)}; "
-                             f"add {flags} (about {gib(fits)}) or run on more GPUs with torchrun.")
-    raise ValueError(f"This run needs about {gib(need)} per GPU but the GPU has {gib(device_bytes)}, and still does "
-                     "not fit with --lora_r 64 --gradient_checkpointing; lower --micro_batch_size and --batch_size "
-                     "or run full fine-tuning on more GPUs with torchrun.")
+            raise ValueError(f"This run needs about {gib(need)} per GPU but the GPU has "
+                             f"{gib(device_bytes)}; add {flags} (about {gib(fits)}) or run on "
+                             "more GPUs with torchrun.")
+    raise ValueError(f"This run needs about {gib(need)} per GPU but the GPU has "
+                     f"{gib(device_bytes)}, and still does not fit with --lora_r 64 "
+                     "--gradient_checkpointing; lower --micro_batch_size and --batch_size or run "
+                     "full fine-tuning on more GPUs with torchrun.")
 
 
 def check_device(cfg, device, world, dtype=None):
