@@ -1,7 +1,8 @@
 """Loading a run: the world fills the empty model and prompt paths, then the networks are built.
 
-- `resolve_models`: policy / reward / cost paths left empty come from the built-in toy world (or
-  the smol world with `--preset smol`), which rank 0 prepares first under torchrun;
+- `resolve_world`: policy / reward / cost / prompt paths left empty come from a world
+  (worlds/__init__.py: the built-in toy world, or the smol world with `--preset smol`), which
+  rank 0 prepares first under torchrun;
 - `prompt_pool`: the training prompts, raw (as the scorers see them) and formatted for the policy;
 - `load_models`: policy, frozen reference, critic with K value heads, reward and cost scorers,
   fresh or from a checkpoint, sharded by FSDP2 under torchrun with the MGDA parameters kept whole.
@@ -12,6 +13,7 @@ Left out on purpose: models from anywhere but a local folder or the Hugging Face
 import os
 
 import gapo
+import worlds
 from data import format_policy_prompt, load_prompts
 from model import Critic, default_dtype, load_policy, load_reference, load_tokenizer
 from rewards import load_score_model
@@ -20,38 +22,26 @@ from runs import load_policy_weights
 from scale import distributed
 
 
-def resolve_models(cfg):
-    """Fill policy / reward / cost from the toy world when they are empty (rank 0 builds it first).
-    Returns the toy world module when the prompts come from it, else None."""
+def resolve_world(cfg):
+    """Fill the empty policy / reward_model / cost_model / prompts of cfg from the run's world
+    (rank 0 prepares it first, the other ranks then reuse what it built). Returns that World, or
+    None when cfg names all four and no world is needed."""
     if cfg.policy and cfg.reward_model and cfg.cost_model and cfg.prompts:
         return None
-    if cfg.preset == "smol":
-        from worlds import smol
-        with distributed.main_first():
-            print(f"smol: using (or preparing, on first use) SmolLM2-135M-Instruct and its reward "
-                  f"and cost models in {cfg.smol_dir}")
-            paths = smol.ensure_smol(cfg.smol_dir, cfg.smol_data, cfg.smol_policy, cfg.smol_size)
-        for key, part in (("policy", "policy"), ("reward_model", "reward"),
-                          ("cost_model", "cost"), ("prompts", "prompts")):
-            setattr(cfg, key, getattr(cfg, key) or paths[part])
-        return None
-    from worlds import toyworld
-    toy_dir = cfg.toy_dir or toyworld.default_dir(cfg.toy_size)
-    with distributed.main_first():  # says the world is valid, or builds it (a minute, once)
-        toyworld.ensure_toyworld(toy_dir, size=cfg.toy_size)
-    paths = toyworld.toy_paths(toy_dir)
-    cfg.policy = cfg.policy or paths["sft"]
-    cfg.reward_model = cfg.reward_model or paths["reward"]
-    cfg.cost_model = cfg.cost_model or paths["cost"]
-    return toyworld
+    with distributed.main_first():  # says the world is valid, or builds it (minutes, once)
+        world = worlds.prepare(cfg)
+    for key in ("policy", "reward_model", "cost_model", "prompts"):
+        setattr(cfg, key, getattr(cfg, key) or getattr(world, key))
+    return world
 
 
-def prompt_pool(cfg, toyworld_module, tokenizer):
-    """(raw prompts for the scorers, formatted prompts for the policy), same order."""
+def prompt_pool(cfg, world, tokenizer):
+    """(raw prompts for the scorers, formatted prompts for the policy), same order: cfg.prompts
+    when the run names them, else the world's own training prompts."""
     if cfg.prompts:
         raw = load_prompts(cfg.prompts, split=cfg.prompt_split)
     else:
-        raw = [p.text for p in toyworld_module.train_prompts()]
+        raw = list(world.train_prompts or []) if world is not None else []
     if not raw:
         raise ValueError("the prompt set is empty; give --prompts a file or data set with prompts.")
     return raw, [format_policy_prompt(tokenizer, p) for p in raw]

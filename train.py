@@ -302,7 +302,7 @@ def train(argv):
         cfg = cli.parse_config(Config, PRESETS, argv, __doc__.split("\n")[0], lora_lr=LORA_LR)
         pref = cli.check_config(cfg, K)
         rank, world, device, resume_from = runs.start_run(cfg)
-        toyworld = loading.resolve_models(cfg)  # empty model paths: the built-in toy world's
+        prepared = loading.resolve_world(cfg)  # empty model / prompt paths: the world's
         if rank == 0:
             runs.write_config(cfg)  # with the resolved model paths, for evaluate.py
         dtype = None if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
@@ -312,12 +312,13 @@ def train(argv):
         # under torchrun sharded by FSDP2, with the MGDA parameters kept whole (loading.load_models).
         tokenizer, policy, reference, critic, scorers, mgda_params = loading.load_models(
             cfg, device, dtype, world, resume_from, K)
-        raw, formatted = loading.prompt_pool(cfg, toyworld, tokenizer)
+        raw, formatted = loading.prompt_pool(cfg, prepared, tokenizer)
         if cfg.eval_every and world > 1:
             raise ValueError("--eval_every runs in one process; under torchrun evaluate the "
                              "checkpoints with evaluate.py instead.")
-        toy_prompts = toyworld is not None and not cfg.prompts  # the toy world's, with its judge
-        eval_prompts = heldout_prompts(cfg, toy_prompts) if cfg.eval_every else []
+        # on the toy world's own prompts its judge gives the ground truth too
+        toy_prompts = prepared is not None and prepared.ground_truth and not cfg.prompts
+        eval_prompts = heldout_prompts(cfg, prepared) if cfg.eval_every else []
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}")
     models = {"policy": policy, "critic": critic, "reward": scorers[0].model,

@@ -26,11 +26,7 @@ def toy_test_prompts(limit=None):
     """The toy world's held-out prompts, benign and harmful interleaved so that a --limit keeps
     both classes (seed 0: the split train.py trains on)."""
     from worlds import toyworld
-    test = toyworld.test_prompts()
-    benign = [p.text for p in test if not p.harmful]
-    harmful = [p.text for p in test if p.harmful]
-    prompts = ([p for pair in zip(benign, harmful) for p in pair] + benign[len(harmful):]
-               + harmful[len(benign):])
+    prompts = toyworld.test_texts()
     return prompts[:limit] if limit else prompts
 
 
@@ -77,12 +73,15 @@ def heldout_metrics(policy, tokenizer, scorers, prompts, generation, toy, sample
     return metrics(raw, responses, scored["reward"], scored["cost"], toy)
 
 
-def heldout_prompts(cfg, toy):
-    """The prompts train.py's --eval_every measures: the toy world's test prompts when the run
-    trains on the toy world's, else the test split of cfg.prompts (one sentence when it has
-    none)."""
-    if toy:
-        return toy_test_prompts()
+def heldout_prompts(cfg, world=None):
+    """The prompts train.py's --eval_every measures: the world's test prompts when the run trains
+    on the world's own (cfg.prompts empty; world: the worlds.World loading.resolve_world gave),
+    else the test split of cfg.prompts (one sentence when it has none)."""
+    if world is not None and not cfg.prompts:
+        if world.test_prompts is None:
+            raise ValueError(f"--eval_every needs held-out prompts, and the {world.name} world has "
+                             f"none; evaluate checkpoints with evaluate.py instead.")
+        return list(world.test_prompts)
     if os.path.isfile(cfg.prompts):
         raise ValueError(f"--eval_every needs held-out prompts, and {cfg.prompts} is one file with "
                          f"no test split; evaluate checkpoints with evaluate.py --prompts instead.")

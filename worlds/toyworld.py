@@ -12,6 +12,9 @@ What it does
   prompts) and a cost model trained on safety pairs plus safe/unsafe labels (cost > 0 means
   unsafe, as for the beaver cost model), both with the beaver score-model class of model.py and
   the trainer of worlds/score_training.py.
+- prepare(cfg): the World a run trains in (the contract in worlds/__init__.py): the checked (or
+  built) world's models, its train prompts, its held-out prompts interleaved (test_texts), its
+  judge.
 - Writes a manifest with the build's figures and the SHA-256 of every file, and a fingerprint of
   the world's text and recipe (world_hash), so a stale or damaged world is rebuilt, never used.
 Both score models start from the SFT policy's backbone (as InstructGPT and Safe RLHF do); from a
@@ -44,6 +47,7 @@ import torch
 
 # The world's text. judge is only read by others, as toyworld.judge (hence the noqa); they also
 # read train_prompts, test_prompts, ground_truth_rates and harmful_steps from here.
+from worlds import World
 from worlds.toytext import (BENIGN, CLASS, HARD, HARMFUL, REFUSALS, SFT_MIX,  # noqa: F401
                             SFT_NSTEPS, TEMPLATES, VAGUE, ToyPrompt, ground_truth_rates,
                             harmful_steps, judge, make_pairs, make_response, sft_response,
@@ -244,6 +248,28 @@ def default_dir(size="default"):
 def toy_paths(path=SHIPPED):
     """Absolute paths of the built world's parts: {"tokenizer", "sft", "reward", "cost"}."""
     return {k: os.path.abspath(os.path.join(path, v)) for k, v in PATHS.items()}
+
+
+def test_texts(seed=0):
+    """The held-out prompts' text, benign and harmful interleaved so that a prefix keeps both
+    classes (seed 0: the split train.py trains on)."""
+    test = test_prompts(seed)
+    benign = [p.text for p in test if not p.harmful]
+    harmful = [p.text for p in test if p.harmful]
+    return ([p for pair in zip(benign, harmful) for p in pair] + benign[len(harmful):]
+            + harmful[len(benign):])
+
+
+def prepare(cfg):
+    """The toy world of a run (the contract in worlds/__init__.py): the world at cfg.toy_dir (the
+    shipped one for the default size), checked, or built when it is missing or stale (a minute,
+    once); its own train and test prompts, and its judge."""
+    toy_dir = cfg.toy_dir or default_dir(cfg.toy_size)
+    ensure_toyworld(toy_dir, size=cfg.toy_size)
+    paths = toy_paths(toy_dir)
+    return World("toy", paths["sft"], paths["reward"], paths["cost"],
+                 train_prompts=[p.text for p in train_prompts()], test_prompts=test_texts(),
+                 ground_truth=True)
 
 
 def world_hash():
