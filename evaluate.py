@@ -12,7 +12,7 @@ The paper's Sec. 4.2 and Table 1 (docs/decisions.md, "Evaluation"). Each run's t
 gives the models and generation settings; prompts are the toy world's test prompts for toy runs,
 else the run's source with --prompt_split (or --prompts); sampling uses a fixed seed per batch, so
 every checkpoint sees the same noise. Helpful = mean reward, Harmless = mean -cost, Avg = their
-mean, Harmless ratio = share with cost <= 0. On the toy world the ground truth (toyworld.judge)
+mean, Harmless ratio = share with cost <= 0. On the toy world the ground truth (toytext.judge)
 stands beside the learned scores: harmful compliance, over-refusal, truly safe share and how often
 the cost's sign agrees with it, so reward hacking shows as a gap. Runs that differ only by seed are
 one row, mean ± sample std. Generations and scores are cached per checkpoint in <out>/cache/ (keyed

@@ -237,11 +237,6 @@ def solve_min_norm(gram, max_iter=1000, tol=1e-12):
     return MinNormSolution(torch.from_numpy(alpha), iterations, gap, float(alpha @ gram @ alpha))
 
 
-def frank_wolfe(gram, max_iter=1000, tol=1e-12):
-    """The weights alpha (K,), alpha >= 0, sum 1, minimising alpha^T gram alpha (Problem 7)."""
-    return solve_min_norm(gram, max_iter=max_iter, tol=tol).alpha
-
-
 @dataclass
 class GapoWeights:
     weights: torch.Tensor  # (K,) w_i multiplying each loss L_i in the single weighted backward

@@ -160,11 +160,6 @@ class Scorer:
     name: str = "reward"  # "reward" or "cost"; pair_accuracy (worlds/score_training.py) reads it
 
 
-def load_scorer(name_or_path, name, device=None, dtype=None) -> Scorer:
-    model, tokenizer = load_score_model(name_or_path, device=device, dtype=dtype)
-    return Scorer(model, tokenizer, name)
-
-
 def _device(model) -> torch.device:
     try:
         return next(model.parameters()).device

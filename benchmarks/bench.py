@@ -57,7 +57,6 @@ from benchmarks.paper_models import (build_models, configs, matmul_params, rando
                                      save_random_models, word_tokenizer)
 # Not used here: the paper's sizes stay importable from bench, where other code has always taken
 # them.
-from benchmarks.paper_models import LLAMA_7B, MISTRAL_7B, TOKEN_IDS  # noqa: F401
 from scale.memory import param_count_from_config
 from rollout import Rollout, gae, generate, kl_shaped_rewards, response_logprobs, response_values
 from scale.memory import activation_and_cache_bytes, memory_plan, plan_bytes

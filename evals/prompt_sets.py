@@ -28,9 +28,7 @@ import os
 import sys
 
 # The files and their readers live below evals/ so that worlds/smol.py can keep evaluation
-# prompts out of its training data without importing evals/. SOURCES is imported for the callers
-# that read it here (evals.prompt_sets.SOURCES), hence the noqa.
-from worlds.eval_sets import (SET_FILES, SOURCES, STANDARD_SETS, EvalPrompt,  # noqa: F401
+from worlds.eval_sets import (SET_FILES, STANDARD_SETS, EvalPrompt,
                               load_jsonl_set, load_xstest)
 
 

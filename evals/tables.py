@@ -98,9 +98,9 @@ def aggregate(rows, keys):
 def toy_metrics(prompts, responses, cost):
     """Ground truth of the toy world beside the learned cost's verdict (cost > 0 = predicted
     unsafe)."""
-    from worlds import toyworld
-    gt = toyworld.ground_truth_rates(prompts, responses)
-    unsafe = np.array([toyworld.harmful_steps(r) > 0 for r in responses])
+    from worlds import toytext
+    gt = toytext.ground_truth_rates(prompts, responses)
+    unsafe = np.array([toytext.harmful_steps(r) > 0 for r in responses])
     return {"harmful_compliance": gt["harmful_compliance"], "over_refusal": gt["over_refusal"],
             "benign_helpful": gt["benign_helpful"], "gt_safe": 1.0 - gt["unsafe_content"],
             "cost_sign_agrees": float(((np.asarray(cost) > 0) == unsafe).mean()),

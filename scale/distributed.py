@@ -159,10 +159,6 @@ def all_reduce_sum(tensor):
     return out
 
 
-def all_reduce_mean(tensor):
-    return all_reduce_sum(tensor) / get_world_size()
-
-
 def all_gather_rows(tensor):
     """(B, ...) on each rank -> (world * B, ...) in rank order, on every rank (B must match across
     ranks). Global statistics exactly: the mean cost for the Lagrange multiplier, fast-rl's mean

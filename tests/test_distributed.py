@@ -47,7 +47,7 @@ def test_activation_and_cache_bytes_by_hand():
 
 
 def mistral_7b():
-    from benchmarks.bench import MISTRAL_7B, TOKEN_IDS
+    from benchmarks.paper_models import MISTRAL_7B, TOKEN_IDS
     from transformers import MistralConfig
     return MistralConfig(**MISTRAL_7B, **TOKEN_IDS)
 
@@ -71,7 +71,7 @@ def test_lora_param_count_matches_peft():
 def test_memory_check_refuses_full_finetuning_on_one_80gb_gpu_and_names_the_fix(tmp_path):
     import cli
     import train
-    from benchmarks.bench import LLAMA_7B, TOKEN_IDS
+    from benchmarks.paper_models import LLAMA_7B, TOKEN_IDS
     from transformers import LlamaConfig
     policy, scorer = tmp_path / "policy", tmp_path / "scorer"
     mistral_7b().save_pretrained(policy)
@@ -418,7 +418,7 @@ def test_single_process_helpers_are_plain_torch():
     assert distributed.init_distributed("cpu") == (0, 1, torch.device("cpu"))
     assert distributed.is_main() and distributed.get_world_size() == 1
     x = torch.arange(6.0).reshape(3, 2)
-    assert distributed.all_gather_rows(x) is x and torch.equal(distributed.all_reduce_mean(x), x)
+    assert distributed.all_gather_rows(x) is x and torch.equal(distributed.all_reduce_sum(x), x)
     grads = [[torch.ones(2)], [torch.zeros(2)]]
     assert distributed.global_gradients(grads) is grads
     p = torch.nn.Parameter(torch.ones(4))

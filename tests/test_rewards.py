@@ -6,10 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_tiny_tokenizer
+from conftest import load_scorer, make_tiny_tokenizer
 from data import format_scorer_text
-from rewards import new_score_model
-from rewards import Scorer, load_scorer, objective_matrix, score_texts
+from rewards import Scorer, new_score_model, objective_matrix, score_texts
 from worlds.score_training import sign_accuracy
 
 CPU = torch.device("cpu")

@@ -162,7 +162,7 @@ def test_reports_and_prompts(world):
 
 
 def test_cost_zero_splits_heldout_harmless_pairs_as_reported(world):
-    from rewards import load_scorer
+    from conftest import load_scorer
     _, data, paths, _ = world
     with open(os.path.join(paths["cost"], "report.json")) as f:
         zero = json.load(f)["zero"]
@@ -241,7 +241,8 @@ def test_failed_calls_leave_the_cache_whole(world):
 def test_chatml_prompts_rollout_masks_and_scores(world):
     from data import format_policy_prompt
     from model import load_tokenizer
-    from rewards import load_scorer, score_texts
+    from conftest import load_scorer
+    from rewards import score_texts
     from rollout import decode_responses, generate
     from transformers import AutoModelForCausalLM
     paths = world[2]

@@ -45,12 +45,11 @@ import time
 import numpy as np
 import torch
 
-# The world's text. judge is only read by others, as toyworld.judge (hence the noqa); they also
-# read train_prompts, test_prompts, ground_truth_rates and harmful_steps from here.
+# The world's text (worlds/toytext.py).
 from worlds import World
-from worlds.toytext import (BENIGN, CLASS, HARD, HARMFUL, REFUSALS, SFT_MIX,  # noqa: F401
+from worlds.toytext import (BENIGN, CLASS, HARD, HARMFUL, REFUSALS, SFT_MIX,
                             SFT_NSTEPS, TEMPLATES, VAGUE, ToyPrompt, ground_truth_rates,
-                            harmful_steps, judge, make_pairs, make_response, sft_response,
+                            harmful_steps, make_pairs, make_response, sft_response,
                             test_prompts, train_prompts, world_words)
 
 FORMAT_VERSION = 1
