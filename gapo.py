@@ -220,7 +220,13 @@ def loss_weights(method, losses, params, p, preference, reduce_grads=None, weigh
     info["raw_weight_sum"] = float(weights.sum())
     if weight_scale == "sum_one" and weights.sum() > 0:
         weights = weights / weights.sum()  # same direction; mgda and gapo-eq17 already sum to 1
-    return weights.float(), info
+    out = weights.float()
+    if not torch.isfinite(out).all():  # raw p = 2 weights alpha_i / n_i^2 pass 3e38 for n ~ 3e-20
+        raise FloatingPointError(f"the raw loss weights {[f'{w:.3g}' for w in weights.tolist()]} "
+                                 f"overflow float32 (gradient norms "
+                                 f"{[f'{n:.3g}' for n in info['grad_norms']]}); "
+                                 f"--weight_scale sum_one keeps them finite")
+    return out, info
 
 
 def value_loss(values, old_values, returns, response_mask, clip_value):

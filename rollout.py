@@ -137,20 +137,21 @@ def response_values(critic, input_ids, attention_mask, R):
 
 
 def kl_shaped_rewards(scores, logprobs, ref_logprobs, response_mask, kl_coef, clip_score):
-    """Eq. 14 per objective: r_i,t = -beta (log pi - log pi_ref) + clip(score_i) at the last token.
+    """Eq. 14 per objective: r_i,t = clip(-beta (log pi - log pi_ref) + score_i [t = last token]).
 
     Decision (docs/decisions.md, "KL sign"): the KL penalty enters EVERY objective with the same,
     negative sign; the paper's flipped sign on the harmlessness channel is a typo that would reward
-    drifting away from the reference. scores (B, K), logprobs / ref_logprobs / response_mask (B, R)
-    -> (B, R, K).
+    drifting away from the reference. The clip to +-clip_score applies to every shaped per-token
+    reward, KL term included, as Safe RLHF clips them (not to the score alone).
+    scores (B, K), logprobs / ref_logprobs / response_mask (B, R) -> (B, R, K).
     """
     B, K = scores.shape
     assert logprobs.shape == ref_logprobs.shape == response_mask.shape and logprobs.shape[0] == B
     kl_penalty = -kl_coef * (logprobs - ref_logprobs) * response_mask  # (B, R)
     rewards = kl_penalty.unsqueeze(-1).repeat(1, 1, K)  # (B, R, K)
     last = (response_mask.sum(dim=1).long() - 1).clamp(min=0)  # (B,) index of the final token
-    rewards[torch.arange(B), last] += scores.clamp(-clip_score, clip_score).to(rewards.dtype)
-    return rewards
+    rewards[torch.arange(B), last] += scores.to(rewards.dtype)
+    return rewards.clamp(-clip_score, clip_score)
 
 
 def gae(rewards, values, response_mask, gamma, lam):

@@ -328,3 +328,16 @@ def test_last_block_depth_from_text_config_and_a_clear_error():
     with pytest.raises(ValueError, match="decoder block 2 has no trainable parameter") as err:
         gapo.mgda_parameters(model, "last_block")
     assert "--mgda_params all" in str(err.value) and "use --mgda_params last_block" not in str(err.value)
+
+
+def test_raw_weights_that_overflow_float32_stop_with_one_sentence():
+    """Raw GAPO p = 2 weights alpha_i / n_i^2 pass float32's 3.4e38 when the gradient norms are
+    near 3e-20 (here both, so alpha = (1/2, 1/2)): the step stops with a sentence instead of a
+    backward through infinite weights; the default sum-one scale keeps the same direction
+    finite."""
+    g = torch.tensor([[3e-20, 0.0], [0.0, 3e-20]])
+    with pytest.raises(FloatingPointError, match="overflow float32.*--weight_scale sum_one"):
+        gapo.loss_weights("gapo", *linear_losses(g), 2.0, [0.5, 0.5], weight_scale="raw")
+    weights, info = gapo.loss_weights("gapo", *linear_losses(g), 2.0, [0.5, 0.5])
+    assert torch.isfinite(weights).all() and weights.sum().item() == pytest.approx(1.0)
+    assert info["raw_weight_sum"] > 3.4e38  # the raw sum itself is past float32's range

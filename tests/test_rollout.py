@@ -47,10 +47,16 @@ def test_kl_shaping_sign_and_score_position():
     # A token the policy likes more than the reference is PENALISED in every objective (same sign).
     assert torch.allclose(rewards[0, 0], torch.tensor([-0.1, -0.1]))
     assert torch.allclose(rewards[1, 0], torch.tensor([-0.05, -0.05]))
-    # The (clipped) score sits on the last real response token only.
-    assert torch.allclose(rewards[0, 2], torch.tensor([3.0 + 0.1, -50.0 + 0.1]))
+    # The score sits on the last real response token only; the clip applies to the shaped
+    # per-token reward (score + KL term), as Safe RLHF clips it: -100 + 0.1 -> -50, not -49.9.
+    assert torch.allclose(rewards[0, 2], torch.tensor([3.0 + 0.1, -50.0]))
     assert torch.allclose(rewards[1, 1], torch.tensor([0.5, 2.0]))
     assert (rewards[1, 2] == 0).all()
+    # A KL term alone beyond the clip is clipped too (a policy far from the reference).
+    far = kl_shaped_rewards(scores, logprobs + 1000.0, ref_logprobs, mask, kl_coef=0.1,
+                            clip_score=50.0)
+    assert torch.equal(far[0, 0], torch.tensor([-50.0, -50.0]))
+    assert far.abs().max() == 50.0
 
 
 def test_response_mask_ends_at_first_eos_even_when_pad_is_eos():
