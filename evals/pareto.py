@@ -1,15 +1,22 @@
-"""Table 1's Pareto front: dominance, the 2-D hypervolume, the printed summary and the plot.
+"""Table 1's Pareto front: dominance, the hypervolume in any number of objectives, the printed
+summary and the plot.
 
 Every row of Table 1 (paper Sec. 4.2; docs/decisions.md, "Evaluation") is a point (Helpful,
 Harmless), both maximised. A point is on the non-dominated front when no other is at least as good
-on both axes and better on one. The hypervolume of a set of points is the area they dominate above
-a reference point, stated beside it: the per-axis minimum over all points minus 5% of the axis
-range, so every point adds area; it is given per method family and for all points together.
-plot_pareto draws pareto.png (and pareto.pdf): a marker per row, lines over lam for P-GAPO, MORLHF
-and soups, the front, the reference point.
+on every axis and better on one. The hypervolume of a set of points is the volume they dominate
+above a reference point, stated beside it: the per-axis minimum over all points minus 5% of the
+axis range, so every point adds volume; it is given per method family and for all points together.
+dominates, pareto_front, hypervolume and reference_point take N points of K objectives for any
+K >= 1 (hypervolume: exact, by slicing along the last axis down to the 2-D sweep
+hypervolume_2d); front_and_volumes, format_front and plot_pareto read the two columns (helpful,
+harmless) of Table 1's rows. plot_pareto draws pareto.png (and pareto.pdf): a marker per row,
+lines over lam for P-GAPO, MORLHF and soups, the front, the reference point.
 
 Run: nothing to run; evaluate.py calls it, tests/test_pareto.py checks it.
-Left out on purpose: hypervolume in more than two dimensions (K = 2 objectives here).
+Left out on purpose: the summary and the plot for more than two objectives (Table 1's rows carry
+two), a fast hypervolume for many objectives or thousands of points (the slicing costs
+O(N^(K-1) log N): fine for K <= 4 and a few hundred points), approximate (Monte Carlo)
+hypervolumes and per-point hypervolume contributions.
 """
 import os
 import textwrap
@@ -45,9 +52,65 @@ def hypervolume_2d(points, ref):
     return area
 
 
+def _slice_volume(pts, ref):
+    """Volume dominated by pts (N, K), every row > ref (K,) on every axis, for K >= 2. Slices
+    along the last axis (the HSO recursion): going down the distinct last coordinates, each slab
+    between one and the next (or ref) is its depth times the (K-1)-dimensional volume of the points
+    at or above it. A point whose projection is weakly dominated by one already taken leaves the
+    cross-section as it was, so it is skipped and the dominated ones are dropped as better ones
+    arrive. K = 2 is the sweep of hypervolume_2d, vectorised: x descending, each point adds its
+    width times the height it rises above the best before it."""
+    if pts.shape[1] == 2:
+        pts = pts[np.lexsort((-pts[:, 1], -pts[:, 0]))]
+        top = np.maximum.accumulate(np.concatenate([[ref[1]], pts[:, 1]]))[:-1]
+        return float(np.sum((pts[:, 0] - ref[0]) * np.maximum(pts[:, 1] - top, 0.0)))
+    pts = pts[np.argsort(-pts[:, -1], kind="stable")]
+    below = np.append(pts[1:, -1], ref[-1])  # where each point's slab ends
+    taken = np.empty((0, pts.shape[1] - 1))  # the non-dominated projections so far
+    volume, section, stale = 0.0, 0.0, False
+    for p, low in zip(pts, below):
+        q = p[:-1]
+        if not (taken >= q).all(1).any():  # q adds to the cross-section
+            taken = np.vstack([taken[~(q >= taken).all(1)], q])
+            stale = True
+        if p[-1] > low:
+            if stale:
+                section, stale = _slice_volume(taken, ref[:-1]), False
+            volume += (p[-1] - low) * section
+    return volume
+
+
+def hypervolume(points, ref):
+    """Volume dominated by points (N, K) and dominating ref (K,), every objective maximised, for
+    any K >= 1; points not strictly better than ref on every axis add nothing. Exact: K = 1 is a
+    length, K = 2 is hypervolume_2d (the same number), K >= 3 slices along the last axis, which
+    costs O(N^(K-1) log N) time at worst (N slices per level), less when the slices' projections
+    dominate one another."""
+    r = np.asarray(ref, dtype=np.float64)
+    if r.ndim != 1 or r.size == 0:
+        raise ValueError(f"ref must be a vector of K >= 1 objectives, got shape {r.shape}")
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.size == 0:
+        return 0.0
+    if pts.ndim != 2 or pts.shape[1] != r.size:
+        raise ValueError(f"points must be (N, {r.size}) to match ref, got shape {pts.shape}")
+    if r.size == 2:
+        return float(hypervolume_2d(points, ref))
+    pts = pts[(pts > r).all(1)]
+    if len(pts) == 0:
+        return 0.0
+    if r.size == 1:
+        return float(pts.max() - r[0])
+    return _slice_volume(pts, r)
+
+
 def reference_point(points, margin=0.05):
-    """Per-axis minimum over all points minus margin x the axis range (x 1 when the range is 0)."""
-    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    """Per-axis minimum over the points (N, K) minus margin x the axis range (x 1 when the range
+    is 0): a K-vector every point is strictly better than, so each adds volume."""
+    pts = np.asarray(points, dtype=np.float64)
+    pts = pts.reshape(1, -1) if pts.ndim == 1 else pts  # a single point
+    if pts.ndim != 2 or pts.size == 0:
+        raise ValueError(f"reference_point needs points of shape (N, K), got {pts.shape}")
     lo, hi = pts.min(0), pts.max(0)
     return (lo - margin * np.where(hi - lo > 0, hi - lo, 1.0)).tolist()
 
@@ -57,10 +120,10 @@ def front_and_volumes(agg):
     'all points'), over (helpful, harmless)."""
     pts = [(r["helpful"], r["harmless"]) for r in agg]
     ref, front = reference_point(pts), [agg[i]["group"] for i in pareto_front(pts)]
-    volumes = ({fam: hypervolume_2d([(r["helpful"], r["harmless"]) for r in agg
-                                     if r["family"] == fam], ref)
+    volumes = ({fam: hypervolume([(r["helpful"], r["harmless"]) for r in agg
+                                  if r["family"] == fam], ref)
                 for fam in dict.fromkeys(r["family"] for r in agg)}
-               | {"all points": hypervolume_2d(pts, ref)})
+               | {"all points": hypervolume(pts, ref)})
     return ref, front, volumes
 
 

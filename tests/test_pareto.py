@@ -1,12 +1,14 @@
 """evals/pareto.py: dominance and the front by hand, the 2-D hypervolume against a known staircase
-and an independent grid count, the reference point, the printed summary, and the Pareto plot (a
+and an independent grid count, the K-objective hypervolume against exact unit-cell counts (K = 3,
+4), a Monte Carlo estimate, lengths (K = 1), hypervolume_2d (K = 2) and moocore where installed,
+its invariances, the reference point in K dimensions, the printed summary, and the Pareto plot (a
 single-point front still drawn, the better direction said, a crowded cluster named in the legend,
 every legend entry its own look)."""
 import numpy as np
 import pytest
 
-from evals.pareto import (HV_RULE, dominates, format_front, front_and_volumes, hypervolume_2d,
-                          pareto_front, plot_pareto, reference_point)
+from evals.pareto import (HV_RULE, dominates, format_front, front_and_volumes, hypervolume,
+                          hypervolume_2d, pareto_front, plot_pareto, reference_point)
 
 
 def test_dominance_and_front():
@@ -36,6 +38,114 @@ def test_hypervolume_of_a_known_front_and_against_a_grid():
         covered |= (X <= x) & (Y <= y)
     assert hypervolume_2d(pts, (0, 0)) == pytest.approx(covered.mean(), abs=5e-3)
     assert reference_point([(1, 3), (2, 2), (3, 1)]) == pytest.approx([0.9, 0.9])
+
+
+def cell_count(points, ref):
+    """Exact volume of integer points (N, K) above an integer ref: the unit cells [c, c + 1]^K
+    from ref up to the largest coordinate whose upper corner some point reaches on every axis."""
+    points, ref = np.asarray(points), np.asarray(ref)
+    axes = [np.arange(r, max(r, points[:, k].max())) for k, r in enumerate(ref)]
+    corners = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(ref)) + 1
+    return int(sum((corners <= p).all(1) for p in points).astype(bool).sum())
+
+
+def test_hypervolume_by_hand_in_three_dimensions():
+    assert hypervolume([(2, 3, 4)], (0, 0, 0)) == 24.0
+    # two boxes, 4 and 3, overlapping in a unit cube
+    assert hypervolume([(2, 2, 1), (1, 1, 3)], (0, 0, 0)) == 6.0
+    assert hypervolume([(2, 2, 1), (1, 1, 3)], (1, 0, 0)) == 2.0  # the second is not above ref
+    assert hypervolume([], (0, 0, 0)) == 0.0 and hypervolume(np.zeros((0, 3)), (0, 0, 0)) == 0.0
+    assert hypervolume([(1, 1, 1)], (1, 0, 0)) == 0.0  # equal to ref on one axis: nothing
+    with pytest.raises(ValueError):
+        hypervolume([(1, 2)], (0, 0, 0))  # two objectives against a 3-D reference
+    with pytest.raises(ValueError):
+        hypervolume([(1, 2, 3)], [])
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_hypervolume_equals_the_unit_cell_count_of_integer_points(k):
+    rng = np.random.default_rng(k)
+    for trial in range(40):
+        points = rng.integers(-1, 6, size=(rng.integers(1, 12), k))
+        ref = rng.integers(-2, 1, size=k)
+        # integers: every slab and section is an exact float, so equality is exact
+        assert hypervolume(points, ref) == cell_count(points, ref), (trial, points, ref)
+
+
+def test_hypervolume_against_a_monte_carlo_estimate():
+    rng = np.random.default_rng(3)
+    points = rng.uniform(0, 1, size=(15, 3))
+    samples = rng.uniform(0, 1, size=(200_000, 3))  # the unit cube above ref = 0
+    hit = np.zeros(len(samples), dtype=bool)
+    for p in points:
+        hit |= (samples <= p).all(1)
+    share = hit.mean()
+    sigma = np.sqrt(share * (1 - share) / len(samples))
+    assert abs(hypervolume(points, (0, 0, 0)) - share) < 5 * sigma
+
+
+def test_hypervolume_of_one_objective_is_a_length():
+    assert hypervolume([(3.0,), (1.5,), (-2.0,)], (1.0,)) == 2.0
+    assert hypervolume([[0.5], [1.0]], [1.0]) == 0.0  # none strictly above ref
+    assert hypervolume([[2.0]], [-1.0]) == 3.0
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_hypervolume_ignores_duplicates_dominated_points_order_and_axis_order(k):
+    rng = np.random.default_rng(10 + k)
+    for _ in range(10):
+        points = rng.uniform(-0.2, 1, size=(20, k))
+        ref = np.full(k, -0.1)
+        hv = hypervolume(points, ref)
+        worse = points[rng.integers(0, 20, size=10)] - rng.uniform(0, 0.3, size=(10, k))
+        more = np.concatenate([points, points[:5], worse])
+        assert hypervolume(more, ref) == pytest.approx(hv, rel=1e-12)
+        assert hypervolume(more[rng.permutation(len(more))], ref) == pytest.approx(hv, rel=1e-12)
+        axes = rng.permutation(k)
+        assert hypervolume(points[:, axes], ref[axes]) == pytest.approx(hv, rel=1e-12)
+        # only the non-dominated points matter
+        front = points[pareto_front(points.tolist())]
+        assert hypervolume(front, ref) == pytest.approx(hv, rel=1e-12)
+
+
+def test_hypervolume_of_two_objectives_is_hypervolume_2d_exactly():
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        n = rng.integers(0, 30)
+        points = rng.uniform(-1, 1, size=(n, 2)).round(rng.integers(1, 4))  # ties on both axes
+        ref = rng.uniform(-1, 0, size=2).round(1)
+        as_lists = [tuple(p) for p in points.tolist()]
+        assert hypervolume(points, ref) == hypervolume_2d(points, ref)
+        assert hypervolume(as_lists, list(ref)) == hypervolume_2d(as_lists, list(ref))
+
+
+def test_hypervolume_against_moocore_where_installed():
+    moocore = pytest.importorskip("moocore")
+    rng = np.random.default_rng(7)
+    for k, n in [(3, 40), (4, 30), (5, 15)]:
+        points = rng.uniform(-0.5, 1, size=(n, k))
+        ref = np.full(k, -0.2)
+        expected = moocore.hypervolume(points, ref=ref, maximise=True)
+        assert hypervolume(points, ref) == pytest.approx(expected, rel=1e-12)
+
+
+def test_reference_point_in_k_dimensions():
+    points = [(1, 3, 0), (2, 2, 0), (3, 1, 0)]
+    # ranges 2, 2, 0 (x 1 when the range is 0)
+    assert reference_point(points) == pytest.approx([0.9, 0.9, -0.05])
+    assert reference_point(points, margin=0.5) == pytest.approx([0.0, 0.0, -0.5])
+    assert reference_point([(2.0, 5.0)]) == pytest.approx([1.95, 4.95])  # one point, range 0
+    assert reference_point([2.0, 5.0]) == pytest.approx([1.95, 4.95])  # the same, flat
+    assert reference_point([(4.0,), (2.0,)]) == pytest.approx([1.9])
+    rng = np.random.default_rng(2)
+    for k in (2, 3, 4):
+        pts = rng.normal(size=(9, k))
+        ref = np.asarray(reference_point(pts))
+        assert ref.shape == (k,) and (pts > ref).all()
+        lo, hi = pts.min(0), pts.max(0)
+        assert ref.tolist() == (lo - 0.05 * (hi - lo)).tolist()  # the 2-D rule, per axis
+    with pytest.raises(ValueError):
+        reference_point([])
 
 
 def test_pareto_plot_labels_points_shows_a_single_point_front_and_the_better_direction(tmp_path):
