@@ -8,11 +8,12 @@ What it does
   checks, shared with the worlds so that every data file gets the same one-sentence errors:
   worlds/preference_pairs.py reads the (prompt, better, worse) pairs for score-model training
   through them, worlds/eval_sets.py the evaluation files.
-- format_policy_prompt / format_scorer_text: the policy's own chat template, and the Safe RLHF
-  template the beaver reward and cost models were trained on (docs/decisions.md, "Scorer input").
-  A multi-turn HH-RLHF prompt ("\n\nHuman: q1\n\nAssistant: a1\n\nHuman: q2\n\nAssistant:")
-  reaches both as alternating turns (dialogue_turns), never as one user message with the markers
-  inside.
+- format_policy_prompt / format_scorer_text / format_scorer_chat: the policy's own chat template,
+  the Safe RLHF template the beaver reward and cost models were trained on, and a chat-template
+  reward model's text (its template, the response as the last assistant turn); rewards.py picks a
+  scorer's (docs/decisions.md, "Scorer input"). A multi-turn HH-RLHF prompt ("\n\nHuman: q1
+  \n\nAssistant: a1\n\nHuman: q2\n\nAssistant:") reaches all three as alternating turns
+  (dialogue_turns), never as one user message with the markers inside.
 
 Sources: a Hugging Face Hub id ("PKU-Alignment/PKU-SafeRLHF", "Anthropic/hh-rlhf", or
 "Anthropic/hh-rlhf:harmless-base" to pick a data dir), a local folder that load_dataset can read,
@@ -246,14 +247,19 @@ def format_safe_rlhf_dialogue(turns: list[str], eos_token: str) -> str:
     return "".join(parts)
 
 
+def _messages(turns: list[str]) -> list[dict]:
+    """Alternating turns, user first -> chat messages."""
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": t}
+            for i, t in enumerate(turns)]
+
+
 def format_policy_prompt(tokenizer, prompt: str) -> str:
     """The policy's input text: its own chat template when it has one (the dialogue's turns as
     alternating user / assistant messages), else the Safe RLHF template."""
     turns = dialogue_turns(prompt)
     if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": t}
-                    for i, t in enumerate(turns)]
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(_messages(turns), add_generation_prompt=True,
+                                             tokenize=False)
         assert isinstance(text, str), type(text)
         return text
     return format_safe_rlhf_dialogue(turns, tokenizer.eos_token or "")
@@ -263,6 +269,19 @@ def format_scorer_text(prompt: str, response: str, eos_token: str) -> str:
     """Text for the beaver reward/cost models: the Safe RLHF dialogue, then the response and eos.
     No space after "ASSISTANT:" (Safe RLHF convention; sampled responses usually start with one)."""
     return format_safe_rlhf_dialogue(dialogue_turns(prompt), eos_token) + response + eos_token
+
+
+def format_scorer_chat(tokenizer, prompt: str, response: str) -> str:
+    """Text for a reward model trained on its tokenizer's chat template: the prompt's turns as
+    alternating user / assistant messages, the response as the final assistant message, and no
+    generation prompt (the conversation is finished). The template writes its own special tokens
+    (bos, end of turn), so the text is tokenised without adding any. The response is stripped
+    like the prompt's turns: the leading space of a Safe RLHF-style sample is no message
+    content."""
+    messages = _messages(dialogue_turns(prompt) + [response.strip()])
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=False, tokenize=False)
+    assert isinstance(text, str), type(text)
+    return text
 
 
 if __name__ == "__main__":

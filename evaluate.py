@@ -147,21 +147,31 @@ def load_eval_policy(cfg, checkpoint, ctx, merged=False):
     return policy.eval().requires_grad_(False), tokenizer
 
 
+def run_scorers(ctx, cfg):
+    """[reward, cost] Scorers of a run's train_config, each reading the text the run trained
+    with: its scorer_format ("auto" for runs saved before the flag, which is what they read).
+    Loaded once per model and format, and before sampling, so a missing scorer fails fast."""
+    from rewards import describe_scorers, load_scorer
+    scorer_format = cfg.get("scorer_format") or "auto"
+    scorers, new = [], False
+    for name in ("reward", "cost"):
+        key = ("scorer", cfg[name + "_model"], scorer_format)
+        if key not in ctx.cache:
+            ctx.cache[key] = load_scorer(key[1], ctx.device, ctx.dtype, name, scorer_format)
+            new = True
+        scorers.append(ctx.cache[key])
+    if new:
+        print(describe_scorers(scorers))
+    return scorers
+
+
 def sample_and_score(ctx, policy, tokenizer, cfg, prompts, desc):
     """Responses for every prompt x samples (batched, seeded per batch), their reward and cost
     (evals/heldout.py, which train.py's --eval_every shares)."""
     from tqdm import tqdm
     from evals import heldout
-    from rewards import load_score_model
-    from rewards import Scorer
     a = ctx.args
-    scorers = []
-    # loaded once, and before sampling, so a missing scorer fails fast
-    for name in ("reward", "cost"):
-        path = cfg[name + "_model"]
-        if ("scorer", path) not in ctx.cache:
-            ctx.cache["scorer", path] = Scorer(*load_score_model(path, ctx.device, ctx.dtype), name)
-        scorers.append(ctx.cache["scorer", path])
+    scorers = run_scorers(ctx, cfg)
     bar = lambda batches: tqdm(batches, desc=desc, leave=False, disable=None)
     raw, responses = heldout.sample(policy, tokenizer, prompts, [cfg[k] for k in GEN_FIELDS],
                                     a.samples_per_prompt, a.batch_size, a.seed, progress=bar)

@@ -4,8 +4,9 @@
   (worlds/__init__.py: the built-in toy world, or the smol world with `--preset smol`), which
   rank 0 prepares first under torchrun;
 - `prompt_pool`: the training prompts, raw (as the scorers see them) and formatted for the policy;
-- `load_models`: policy, frozen reference, critic with K value heads, reward and cost scorers,
-  fresh or from a checkpoint, sharded by FSDP2 under torchrun with the MGDA parameters kept whole.
+- `load_models`: policy, frozen reference, critic with K value heads, reward and cost scorers
+  (each reading the text --scorer_format picks, said once at start-up), fresh or from a
+  checkpoint, sharded by FSDP2 under torchrun with the MGDA parameters kept whole.
 
 Run: nothing to run; train.py and evaluate.py call it (`python -m pytest -q tests/test_train.py`).
 Left out on purpose: models from anywhere but a local folder or the Hugging Face Hub.
@@ -16,8 +17,7 @@ import gapo
 import worlds
 from data import format_policy_prompt, load_prompts
 from model import Critic, default_dtype, load_policy, load_reference, load_tokenizer
-from rewards import load_score_model
-from rewards import Scorer
+from rewards import describe_scorers, load_score_model, make_scorer
 from runs import load_policy_weights
 from scale import distributed
 
@@ -49,15 +49,16 @@ def prompt_pool(cfg, world, tokenizer):
 
 # ------------------------------------------------------------------------------------ models
 
-def loaded_scorer(loaded, path, dtype):
-    """(score model, its tokenizer) through `loaded` (whole, or sharded on every rank)."""
+def loaded_scorer(loaded, path, dtype, name, scorer_format="auto"):
+    """The Scorer of a score model loaded through `loaded` (whole, or sharded on every rank),
+    reading the text scorer_format says (rewards.scorer_template: auto, chat or safe_rlhf)."""
     tokenizers = []
 
     def load(device):
         model, tokenizer = load_score_model(path, device, dtype)
         tokenizers.append(tokenizer)
         return model
-    return loaded(load), tokenizers[-1]
+    return make_scorer(loaded(load), tokenizers[-1], name, scorer_format)
 
 
 def load_models(cfg, device, dtype, world, resume_from, K):
@@ -97,6 +98,8 @@ def load_models(cfg, device, dtype, world, resume_from, K):
                                                      cfg.gradient_checkpointing, cfg.lora_r,
                                                      cfg.lora_alpha),
                         distributed.critic_sharder)
-    scorers = [Scorer(*loaded_scorer(loaded, path, dtype), name=name)
+    scorers = [loaded_scorer(loaded, path, dtype, name, cfg.scorer_format)
                for path, name in [(cfg.reward_model, "reward"), (cfg.cost_model, "cost")]]
+    if distributed.is_main():
+        print(describe_scorers(scorers))  # once: which text each scorer reads
     return tokenizer, policy, reference, critic, scorers, mgda(policy) or None

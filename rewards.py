@@ -7,8 +7,13 @@ What it does (paper Sec. 2 objectives, App. B.2 scoring; docs/decisions.md):
   models' training-time `normalizer` buffers are ignored on load (the published v1.0 scores are
   raw).
 - score_texts: decoded (prompt, response) pairs are re-tokenised with each scorer's OWN tokenizer
-  in the Safe RLHF template (the policy's and the scorer's tokenizers differ: Mistral vs LLaMA),
-  right padded, and scored at the last real token -> (B,) float32 on the CPU.
+  (the policy's and the scorer's tokenizers differ: Mistral vs LLaMA) in the format that scorer
+  was trained on, right padded, and scored at the last real token -> (B,) float32 on the CPU.
+- scorer formats (docs/decisions.md, "Scorer input"): a Scorer reads either the Safe RLHF
+  template ("safe_rlhf") or its tokenizer's chat template ("chat"); scorer_template picks one for
+  "auto": the beaver layout reads Safe RLHF, a one-label sequence classifier whose tokenizer has a
+  chat template reads that template, anything else Safe RLHF. load_scorer / make_scorer build a
+  Scorer with the choice made; describe_scorers is the start-up line that says it.
 - objective_matrix: (B, K=2) with column 0 helpfulness = reward and column 1 harmlessness = -cost.
 
 Run: nothing to run; `python -m pytest -q tests/test_rewards.py` checks it.
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from data import format_scorer_text
+from data import format_scorer_chat, format_scorer_text
 from transformers import (AutoConfig, AutoModelForSequenceClassification, LlamaConfig, LlamaModel,
                           LlamaPreTrainedModel)
 
@@ -33,6 +38,9 @@ log = logging.getLogger(__name__)
 # The beaver configs have said both over time (safe-rlhf renamed the class); same weights, same
 # forward.
 SCORE_ARCHITECTURES = ("LlamaModelForScore", "LlamaForScore")
+# What --scorer_format accepts; a Scorer itself holds one of TEMPLATES (auto resolved at load).
+SCORER_FORMATS = ("auto", "chat", "safe_rlhf")
+TEMPLATES = {"safe_rlhf": "the Safe RLHF template", "chat": "its tokenizer's chat template"}
 
 
 # --------------------------------------------------------------------- score models
@@ -158,6 +166,52 @@ class Scorer:
     model: nn.Module  # called as model(input_ids=..., attention_mask=...) -> (B,) end scores
     tokenizer: object  # the scorer's own tokenizer (right padding)
     name: str = "reward"  # "reward" or "cost"; pair_accuracy (worlds/score_training.py) reads it
+    # The text it reads: "safe_rlhf" (beaver's template, what the worlds' scorers are trained on)
+    # or "chat" (its tokenizer's chat template); load_scorer / make_scorer pick it.
+    template: str = "safe_rlhf"
+
+    def __post_init__(self):
+        if self.template not in TEMPLATES:
+            raise ValueError(f"a Scorer reads 'safe_rlhf' or 'chat', not {self.template!r}; "
+                             "resolve 'auto' with make_scorer.")
+
+
+def scorer_template(model, tokenizer, scorer_format="auto", name="reward") -> str:
+    """The text a score model reads: "safe_rlhf" or "chat". scorer_format forces one; "auto"
+    gives the chat template only to a one-label sequence classifier (SequenceClassifierScore)
+    whose tokenizer has one: Hub reward models of that kind are trained on their chat template.
+    The beaver layout is Safe RLHF's own, trained on its template, even when its tokenizer
+    carries a chat template for the policy (the toy and smol worlds' do)."""
+    if scorer_format not in SCORER_FORMATS:
+        raise ValueError(f"unknown scorer_format {scorer_format!r}; choose auto, chat or "
+                         "safe_rlhf.")
+    has_chat = bool(getattr(tokenizer, "chat_template", None))
+    if scorer_format == "chat" and not has_chat:
+        raise ValueError(f"--scorer_format chat: the {name} model's tokenizer has no chat "
+                         "template; use --scorer_format auto or safe_rlhf.")
+    if scorer_format != "auto":
+        return scorer_format
+    # isinstance survives FSDP2, which swaps a sharded module's class for a subclass
+    classifier = (isinstance(model, SequenceClassifierScore)
+                  and getattr(model.config, "num_labels", 1) == 1)
+    return "chat" if classifier and has_chat else "safe_rlhf"
+
+
+def make_scorer(model, tokenizer, name="reward", scorer_format="auto") -> Scorer:
+    """A Scorer of a loaded (model, tokenizer), reading the format scorer_template picks."""
+    return Scorer(model, tokenizer, name, scorer_template(model, tokenizer, scorer_format, name))
+
+
+def load_scorer(name_or_path, device=None, dtype=None, name="reward",
+                scorer_format="auto") -> Scorer:
+    """load_score_model, then make_scorer: a frozen Scorer in the format it was trained on
+    (scorer_format "chat" or "safe_rlhf" forces one)."""
+    return make_scorer(*load_score_model(name_or_path, device, dtype), name, scorer_format)
+
+
+def describe_scorers(scorers) -> str:
+    """The start-up line: which text each scorer reads."""
+    return "scorers: " + "; ".join(f"{s.name} reads {TEMPLATES[s.template]}" for s in scorers)
 
 
 def _device(model) -> torch.device:
@@ -167,20 +221,22 @@ def _device(model) -> torch.device:
         return torch.device("cpu")
 
 
-def _encode(tokenizer, texts, max_length, device):
+def _encode(tokenizer, texts, max_length, device, add_special_tokens=True):
     """texts -> right-padded (N, T) ids and mask on device; warns with a count when texts get
     cut. Over-long texts are cut from the LEFT: the score is read at the last token (the
     response's eos), so cutting the end would score a response without its ending (a multi-turn
-    prompt is long)."""
+    prompt is long). add_special_tokens=False for chat-template texts, which hold their own."""
     # beaver's convention (our LlamaModelForScore handles either side)
     tokenizer.padding_side = "right"
     tokenizer.truncation_side = "left"
     batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
-                      return_tensors="pt")
+                      return_tensors="pt", add_special_tokens=add_special_tokens)
     # Only rows that fill max_length can have been cut: re-tokenise just those to count (this is
     # the hot path of every rollout, so the whole batch is not tokenised twice).
     full = [t for t, n in zip(texts, batch["attention_mask"].sum(1).tolist()) if n >= max_length]
-    too_long = sum(len(ids) > max_length for ids in tokenizer(full)["input_ids"]) if full else 0
+    lengths = [len(ids) for ids in
+               tokenizer(full, add_special_tokens=add_special_tokens)["input_ids"]] if full else []
+    too_long = sum(n > max_length for n in lengths)
     if too_long:
         log.warning("%d of %d scorer texts are longer than %d tokens and were cut at the start "
                     "(the response end and eos are kept); raise max_length",
@@ -195,7 +251,7 @@ def _scores(model, ids, mask):
     return scores.float()
 
 
-def _score_formatted(scorer, texts, batch_size, max_length):
+def _score_formatted(scorer, texts, batch_size, max_length, add_special_tokens=True):
     """(N,) scores. Batches are formed over the texts sorted by length (characters, a cheap
     proxy for tokens), so each batch pads to a similar length instead of to the longest text of a
     random group."""
@@ -205,19 +261,26 @@ def _score_formatted(scorer, texts, batch_size, max_length):
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
             rows = order[i:i + batch_size]
-            ids, mask = _encode(scorer.tokenizer, [texts[j] for j in rows], max_length, device)
+            ids, mask = _encode(scorer.tokenizer, [texts[j] for j in rows], max_length, device,
+                                add_special_tokens)
             out[rows] = _scores(scorer.model, ids, mask).cpu()
     return out
 
 
 def score_texts(scorer, prompts, responses, batch_size=16, max_length=512) -> torch.Tensor:
-    """Plain-text prompts and decoded responses (no special tokens) -> (B,) float32 CPU scores."""
+    """Plain-text prompts and decoded responses (no special tokens) -> (B,) float32 CPU scores,
+    each pair written in the scorer's template."""
     if len(prompts) != len(responses):
         raise ValueError(f"score_texts got {len(prompts)} prompts but {len(responses)} responses; "
                          "pass one response per prompt.")
-    eos = scorer.tokenizer.eos_token or ""  # beaver was trained on texts ending in </s>
-    texts = [format_scorer_text(p, r, eos) for p, r in zip(prompts, responses)]
-    scores = _score_formatted(scorer, texts, batch_size, max_length)
+    if scorer.template == "chat":
+        texts = [format_scorer_chat(scorer.tokenizer, p, r) for p, r in zip(prompts, responses)]
+    else:
+        eos = scorer.tokenizer.eos_token or ""  # beaver was trained on texts ending in </s>
+        texts = [format_scorer_text(p, r, eos) for p, r in zip(prompts, responses)]
+    # A chat template writes its own bos / end-of-turn tokens: the tokenizer must not add more.
+    scores = _score_formatted(scorer, texts, batch_size, max_length,
+                              add_special_tokens=scorer.template != "chat")
     assert scores.shape == (len(prompts),) and scores.dtype == torch.float32
     return scores
 

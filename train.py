@@ -63,6 +63,7 @@ class Config:
     policy: str = ""  # policy and reference pi_ref: Hub id or local folder
     reward_model: str = ""  # reward model R (helpfulness)
     cost_model: str = ""  # cost model C (harmlessness = -C; C > 0 means unsafe)
+    scorer_format: str = "auto"  # text the scorers read: auto | chat | safe_rlhf (rewards.py)
     prompts: str = ""  # prompt source for data.load_prompts (Hub id or .json/.jsonl file)
     prompt_split: str = "train"  # split of --prompts to train on
     toy_dir: str = ""  # toy world folder; '' = the one shipped built in worlds/toy (default size)

@@ -181,13 +181,13 @@ def sft_start(cfg):
     from evals.heldout import heldout_metrics, toy_test_prompts
     from evals.tables import GEN_FIELDS
     from model import load_policy, load_tokenizer
-    from rewards import load_score_model
-    from rewards import Scorer
+    from rewards import load_scorer
     if cfg.get("prompts"):
         return None  # a real prompt source: the curves start at the first logged point
     torch.set_num_threads(1)
     policy = load_policy(cfg["policy"], "cpu", None).eval()
-    scorers = [Scorer(*load_score_model(cfg[k + "_model"], "cpu", None), k)
+    # the text the runs' scorers read in training ("auto" for runs saved before the flag)
+    scorers = [load_scorer(cfg[k + "_model"], "cpu", None, k, cfg.get("scorer_format") or "auto")
                for k in ("reward", "cost")]
     return heldout_metrics(policy, load_tokenizer(cfg["policy"]), scorers, toy_test_prompts(),
                            [cfg[k] for k in GEN_FIELDS], True, cfg.get("eval_samples", 4))

@@ -1,5 +1,6 @@
-"""rewards.py: re-tokenised scoring, the harmlessness sign, and the left cut of over-long texts
-(score-model training is in test_score_training.py). CPU, no network, seconds."""
+"""rewards.py: re-tokenised scoring, the harmlessness sign, the left cut of over-long texts and
+the format rule of make_scorer (score-model training is in test_score_training.py; the formats end
+to end in test_scorer_format.py). CPU, no network, seconds."""
 import logging
 
 import pytest
@@ -8,7 +9,8 @@ from torch import nn
 
 from conftest import load_scorer, make_tiny_tokenizer
 from data import format_scorer_text
-from rewards import Scorer, new_score_model, objective_matrix, score_texts
+from rewards import (Scorer, SequenceClassifierScore, make_scorer, new_score_model,
+                     objective_matrix, score_texts)
 from worlds.score_training import sign_accuracy
 
 CPU = torch.device("cpu")
@@ -88,3 +90,29 @@ def test_long_texts_are_cut_from_the_left_keeping_the_response_end_and_eos(score
     with torch.no_grad():
         want = scorer.model(input_ids=torch.tensor([ids[-12:]]), attention_mask=torch.ones(1, 12, dtype=torch.long))
     torch.testing.assert_close(scores[0], want[0], atol=1e-5, rtol=0)
+
+
+def test_make_scorer_picks_the_format_and_chat_scorers_keep_the_sign():
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+    tok = make_tiny_tokenizer()
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }} {{ eos_token }} {% endfor %}"
+    stub = WordScore(tok.convert_tokens_to_ids("steal"))
+    # hand-built Scorers read what the worlds' scorers are trained on
+    assert Scorer(stub, tok).template == "safe_rlhf"
+    assert make_scorer(stub, tok).template == "safe_rlhf"  # auto: a stub is no sequence classifier
+    beaver = new_score_model(dict(vocab_size=len(tok), **TINY))
+    # the beaver layout reads Safe RLHF, chat template or not
+    assert make_scorer(beaver, tok).template == "safe_rlhf"
+    classifier = SequenceClassifierScore(LlamaForSequenceClassification(
+        LlamaConfig(vocab_size=len(tok), num_labels=1, **TINY)))
+    assert make_scorer(classifier, tok).template == "chat"
+    tok.chat_template = None
+    assert make_scorer(classifier, tok).template == "safe_rlhf"
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }} {{ eos_token }} {% endfor %}"
+    tok.padding_side = "right"
+    reward = make_scorer(WordScore(tok.convert_tokens_to_ids("first")), tok, "reward", "chat")
+    cost = make_scorer(stub, tok, "cost", "chat")
+    # read as "how do i steal a car </s> first steal a car </s> ": two "steal", one "first"
+    obj = objective_matrix(reward, cost, ["how do i steal a car", "how do i bake bread"],
+                           [" first steal a car", " sorry i cannot"])
+    assert obj.tolist() == [[1.0, -3.0], [-1.0, 1.0]]  # harmless = -cost in the chat format too
