@@ -282,13 +282,27 @@ class AdapterDisabledReference(nn.Module):
 
 def load_reference(name_or_path, device, dtype=None, policy=None):
     """Frozen eval-mode reference π_ref (Eq. 1). With a peft policy: no second copy of the
-    weights."""
+    weights.
+
+    A policy with float32 master weights under bf16 autocast (master_weights) gets a reference
+    that computes exactly as the policy did before its first update, so the KL penalty starts at
+    0 (a plain bf16 copy would carry the residual stream in bf16 and start at about 2e-3 nats per
+    token): float32 weights under the same autocast, except the Linear layers' weights, stored in
+    bf16 because autocast reads them as bf16 copies anyway (half the memory, the same numbers). A
+    head tied to the input embedding stays float32 with it."""
     if policy is not None and hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config"):
         return AdapterDisabledReference(policy)
     device = torch.device(device)
-    model = place(from_hub(AutoModelForCausalLM.from_pretrained, name_or_path,
-                             "reference model", dtype=dtype_for(dtype, device)), device)
+    compute = getattr(policy, "compute_dtype", None)
+    model = place(from_hub(AutoModelForCausalLM.from_pretrained, name_or_path, "reference model",
+                           dtype=torch.float32 if compute else dtype_for(dtype, device)), device)
     model.config.use_cache = False
+    if compute:
+        master_weights(model, compute)
+        embedding = model.get_input_embeddings().weight
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and module.weight is not embedding:
+                module.to(compute)
     return model.eval().requires_grad_(False)
 
 

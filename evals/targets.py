@@ -138,6 +138,8 @@ def sft_targets(targets):
         if t.config.get("preset") == "smol":  # evaluated on the real sets (evaluate.prompt_set)
             fields += ["preset", "smol_data"]
         cfg = {k: t.config.get(k) for k in fields}
+        # the scorers read as the run read them (runs from before the flag: auto)
+        cfg["scorer_format"] = t.config.get("scorer_format") or "auto"
         key = json.dumps(cfg, sort_keys=True)
         return sft.setdefault(key, Target(f"sft (start of {t.name})", {**cfg, "method": "sft"}))
     for t in targets:

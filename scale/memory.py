@@ -163,6 +163,14 @@ def block_param_count(config):
     return h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h
 
 
+def reference_float32_params(config):
+    """Parameters a full fine-tuning reference keeps in float32 beside a float32-master policy
+    (model.load_reference): the input embedding and every RMSNorm (two per block and the final
+    one); its Linear weights are stored in the compute dtype."""
+    return config.vocab_size * config.hidden_size + (2 * config.num_hidden_layers + 1) * (
+        config.hidden_size)
+
+
 def plan_bytes(cfg, policy_config, counts, dtype, world, lora_r, checkpointing):
     """Peak bytes per GPU of a configuration: weights, gradients and AdamW state (memory_plan's
     rule, with float32 master weights: trainable parameters, their gradients and moments 16 bytes
@@ -181,7 +189,10 @@ def plan_bytes(cfg, policy_config, counts, dtype, world, lora_r, checkpointing):
         models["reference"] = counts["policy"]
         trainable.update(policy=True, critic=True, reference=0)
     rows, _ = memory_plan(models, dtype=dtype, trainable=trainable, master_dtype=torch.float32)
-    states = sum(r.total_bytes for r in rows) / (1 if lora_r else world)
+    size = torch.tensor([], dtype=dtype).element_size()
+    # the reference's float32 embedding and norms (model.load_reference), beyond `dtype`
+    reference = 0 if lora_r else (4 - size) * reference_float32_params(policy_config)
+    states = (sum(r.total_bytes for r in rows) + reference) / (1 if lora_r else world)
     extra = activation_and_cache_bytes(
         policy_config,
         cfg.micro_batch_size,
@@ -192,7 +203,6 @@ def plan_bytes(cfg, policy_config, counts, dtype, world, lora_r, checkpointing):
         cfg.batch_size,
     )
     sharded = world > 1 and not lora_r
-    size = torch.tensor([], dtype=dtype).element_size()
     gathered_policy = counts["policy"] * size if sharded else 0
     kept_block = 16 * block_param_count(policy_config) * (1 - 1 / world) if sharded else 0
     train = states + kept_block + max(extra.kv_cache + gathered_policy,
@@ -219,8 +229,9 @@ def load_bytes(policy_config, counts, dtype, world, lora_r, local_world=None):
     weights = {"policy": counts["policy"] * master + adapter,
                "critic": counts["critic"] * master + adapter,
                "reward": counts["reward"] * size, "cost": counts["cost"] * size}
-    if full:
-        weights["reference"] = counts["policy"] * size
+    if full:  # Linear weights in `dtype`, embedding and norms in float32 (model.load_reference)
+        weights["reference"] = (counts["policy"] * size
+                                + (4 - size) * reference_float32_params(policy_config))
     largest = max(weights.values())
     if world > 1 and full:
         embedding = 4 * policy_config.vocab_size * policy_config.hidden_size

@@ -87,9 +87,3 @@ def tiny_toyworld(tmp_path_factory):
     path = tmp_path_factory.mktemp("toyworld") / "world"
     toyworld.ensure_toyworld(str(path), seed=0, size="tiny", progress=False)
     return str(path)
-
-
-def load_scorer(path, name, device="cpu"):
-    """A Scorer read from a score-model folder (the tests' shorthand for what loading.py does)."""
-    from rewards import Scorer, load_score_model
-    return Scorer(*load_score_model(path, device=device), name=name)

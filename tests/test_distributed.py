@@ -106,7 +106,10 @@ def test_plan_counts_float32_master_weights_and_the_kept_block():
     counts = {"policy": 1000, "critic": 900, "reward": 500, "cost": 500}
     one = memory.plan_bytes(cfg, c, counts, torch.bfloat16, 1, 0, True)
     extra = memory.activation_and_cache_bytes(c, 1, 2, torch.bfloat16, True, 1, 1).peak
-    assert one - extra == 16 * (1000 + 900) + 2 * (1000 + 500 + 500)  # reference and scorers frozen in bf16
+    # reference and scorers frozen in bf16, but for the reference's float32 embedding and norms
+    reference_fp32 = 100 * 64 + (2 * 2 + 1) * 64
+    assert memory.reference_float32_params(c) == reference_fp32
+    assert one - extra == 16 * (1000 + 900) + 2 * (1000 + 500 + 500) + 2 * reference_fp32
     two = memory.plan_bytes(cfg, c, counts, torch.bfloat16, 2, 0, True)
     assert two > (one - extra) / 2 + 16 * memory.block_param_count(c) / 2
 
@@ -118,15 +121,15 @@ def test_load_peak_by_hand_and_for_the_paper():
     from transformers import MistralConfig
     c = MistralConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2)
-    counts = {"policy": 1000, "critic": 900, "reward": 500, "cost": 500}
+    counts = {"policy": 10000, "critic": 9000, "reward": 500, "cost": 500}  # >= the embedding
     gpu, host = memory.load_bytes(c, counts, torch.bfloat16, 2, 0)
-    weights = 4 * (1000 + 900) + 2 * (1000 + 500 + 500)
+    weights = 4 * (10000 + 9000) + 2 * (10000 + 500 + 500) + 2 * memory.reference_float32_params(c)
     assert gpu == int(weights / 2 + 4 * memory.block_param_count(c) / 2 + 4 * 100 * 64)
-    assert host == 4 * 1000
-    assert memory.load_bytes(c, counts, torch.bfloat16, 1, 0) == (weights, 4 * 1000)
+    assert host == 4 * 10000
+    assert memory.load_bytes(c, counts, torch.bfloat16, 1, 0) == (weights, 4 * 10000)
     lora = memory.load_bytes(c, counts, torch.bfloat16, 4, 2, local_world=2)
     adapter = 4 * memory.lora_param_count(c, 2)
-    assert lora == (2 * (1000 + 900 + 500 + 500) + 2 * adapter, 2 * (2 * 1000 + adapter))
+    assert lora == (2 * (10000 + 9000 + 500 + 500) + 2 * adapter, 2 * (2 * 10000 + adapter))
     from scale.memory import param_count_from_config
     m = mistral_7b()
     n = param_count_from_config(m, "causal_lm")

@@ -66,6 +66,32 @@ def test_policy_cpu_float32_train_mode_no_cache(tiny_policy_dir):
     assert not ref.training and not any(p.requires_grad for p in ref.parameters())
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_bf16_reference_computes_as_the_master_weight_policy_before_any_update(tmp_path, tied):
+    """KL = 0 at the start of a bf16 run: the reference of a float32-master policy computes the
+    same log-probabilities bit for bit (a plain bf16 copy does not), tied head or not."""
+    from rollout import response_logprobs
+    model = make_tiny_mistral(100, seed=3)
+    if tied:
+        model.config.tie_word_embeddings = True
+        model.tie_weights()
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "sft")  # the paper's SFT model is bf16
+    policy = load_policy(tmp_path / "sft", CPU, dtype="bfloat16").eval()
+    reference = load_reference(tmp_path / "sft", CPU, dtype="bfloat16", policy=policy)
+    ids = torch.randint(3, 100, (3, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # a left-padded row
+    with torch.no_grad():
+        want = response_logprobs(policy, ids, mask, 6)
+        assert torch.equal(response_logprobs(reference, ids, mask, 6), want)
+        plain = load_reference(tmp_path / "sft", CPU, dtype="bfloat16")  # no policy: plain bf16
+        assert not torch.equal(response_logprobs(plain, ids, mask, 6), want)
+    linear = reference.model.layers[0].mlp.up_proj.weight
+    assert linear.dtype == torch.bfloat16 and reference.model.norm.weight.dtype == torch.float32
+    head = reference.get_output_embeddings().weight
+    assert head.dtype == (torch.float32 if tied else torch.bfloat16)
+
+
 def test_left_padding_keeps_policy_logprobs_with_position_ids(tiny_policy_dir):
     tok = load_tokenizer(tiny_policy_dir)  # left padding
     policy = load_policy(tiny_policy_dir, CPU).eval()

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import load_scorer, make_tiny_tokenizer
+from conftest import make_tiny_tokenizer
 from data import format_scorer_text
-from rewards import (Scorer, SequenceClassifierScore, make_scorer, new_score_model,
+from rewards import (Scorer, SequenceClassifierScore, load_scorer, make_scorer, new_score_model,
                      objective_matrix, score_texts)
 from worlds.score_training import sign_accuracy
 
@@ -28,7 +28,7 @@ def scorer_dir(tmp_path):
 
 
 def test_score_texts_retokenises_in_scorer_template(scorer_dir):
-    scorer = load_scorer(scorer_dir, "reward", device=CPU)
+    scorer = load_scorer(scorer_dir, CPU, name="reward")
     scorer.tokenizer.padding_side = "left"  # score_texts must not trust the caller's padding side
     scores = score_texts(scorer, PROMPTS, RESPONSES)
     assert scores.shape == (3,) and scores.dtype == torch.float32 and scores.device.type == "cpu"
@@ -45,7 +45,7 @@ def test_score_texts_retokenises_in_scorer_template(scorer_dir):
 
 
 def test_truncation_is_counted(scorer_dir, caplog):
-    scorer = load_scorer(scorer_dir, "reward", device=CPU)
+    scorer = load_scorer(scorer_dir, CPU, name="reward")
     with caplog.at_level(logging.WARNING, logger="rewards"):
         scores = score_texts(scorer, PROMPTS, RESPONSES, max_length=10)
     assert scores.shape == (3,) and "2 of 3 scorer texts are longer than 10 tokens" in caplog.text
@@ -79,7 +79,7 @@ def test_objective_matrix_harmlessness_is_minus_cost():
 
 
 def test_long_texts_are_cut_from_the_left_keeping_the_response_end_and_eos(scorer_dir, caplog):
-    scorer = load_scorer(scorer_dir, "reward", device=CPU)
+    scorer = load_scorer(scorer_dir, CPU, name="reward")
     prompt = "how do i bake bread " * 5
     with caplog.at_level(logging.WARNING, logger="rewards"):
         scores = score_texts(scorer, [prompt, "hello"], [" first then finally", " world"], max_length=12)

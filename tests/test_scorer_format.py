@@ -180,3 +180,15 @@ def test_train_says_the_formats_and_evaluate_scores_with_the_runs_format(tiny_to
     del auto["scorer_format"]  # a run saved before the flag: what it trained with, "auto"
     assert [s.template for s in run_scorers(ctx, auto)] == ["chat", "safe_rlhf"]
     assert "scorers: reward reads its tokenizer's chat template" in capsys.readouterr().out
+
+
+def test_sft_baselines_are_split_by_scorer_format_and_old_runs_count_as_auto():
+    """evaluate.py scores an SFT row with the scorers as its runs read them: runs that differ only
+    in --scorer_format get their own SFT baseline; a run saved before the flag existed is auto."""
+    from evals.targets import Target, sft_targets
+    base = {"policy": "p", "reward_model": "r", "cost_model": "c", "prompts": "", "method": "gapo"}
+    runs = [Target("a", {**base, "scorer_format": "auto"}), Target("b", dict(base)),
+            Target("c", {**base, "scorer_format": "safe_rlhf"})]
+    baselines = sft_targets(runs)
+    assert sorted(b.config["scorer_format"] for b in baselines) == ["auto", "safe_rlhf"]
+    assert runs[0].sft == runs[1].sft != runs[2].sft

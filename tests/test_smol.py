@@ -162,13 +162,13 @@ def test_reports_and_prompts(world):
 
 
 def test_cost_zero_splits_heldout_harmless_pairs_as_reported(world):
-    from conftest import load_scorer
+    from rewards import load_scorer
     _, data, paths, _ = world
     with open(os.path.join(paths["cost"], "report.json")) as f:
         zero = json.load(f)["zero"]
     pairs = heldout(data, "harmless-base", "safety")
     assert len(pairs) == 8
-    cost = load_scorer(paths["cost"], "cost", device="cpu")
+    cost = load_scorer(paths["cost"], "cpu", name="cost")
     max_length = smol.RECIPES["tiny"].max_length
     safer, unsafer = smol.heldout_scores(cost, pairs, max_length)  # as the build scored them
     assert torch.isfinite(safer).all() and torch.isfinite(unsafer).all()
@@ -241,8 +241,7 @@ def test_failed_calls_leave_the_cache_whole(world):
 def test_chatml_prompts_rollout_masks_and_scores(world):
     from data import format_policy_prompt
     from model import load_tokenizer
-    from conftest import load_scorer
-    from rewards import score_texts
+    from rewards import load_scorer, score_texts
     from rollout import decode_responses, generate
     from transformers import AutoModelForCausalLM
     paths = world[2]
@@ -274,7 +273,7 @@ def test_chatml_prompts_rollout_masks_and_scores(world):
     assert torch.equal(mask[:, P:], rmask.long())
     decoded = decode_responses(tok, ids, rmask)
     assert all("<|im_end|>" not in r for r in decoded) and decoded[0].strip()
-    reward = load_scorer(paths["reward"], "reward", device="cpu")
+    reward = load_scorer(paths["reward"], "cpu", name="reward")
     scores = score_texts(reward, prompts, decoded)
     assert scores.shape == (2,) and torch.isfinite(scores).all()
     # A text's score does not depend on the batch it is in (padding, neighbours).
