@@ -168,7 +168,16 @@ def mgda_parameters(policy, which):
     return [p for _, p in chosen]
 
 
-def loss_weights(method, losses, params, p, preference, reduce_grads=None, weight_scale="sum_one"):
+def objective_gradients(losses, params):
+    """g_i = dL_i / d(params) for each of the M losses, the graph kept for the weighted backward
+    that follows: M lists of tensors shaped like params (zeros where a loss does not reach)."""
+    grads = [torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+             for loss in losses]
+    return [[torch.zeros_like(q) if g is None else g for g, q in zip(gs, params)] for gs in grads]
+
+
+def loss_weights(method, losses, params, p, preference, reduce_grads=None, weight_scale="sum_one",
+                 grads=None):
     """The weights w (M,) of the single weighted backward, plus diagnostics for the log.
 
     For the gradient methods: g_i = dL_i / d(params) with the graph kept for the backward that
@@ -180,6 +189,8 @@ def loss_weights(method, losses, params, p, preference, reduce_grads=None, weigh
       pgapo:     w_i = lambda_i / n_i                              (Eq. 8, no MGDA)
     reduce_grads: under data parallelism, distributed.global_gradients (the mean of each g_i over
     ranks), so every rank builds the same Gram matrix and solves Problem 7 to the same alpha.
+    grads: the g_i when the caller has them already (train.py: an optimizer step's gradients,
+    summed over its micro-batches, so that the step has one Gram matrix); else taken of losses.
     weight_scale: "sum_one" (default) divides w by sum(w), which keeps the direction and makes
     the actor loss a convex combination of the K PPO losses, like every baseline's, so one learning
     rate and one gradient clip serve all methods (raw GAPO p = 2 weights alpha_i / n_i^2 reach 1e5
@@ -195,9 +206,8 @@ def loss_weights(method, losses, params, p, preference, reduce_grads=None, weigh
         return torch.tensor([0.0, 1.0] + [0.0] * (M - 2)), info
     if method not in GRADIENT_METHODS:  # morlhf, safe-rlhf, fast-rl: one combined loss
         return torch.ones(M), info
-    grads = [torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-             for loss in losses]
-    grads = [[torch.zeros_like(q) if g is None else g for g, q in zip(gs, params)] for gs in grads]
+    if grads is None:
+        grads = objective_gradients(losses, params)
     if reduce_grads is not None:
         grads = reduce_grads(grads)
     gram = gram_matrix(grads)  # (K, K) float64

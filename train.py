@@ -212,9 +212,26 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
     R = rollout.response_mask.shape[1]
     device = rollout.input_ids.device
     costs = -rollout.scores[:, -1]  # (B,) safe-rlhf's cost = -harmlessness, the last objective
-    # Gradient accumulation: each micro-batch gets its own method weights (its own Gram matrix), and
-    # the weighted losses accumulate until the optimizer step. Decision: the paper gives no detail.
+    # One Gram matrix per optimizer step, whatever the micro-batch size (docs/decisions.md,
+    # "Gradient accumulation with MGDA"): with several micro-batches per step, the gradient methods
+    # sum each objective's last-block gradient over the step's micro-batches (one extra forward for
+    # each but the first), solve once, and every micro-batch's weighted backward uses that solve.
     accumulate = cfg.minibatch_size // cfg.micro_batch_size
+    two_pass = accumulate > 1 and cfg.method in gapo.GRADIENT_METHODS
+
+    def step_gradients(first_losses, rest):
+        """The K gradients g_i of the step's mean loss: the current micro-batch's (graph kept for
+        its weighted backward) plus those of the step's other micro-batches `rest` (indices)."""
+        total = gapo.objective_gradients(first_losses / accumulate, mgda_params)
+        for s in range(0, len(rest), cfg.micro_batch_size):
+            i = rest[s:s + cfg.micro_batch_size]
+            lp = response_logprobs(policy, rollout.input_ids[i], rollout.attention_mask[i], R)
+            losses, _ = gapo.ppo_losses(lp, rollout.logprobs[i], advantages[i],
+                                        rollout.response_mask[i], cfg.clip_eps)
+            grads = gapo.objective_gradients(losses / accumulate, mgda_params)
+            total = [[a + b for a, b in zip(x, y)] for x, y in zip(total, grads)]
+        return total
+
     logs, steps = [], []
     for epoch in range(cfg.ppo_epochs):
         order = torch.randperm(B)
@@ -241,10 +258,15 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
                 bad = int(nonfinite.nonzero()[0])
                 raise FloatingPointError(f"iteration {iteration}: the PPO loss of objective {bad} "
                                          f"is not finite")
+            first = start % cfg.minibatch_size == 0  # the step's first micro-batch
             try:
-                weights, wlog = gapo.loss_weights(cfg.method, losses, mgda_params, cfg.p, pref,
-                                                  reduce_grads=distributed.global_gradients,
-                                                  weight_scale=cfg.weight_scale)
+                if not two_pass or first:  # else: the step's weights, solved at its first
+                    grads = (step_gradients(losses, order[start + cfg.micro_batch_size:
+                                                          start + cfg.minibatch_size])
+                             if two_pass else None)
+                    weights, wlog = gapo.loss_weights(cfg.method, losses, mgda_params, cfg.p, pref,
+                                                      reduce_grads=distributed.global_gradients,
+                                                      weight_scale=cfg.weight_scale, grads=grads)
             except FloatingPointError as err:
                 raise FloatingPointError(f"iteration {iteration}: {err}") from None
             info.update(wlog)
