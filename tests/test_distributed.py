@@ -432,3 +432,26 @@ def test_single_process_helpers_are_plain_torch():
 
 if __name__ == "__main__":
     worker(sys.argv[1])
+
+
+def test_torchrun_one_gram_matrix_per_step_whatever_the_micro_batch(tiny_toyworld, tmp_path):
+    """Two processes: the first step's alpha and weights are the same with micro-batches of 2
+    (two per step on each rank, summed, then averaged over ranks before the one solve) as with
+    one micro-batch per step."""
+    args = ["--toy_size", "tiny", "--toy_dir", tiny_toyworld, "--method", "gapo", "--p", "2",
+            "--iterations", "1", "--batch_size", "4", "--minibatch_size", "4", "--ppo_epochs", "1",
+            "--max_new_tokens", "8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    logs = {}
+    for micro in ("4", "2"):
+        out = tmp_path / f"m{micro}"
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                 "--nproc_per_node", "2", "train.py", *args, "--micro_batch_size",
+                                 micro, "--out_dir", str(out)], cwd=ROOT, capture_output=True,
+                                text=True, timeout=300, env=env)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+        with open(out / "log.jsonl") as f:
+            logs[micro] = json.loads(f.readline())
+    for key in ("alpha", "weights", "grad_norms"):
+        torch.testing.assert_close(torch.tensor(logs["2"][key]), torch.tensor(logs["4"][key]),
+                                   rtol=1e-4, atol=1e-6, msg=key)
