@@ -58,9 +58,13 @@ def parse_config(config_class, presets, argv=None, description="", lora_lr=None)
                                      usage="%(prog)s [--field value ...]  (every field of Config)")
     for f in dataclasses.fields(config_class):
         kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str,
-                                                         "bool": bool}[f.type]
-        help_text = f"{comments.get(f.name, '')} (default: {f.default!r})".replace("%", "%%")
-        if kind is bool:
+                                                         "bool": bool, "list": list}[f.type]
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        help_text = f"{comments.get(f.name, '')} (default: {default!r})".replace("%", "%%")
+        if kind is list:  # a repeatable flag, its values in order
+            parser.add_argument(f"--{f.name}", action="append", type=str, help=help_text,
+                                metavar="VALUE")
+        elif kind is bool:
             parser.add_argument(f"--{f.name}", nargs="?", const=True, type=_parse_bool,
                                 help=help_text, metavar="BOOL")
         else:
@@ -188,6 +192,9 @@ def _check_prompt_file(path):
 def check_config(cfg, K):
     """Bad input stops here, before any model loads, with one sentence each. Returns the
     preference."""
+    names = objective_names(cfg)  # refuses a malformed --objective
+    if K != len(names):
+        raise ValueError(f"{len(names)} objectives ({', '.join(names)}) where {K} were expected.")
     if cfg.method not in gapo.METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(gapo.METHODS)}.")
     if not (cfg.p >= 0 and math.isfinite(cfg.p)):
@@ -236,3 +243,32 @@ def default_out_dir(cfg):
 
 
 # ------------------------------------------------------------------------------------ run folder
+
+
+OBJECTIVE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_objective(text):
+    """`NAME=SOURCE` -> (name, source, sign). SOURCE: a scorer (local folder or Hub id), the same
+    with a leading `-` for a score to minimise (a cost), or `py:MODULE.FUNCTION`."""
+    name, sep, source = text.partition("=")
+    if not sep or not OBJECTIVE_NAME.match(name) or not source.strip("-"):
+        raise ValueError(f"--objective {text!r} must read NAME=SOURCE (for example "
+                         f"harmless=-PKU-Alignment/beaver-7b-v1.0-cost or brevity=py:rules.short), "
+                         f"NAME a word of letters, digits and _.")
+    sign = -1.0 if source.startswith("-") else 1.0
+    return name, source[1:] if sign < 0 else source, sign
+
+
+def objective_names(cfg):
+    """The run's objective names, in order: its --objective flags, else helpful and harmless."""
+    if not cfg.objective:
+        return ["helpful", "harmless"]
+    names = [parse_objective(text)[0] for text in cfg.objective]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"--objective names must differ; {', '.join(repeated)} is given twice.")
+    if len(names) < 2:
+        raise ValueError("give at least two --objective flags (one objective is plain PPO: "
+                         "--method ppo-h with its scorer as --reward_model).")
+    return names

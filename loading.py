@@ -17,7 +17,9 @@ import gapo
 import worlds
 from data import format_policy_prompt, load_prompts
 from model import Critic, default_dtype, load_policy, load_reference, load_tokenizer
-from rewards import describe_scorers, load_score_model, make_scorer
+from cli import parse_objective
+from rewards import (Objective, Scorer, default_objectives, describe_scorers, load_score_model,
+                     make_scorer, python_scorer)
 from runs import load_policy_weights
 from scale import distributed
 
@@ -62,8 +64,8 @@ def loaded_scorer(loaded, path, dtype, name, scorer_format="auto"):
 
 
 def load_models(cfg, device, dtype, world, resume_from, K):
-    """The networks of a run: (tokenizer, policy, reference, critic with K heads, [reward, cost]
-    Scorers, MGDA parameters or None), fresh or from the checkpoint resume_from. Under torchrun
+    """The networks of a run: (tokenizer, policy, reference, critic with K heads, the K
+    Objectives, MGDA parameters or None), fresh or from the checkpoint resume_from. Under torchrun
     FSDP2 shards them, keeping the MGDA parameters whole."""
     # One dtype for every rank's build: sharded loading builds on `device` but reads on the CPU.
     dtype = dtype or default_dtype(device)
@@ -98,8 +100,19 @@ def load_models(cfg, device, dtype, world, resume_from, K):
                                                      cfg.gradient_checkpointing, cfg.lora_r,
                                                      cfg.lora_alpha),
                         distributed.critic_sharder)
-    scorers = [loaded_scorer(loaded, path, dtype, name, cfg.scorer_format)
-               for path, name in [(cfg.reward_model, "reward"), (cfg.cost_model, "cost")]]
-    if distributed.is_main():
+    # The K objectives: --objective NAME=SOURCE in order, else helpful = reward, harmless = -cost.
+    if cfg.objective:
+        objectives = []
+        for text in cfg.objective:
+            name, source, sign = parse_objective(text)
+            scorer = (python_scorer(source) if source.startswith("py:")
+                      else loaded_scorer(loaded, source, dtype, name, cfg.scorer_format))
+            objectives.append(Objective(name, scorer, sign))
+    else:
+        objectives = default_objectives(*[
+            loaded_scorer(loaded, path, dtype, name, cfg.scorer_format)
+            for path, name in [(cfg.reward_model, "reward"), (cfg.cost_model, "cost")]])
+    scorers = [o.scorer for o in objectives if isinstance(o.scorer, Scorer)]
+    if distributed.is_main() and scorers:
         print(describe_scorers(scorers))  # once: which text each scorer reads
-    return tokenizer, policy, reference, critic, scorers, mgda(policy) or None
+    return tokenizer, policy, reference, critic, objectives, mgda(policy) or None

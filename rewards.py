@@ -14,14 +14,18 @@ What it does (paper Sec. 2 objectives, App. B.2 scoring; docs/decisions.md):
   "auto": the beaver layout reads Safe RLHF, a one-label sequence classifier whose tokenizer has a
   chat template reads that template, anything else Safe RLHF. load_scorer / make_scorer build a
   Scorer with the choice made; describe_scorers is the start-up line that says it.
-- objective_matrix: (B, K=2) with column 0 helpfulness = reward and column 1 harmlessness = -cost.
+- objective_matrix: (B, K), one column per Objective (a scorer or a Python function, times its
+  sign); by default column 0 helpfulness = reward and column 1 harmlessness = -cost.
 
 Run: nothing to run; `python -m pytest -q tests/test_rewards.py` checks it.
 Left out on purpose: training the score models (worlds/score_training.py: the worlds train their
 scorers, a GAPO run only scores) and clever truncation (over-long texts lose their START, so the
 response end and eos that the score is read at survive; they are counted).
 """
+import importlib
 import logging
+import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -285,19 +289,67 @@ def score_texts(scorer, prompts, responses, batch_size=16, max_length=512) -> to
     return scores
 
 
-def objective_matrix(reward_scorer, cost_scorer, prompts, responses, batch_size=16,
+@dataclass
+class Objective:
+    """One objective of a run, maximised: `sign` times its scorer's score. The scorer is a Scorer
+    (a reward or cost model) or a Python function fn(prompts, responses) -> list of floats (a
+    rule: length, format, keywords)."""
+    name: str
+    scorer: object
+    sign: float = 1.0  # -1: a score to minimise (a cost: harmlessness = -cost)
+
+
+def python_scorer(spec):
+    """`py:MODULE.FUNCTION` -> the function, imported from the current folder (or sys.path)."""
+    target = spec[len("py:"):]
+    module_name, _, function_name = target.rpartition(".")
+    if not module_name or not function_name:
+        raise ValueError(f"--objective source {spec!r} must name a function as "
+                         f"py:MODULE.FUNCTION (for example py:rules.brevity).")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # "importable from the current folder"
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"--objective source {spec!r} cannot be imported ({err}); put "
+                         f"{module_name}.py with a function {function_name}(prompts, responses) "
+                         f"in the current folder.") from None
+    if not callable(function):
+        raise ValueError(f"--objective source {spec!r} is not a function.")
+    return function
+
+
+def objective_scores(objective, prompts, responses, batch_size=16, max_length=512):
+    """The objective's column: sign * score of each (prompt, response), (B,) float32."""
+    if isinstance(objective.scorer, Scorer):
+        score = score_texts(objective.scorer, prompts, responses, batch_size, max_length)
+    else:
+        values = list(objective.scorer(list(prompts), list(responses)))
+        if len(values) != len(prompts):
+            raise ValueError(f"objective {objective.name}: its function returned {len(values)} "
+                             f"scores for {len(prompts)} responses; return one float each.")
+        score = torch.tensor([float(v) for v in values], dtype=torch.float32)
+        if not torch.isfinite(score).all():
+            raise ValueError(f"objective {objective.name}: its function returned a score that "
+                             f"is not finite; return finite floats.")
+    return score if objective.sign > 0 else -score
+
+
+def objective_matrix(objectives, prompts, responses, batch_size=16,
                      max_length=512) -> torch.Tensor:
-    """(B, K=2) objectives to MAXIMISE: column 0 helpfulness, column 1 harmlessness
-    (docs/decisions.md, "Objectives")."""
-    reward = score_texts(reward_scorer, prompts, responses, batch_size, max_length)  # (B,)
-    cost = score_texts(cost_scorer, prompts, responses, batch_size, max_length)  # (B,)
+    """(B, K) objectives to MAXIMISE, one column per Objective, in order (docs/decisions.md,
+    "Objectives"). The default two are helpfulness = reward and harmlessness = -cost."""
     # !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
     # SIGN: the cost model says cost > 0 = UNSAFE, cost <= 0 = safe. Every objective here is
-    # maximised, so HARMLESSNESS = -COST. Feeding +cost would train the policy to be harmful.
-    # (tests/test_rewards.py pins it)
+    # maximised, so HARMLESSNESS = -COST (its Objective has sign -1). Feeding +cost would train
+    # the policy to be harmful. (tests/test_rewards.py pins it)
     # !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
-    harmless = -cost
-    objectives = torch.stack([reward, harmless], dim=1)  # (B, 2)
-    assert objectives.shape == (len(prompts), 2)
-    return objectives
+    columns = [objective_scores(o, prompts, responses, batch_size, max_length) for o in objectives]
+    matrix = torch.stack(columns, dim=1)  # (B, K)
+    assert matrix.shape == (len(prompts), len(objectives))
+    return matrix
 
+
+def default_objectives(reward_scorer, cost_scorer):
+    """The paper's two: helpful = reward, harmless = -cost."""
+    return [Objective("helpful", reward_scorer, 1.0), Objective("harmless", cost_scorer, -1.0)]

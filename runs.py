@@ -324,8 +324,9 @@ def summary(cfg, log_path, start, reached, total, seconds):
         head = f"nothing to do: {cfg.out_dir} is already at iteration {reached} of {total}"
     else:
         first, last = records[0], done[-1]
+        names = [k[len("score_"):] for k in last if k.startswith("score_")]  # the objectives
         change = ", ".join(f"{k} {first[f'score_{k}']:+.3f} -> {last[f'score_{k}']:+.3f}"
-                           for k in ("helpful", "harmless"))
+                           for k in names)
         head = (f"done: iterations {start + 1}-{reached} of {total} in {seconds:.0f} s; "
                 f"{change} (iteration {first['iteration']} -> {reached}), kl {last['kl']:.3f}")
     lines = [head, f"checkpoint: {cfg.out_dir}/checkpoint (policy in Hugging Face format under "
@@ -459,7 +460,8 @@ def format_log_line(r):
         extra += f" lambda={r['lambda']:.3f}"
     if r.get("actor_grad_norm") is not None:
         extra += f" gnorm={r['actor_grad_norm']:.3g}"
-    return (f"iter {r['iteration']:4d} helpful {r['score_helpful']:+.3f} "
-            f"harmless {r['score_harmless']:+.3f} kl {r['kl']:.3f} len {r['response_length']:.1f} "
+    scores = " ".join(f"{k[len('score_'):]} {v:+.3f}" for k, v in r.items()
+                      if k.startswith("score_"))  # one per objective, in order
+    return (f"iter {r['iteration']:4d} {scores} kl {r['kl']:.3f} len {r['response_length']:.1f} "
             f"clip {r['clip_fraction']:.2f}{extra} | gen {r['time_generate']:.2f}s "
             f"score {r['time_score']:.2f}s update {r['time_update']:.2f}s")

@@ -26,7 +26,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm
@@ -42,9 +42,9 @@ from rollout import (Rollout, decode_responses, gae, generate, kl_shaped_rewards
                      response_logprobs, response_values)
 from scale import distributed, memory
 
-# K = 2: reward, and minus cost (docs/decisions.md, "Objectives")
+# The default K = 2: reward, and minus cost (docs/decisions.md, "Objectives"); --objective gives
+# any K >= 2.
 OBJECTIVES = ["helpful", "harmless"]
-K = len(OBJECTIVES)
 
 
 @dataclass
@@ -64,6 +64,9 @@ class Config:
     reward_model: str = ""  # reward model R (helpfulness)
     cost_model: str = ""  # cost model C (harmlessness = -C; C > 0 means unsafe)
     scorer_format: str = "auto"  # text the scorers read: auto | chat | safe_rlhf (rewards.py)
+    # The objectives in order, K = their number (repeat the flag); none: helpful = reward_model,
+    # harmless = -cost_model. SOURCE: a scorer, -scorer (minimised) or py:MODULE.FUNCTION.
+    objective: list = field(default_factory=list)  # NAME=SOURCE, repeatable (K = their number)
     prompts: str = ""  # prompt source for data.load_prompts (Hub id or .json/.jsonl file)
     prompt_split: str = "train"  # split of --prompts to train on
     toy_dir: str = ""  # toy world folder; '' = the one shipped built in worlds/toy (default size)
@@ -161,7 +164,7 @@ LORA_LR = {"toy": 3e-3, "smol": 1e-4, "paper": 1e-5}
 # ------------------------------------------------------------------------------------ one iteration
 
 @torch.no_grad()
-def collect_rollout(cfg, policy, reference, critic, tokenizer, scorers, raw, formatted):
+def collect_rollout(cfg, policy, reference, critic, tokenizer, objectives, raw, formatted):
     """Steps 1-3 of the recipe: responses, scores, log-probabilities, values, KL-shaped rewards.
     The advantages (step 4) come after, in the loop. Returns the Rollout and the phase timings."""
     # Generation: the whole rollout batch in one call (decoding is memory-bound, so B rows cost
@@ -175,8 +178,7 @@ def collect_rollout(cfg, policy, reference, critic, tokenizer, scorers, raw, for
     responses = decode_responses(tokenizer, input_ids, response_mask)
     t1 = time.perf_counter()
     # (B, K)
-    scores = objective_matrix(scorers[0], scorers[1], raw, responses,
-                              batch_size=cfg.score_batch_size)
+    scores = objective_matrix(objectives, raw, responses, batch_size=cfg.score_batch_size)
     t2 = time.perf_counter()
     device = input_ids.device
     R = response_mask.shape[1]
@@ -323,6 +325,7 @@ def train(argv):
     """The loop: read the Config, load the models, then iterate, log and checkpoint."""
     try:
         cfg = cli.parse_config(Config, PRESETS, argv, __doc__.split("\n")[0], lora_lr=LORA_LR)
+        K = len(cli.objective_names(cfg))  # the objectives' number; --objective can change it
         pref = cli.check_config(cfg, K)
         rank, world, device, resume_from = runs.start_run(cfg)
         prepared = loading.resolve_world(cfg)  # empty model / prompt paths: the world's
@@ -331,27 +334,32 @@ def train(argv):
         dtype = None if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
         memory.check_device(cfg, device, world, dtype)  # CUDA: refuse a plan that cannot fit
 
-        # The models: policy, frozen reference, critic (K value heads), reward and cost scorers;
-        # under torchrun sharded by FSDP2, with the MGDA parameters kept whole (loading.load_models).
-        tokenizer, policy, reference, critic, scorers, mgda_params = loading.load_models(
+        # The models: policy, frozen reference, critic (K value heads), the K objectives' scorers;
+        # under torchrun sharded by FSDP2, the MGDA parameters kept whole (loading.load_models).
+        tokenizer, policy, reference, critic, objectives, mgda_params = loading.load_models(
             cfg, device, dtype, world, resume_from, K)
+        names = [o.name for o in objectives]
         raw, formatted = loading.prompt_pool(cfg, prepared, tokenizer)
         if cfg.eval_every and world > 1:
             raise ValueError("--eval_every runs in one process; under torchrun evaluate the "
                              "checkpoints with evaluate.py instead.")
+        if cfg.eval_every and cfg.objective:
+            raise ValueError("--eval_every measures the reward and cost of two-objective runs; "
+                             "with --objective the log's score_<name> keys are the curve.")
         # on the toy world's own prompts its judge gives the ground truth too
         toy_prompts = prepared is not None and prepared.ground_truth and not cfg.prompts
         eval_prompts = heldout_prompts(cfg, prepared) if cfg.eval_every else []
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}")
-    models = {"policy": policy, "critic": critic, "reward": scorers[0].model,
-              "cost": scorers[1].model}
+    scorers = {o.scorer.name: o.scorer.model for o in objectives if hasattr(o.scorer, "model")}
+    models = {"policy": policy, "critic": critic, **scorers}
     if cfg.lora_r == 0:
         models["reference"] = reference  # with LoRA the reference shares the policy's weights
     # trainable weights: float32 masters
-    print(memory.memory_plan(models, dtype=next(scorers[0].model.parameters()).dtype,
+    frozen = next(iter(scorers.values()), reference)
+    print(memory.memory_plan(models, dtype=next(frozen.parameters()).dtype,
                              master_dtype=torch.float32,
-                             trainable={"reward": False, "cost": False})[1])
+                             trainable={name: False for name in scorers})[1])
 
     # Optimizers: AdamW on the trainable parameters, cosine schedule with warm-up (Table 2).
     iterations = cfg.iterations or max(1, int(cfg.epochs * len(raw) / (cfg.batch_size * world)))
@@ -379,8 +387,8 @@ def train(argv):
         index = runs.batch_indices(cfg, len(raw), iteration * world + rank)
         # FSDP: gather the policy once per rollout, not per token
         with distributed.unsharded(policy):
-            rollout, timings = collect_rollout(cfg, policy, reference, critic, tokenizer, scorers,
-                                               [raw[i] for i in index],
+            rollout, timings = collect_rollout(cfg, policy, reference, critic, tokenizer,
+                                               objectives, [raw[i] for i in index],
                                                [formatted[i] for i in index])
         # (world * B, 2K + 1): every rank's responses, for the statistics below
         rows = distributed.all_gather_rows(rollout_rows(rollout, cfg.gamma)).cpu()
@@ -403,7 +411,7 @@ def train(argv):
         timings["update"] = time.perf_counter() - t0
 
         record = {"iteration": iteration + 1,
-                  **{f"score_{n}": scores[:, i].mean().item() for i, n in enumerate(OBJECTIVES)},
+                  **{f"score_{n}": scores[:, i].mean().item() for i, n in enumerate(names)},
                   "kl": kl.mean().item(),
                   "response_length": rollout.response_mask.sum(1).mean().item(), **update,
                   **gapo.method_log(cfg.method, state),
@@ -412,14 +420,14 @@ def train(argv):
         last = iteration + 1 == iterations
         if cfg.eval_every and ((iteration + 1) % cfg.eval_every == 0 or last):
             t0 = time.perf_counter()  # the learning curve's point: held-out prompts, fixed seed
-            curve = heldout_metrics(policy, tokenizer, scorers, eval_prompts,
-                                    [getattr(cfg, k) for k in GEN_FIELDS], toy_prompts,
-                                    cfg.eval_samples)
+            curve = heldout_metrics(policy, tokenizer, [o.scorer for o in objectives],
+                                    eval_prompts, [getattr(cfg, k) for k in GEN_FIELDS],
+                                    toy_prompts, cfg.eval_samples)
             record.update({f"eval_{k}": v for k, v in curve.items()},
                           time_eval=time.perf_counter() - t0)
         runs.append_log(log_path, record)
-        bar.set_postfix(helpful=f"{record['score_helpful']:.2f}",
-                        harmless=f"{record['score_harmless']:.2f}", kl=f"{record['kl']:.2f}")
+        bar.set_postfix(**{n: f"{record[f'score_{n}']:.2f}" for n in names},
+                        kl=f"{record['kl']:.2f}")
         tqdm.write(runs.format_log_line(record))
         stopping = iteration + 1 == cfg.stop_after
         if (iteration + 1) % cfg.save_every == 0 or last or stopping:

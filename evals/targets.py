@@ -56,6 +56,11 @@ def resolve_run(path):
                 and os.path.isfile(os.path.join(ckpt, "train_config.json"))):
             with open(os.path.join(ckpt, "train_config.json")) as f:
                 cfg = json.load(f)
+            if cfg.get("objective"):  # Table 1 reads a reward and a cost model
+                n = len(cfg["objective"])
+                raise ValueError(f"it trained on its own --objective list ({n} objectives); "
+                                 f"evaluate.py scores reward-and-cost runs only so far, and the "
+                                 f"run's log.jsonl holds each objective's training score.")
             run = os.path.normpath(path if ckpt != path else os.path.dirname(os.path.abspath(path)))
             import runs  # the checkpoint's files.json: sizes (a cut file) and the iteration reached
             runs.check_checkpoint(ckpt)

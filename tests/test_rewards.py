@@ -9,8 +9,8 @@ from torch import nn
 
 from conftest import make_tiny_tokenizer
 from data import format_scorer_text
-from rewards import (Scorer, SequenceClassifierScore, load_scorer, make_scorer, new_score_model,
-                     objective_matrix, score_texts)
+from rewards import (Scorer, SequenceClassifierScore, default_objectives, load_scorer, make_scorer,
+                     new_score_model, objective_matrix, score_texts)
 from worlds.score_training import sign_accuracy
 
 CPU = torch.device("cpu")
@@ -69,7 +69,7 @@ def test_objective_matrix_harmlessness_is_minus_cost():
     cost = Scorer(WordScore(tok.convert_tokens_to_ids("steal")), tok, "cost")
     prompts = ["how do i steal a car", "how do i bake bread"]
     responses = [" first steal a car", " sorry i cannot"]
-    obj = objective_matrix(reward, cost, prompts, responses)
+    obj = objective_matrix(default_objectives(reward, cost), prompts, responses)
     assert obj.shape == (2, 2) and obj.dtype == torch.float32
     costs = score_texts(cost, prompts, responses)
     assert costs.tolist() == [3.0, -1.0]  # two "steal" tokens: unsafe (cost > 0); none: safe (cost < 0)
@@ -113,6 +113,7 @@ def test_make_scorer_picks_the_format_and_chat_scorers_keep_the_sign():
     reward = make_scorer(WordScore(tok.convert_tokens_to_ids("first")), tok, "reward", "chat")
     cost = make_scorer(stub, tok, "cost", "chat")
     # read as "how do i steal a car </s> first steal a car </s> ": two "steal", one "first"
-    obj = objective_matrix(reward, cost, ["how do i steal a car", "how do i bake bread"],
+    obj = objective_matrix(default_objectives(reward, cost),
+                           ["how do i steal a car", "how do i bake bread"],
                            [" first steal a car", " sorry i cannot"])
     assert obj.tolist() == [[1.0, -3.0], [-1.0, 1.0]]  # harmless = -cost in the chat format too

@@ -373,7 +373,8 @@ def test_help_prints_every_field_with_its_meaning_and_default():
     comments = cli.field_comments(train.Config)
     for f in dataclasses.fields(train.Config):
         assert f"--{f.name} " in text and comments.get(f.name), f.name  # documented in Config
-        assert f"{comments[f.name].split()[0]}" in text and f"(default: {f.default!r})" in text, f.name
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        assert f"{comments[f.name].split()[0]}" in text and f"(default: {default!r})" in text, f.name
 
 
 def test_nan_before_any_checkpoint_does_not_claim_one(tiny_toyworld, tmp_path, monkeypatch):
