@@ -117,6 +117,9 @@ def prepare_out_dir(cfg):
     partial run is never mixed with a new one. Returns the checkpoint to resume from, or None."""
     if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
         raise ValueError(f"--out_dir {cfg.out_dir} is a file; pass a folder for the run.")
+    if cfg.resume and not os.path.isdir(cfg.out_dir):  # a typo must not start a new run
+        raise ValueError(f"--resume: {cfg.out_dir} does not exist, so there is no run to "
+                         f"continue; check the path, or drop --resume to start a new run there.")
     os.makedirs(cfg.out_dir, exist_ok=True)
     lock_run_folder(cfg.out_dir)
     # A save cut short (kill, full disk) left this; the last checkpoint is intact.

@@ -445,3 +445,12 @@ def test_one_gram_matrix_per_optimizer_step_whatever_the_micro_batch(tiny_toywor
         for key in ("alpha", "weights", "grad_norms", "actor_grad_norm"):
             torch.testing.assert_close(torch.tensor(logs[micro][key]), torch.tensor(logs[16][key]),
                                        rtol=1e-4, atol=1e-6, msg=f"{key}, micro-batch {micro}")
+
+
+def test_resume_of_a_folder_that_does_not_exist_is_one_sentence(tiny_toyworld, tmp_path):
+    """A typo in --out_dir with --resume stops, non-zero, instead of starting a new run there."""
+    missing = tmp_path / "no-such-run"
+    with pytest.raises(SystemExit, match="--resume: .*no-such-run does not exist, so there is no "
+                                         "run to continue"):
+        run(["--resume"], tiny_toyworld, missing)
+    assert not missing.exists()
