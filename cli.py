@@ -23,7 +23,7 @@ import gapo
 
 # Fields a resumed run may change: they do not change what the run computes.
 VOLATILE = {"resume", "overwrite", "save_every", "stop_after", "device", "num_threads", "out_dir",
-            "eval_every", "eval_samples"}
+            "eval_every", "eval_samples", "keep_checkpoints"}
 DEVICES = re.compile(r"(auto|cpu|cuda(:\d+)?)$")  # match() anchors the start
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -136,7 +136,7 @@ def _check_numbers(cfg):
     positive = ["batch_size", "minibatch_size", "micro_batch_size", "ppo_epochs", "max_new_tokens",
                 "max_prompt_length", "save_every", "score_batch_size", "lambda_window", "actor_lr",
                 "critic_lr", "temperature", "repetition_penalty", "clip_eps", "clip_value",
-                "clip_score", "lambda_init", "lambda_max", "eval_samples"]
+                "clip_score", "lambda_init", "lambda_max", "eval_samples", "keep_checkpoints"]
     at_least_zero = ["iterations", "stop_after", "eval_every", "lora_r", "num_threads", "seed",
                      "weight_decay", "max_grad_norm", "kl_coef", "lambda_lr", "fastrl_eta", "p"]
     fraction = ["top_p", "warmup_ratio", "gamma", "gae_lambda"]

@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import sys
@@ -34,6 +35,7 @@ LOCK = ".lock"  # in the run folder: held (flock) by the one process driving the
 # What train.py writes in a run folder; only these and no checkpoint: a failed start.
 RUN_FILES = {"train_config.json", "log.jsonl", "checkpoint", "checkpoint.tmp", "checkpoint.old",
              LOCK}
+HISTORY = re.compile(r"checkpoint-(\d+)$")  # earlier checkpoints kept by --keep_checkpoints
 
 
 def find_checkpoint(out_dir):
@@ -134,8 +136,8 @@ def prepare_out_dir(cfg):
     elif checkpoint:
         raise ValueError(f"{cfg.out_dir} already holds a run; pass --resume to continue it, "
                          f"--overwrite to replace it, or another --out_dir.")
-    elif not set(entries) <= RUN_FILES:
-        strays = ", ".join(e for e in entries if e not in RUN_FILES)
+    elif any(e not in RUN_FILES and not HISTORY.match(e) for e in entries):
+        strays = ", ".join(e for e in entries if e not in RUN_FILES and not HISTORY.match(e))
         raise ValueError(f"{cfg.out_dir} holds files train.py did not write ({strays}); pass "
                          f"another --out_dir, or --overwrite to delete them.")
     elif entries or cfg.resume:
@@ -225,6 +227,8 @@ def save_checkpoint(out_dir, cfg, policy, tokenizer, critic, optimizers, schedul
             shutil.rmtree(old, ignore_errors=True)
             os.rename(final, old)
         os.rename(tmp, final)
+        if getattr(cfg, "keep_checkpoints", 1) > 1 and os.path.isdir(old):
+            keep_history(out_dir, old, cfg.keep_checkpoints - 1)
         shutil.rmtree(old, ignore_errors=True)
     distributed.barrier()  # the renamed checkpoint is there before any rank goes on
     if error is not None:
@@ -232,6 +236,19 @@ def save_checkpoint(out_dir, cfg, policy, tokenizer, critic, optimizers, schedul
             shutil.rmtree(tmp, ignore_errors=True)
         raise SaveError(f"saving the checkpoint of iteration {iteration} failed ({error}); free "
                         f"disk space")
+
+
+def keep_history(out_dir, previous, n):
+    """--keep_checkpoints: the checkpoint just replaced becomes checkpoint-<its iteration> (a
+    rename, no copy), and only the newest n of those stay. Each is a complete checkpoint folder
+    that evaluate.py scores like the latest (python evaluate.py RUN/checkpoint-50)."""
+    with open(os.path.join(previous, "files.json")) as f:
+        iteration = json.load(f)["iteration"]
+    os.rename(previous, os.path.join(out_dir, f"checkpoint-{iteration}"))
+    history = sorted((int(m.group(1)), name) for name in os.listdir(out_dir)
+                     if (m := HISTORY.match(name)))
+    for _, name in history[:-n]:
+        shutil.rmtree(os.path.join(out_dir, name))
 
 
 def _optimized(policy, critic, optimizers):

@@ -122,6 +122,7 @@ class Config:
     fastrl_eta: float = 0.1  # eta, fast-rl weight step (our choice; the paper does not give it)
     # --- bookkeeping
     save_every: int = 50  # iterations between checkpoints (and at the end)
+    keep_checkpoints: int = 1  # N: the latest (resumable) and the N-1 before it, checkpoint-<it>
     stop_after: int = 0  # > 0: save and exit after this iteration (time limits; --resume goes on)
     score_batch_size: int = 16  # responses per forward of the reward and cost models
     # The learning curve (evals/heldout.py): the numbers evaluate.py gives a checkpoint, logged

@@ -454,3 +454,25 @@ def test_resume_of_a_folder_that_does_not_exist_is_one_sentence(tiny_toyworld, t
                                          "run to continue"):
         run(["--resume"], tiny_toyworld, missing)
     assert not missing.exists()
+
+
+def test_keep_checkpoints_keeps_the_last_n_by_iteration_and_each_is_evaluable(tiny_toyworld,
+                                                                              tmp_path):
+    """--keep_checkpoints 3 --save_every 1: the latest checkpoint (resumable) and checkpoint-3,
+    checkpoint-2; checkpoint-1 pruned. A kept one is a complete checkpoint evaluate.py reads."""
+    from evals.targets import resolve_run
+    out = tmp_path / "run"
+    flags = ["--iterations", "6", "--save_every", "1", "--keep_checkpoints", "3"]
+    run(flags + ["--stop_after", "4"], tiny_toyworld, out)
+    kept = sorted(name for name in os.listdir(out) if name.startswith("checkpoint"))
+    assert kept == ["checkpoint", "checkpoint-2", "checkpoint-3"]
+    assert runs.checkpoint_iteration(out) == 4
+    target = resolve_run(str(out / "checkpoint-2"))
+    assert target.progress == (2, 6) and target.checkpoint.endswith("checkpoint-2")
+    # the folder with its history still resumes, and a new start there is refused as before
+    run(flags + ["--resume"], tiny_toyworld, out)
+    assert sorted(n for n in os.listdir(out) if n.startswith("checkpoint")) == [
+        "checkpoint", "checkpoint-4", "checkpoint-5"]
+    assert runs.checkpoint_iteration(out) == 6
+    with pytest.raises(SystemExit, match="already holds a run"):
+        run(["--iterations", "6"], tiny_toyworld, out)
