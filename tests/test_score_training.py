@@ -103,3 +103,13 @@ def test_training_is_seeded(tmp_path):
         train_score_model(model, tok, helpful, kind="helpful")
     with pytest.raises(ValueError, match="no preference pairs"):
         train_score_model(model, tok, [])
+
+
+def test_progress_bars_stay_out_of_a_log_file(capsys):
+    """A build's bars redraw into a terminal only: with stderr a file (here pytest's capture, not
+    a terminal) nothing of them is written."""
+    helpful, _ = toy_pairs()
+    tok = make_tiny_tokenizer()
+    model = new_score_model(dict(vocab_size=len(tok), **TINY))
+    train_score_model(model, tok, helpful, epochs=1, lr=1e-3, batch_size=4, progress=True)
+    assert "train reward model" not in capsys.readouterr().err

@@ -96,7 +96,9 @@ def train_score_model(model, tokenizer, pairs, kind="reward", epochs=1, lr=1e-4,
                 else contextlib.nullcontext())
     eos = tokenizer.eos_token or ""
     steps_per_epoch = (len(pairs) + batch_size - 1) // batch_size
-    bar = tqdm(total=epochs * steps_per_epoch, disable=not progress, desc=f"train {kind} model")
+    # disable=None: no bar when stderr is not a terminal (a log file would collect every redraw)
+    bar = tqdm(total=epochs * steps_per_epoch, disable=None if progress else True,
+               desc=f"train {kind} model")
     epoch_losses = []
     for _ in range(epochs):
         order = list(range(len(pairs)))

@@ -104,7 +104,8 @@ def train_sft(tok, prompts, cfg, steps, batch_size, lr, seed, progress=True):
     prompt_ids = [tok(format_policy_prompt(tok, p.text))["input_ids"] for p in prompts]
     opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    bar = tqdm(range(steps), desc="sft policy", disable=not progress, leave=False)
+    # disable=None: no bar when stderr is not a terminal (a log file would collect every redraw)
+    bar = tqdm(range(steps), desc="sft policy", disable=None if progress else True, leave=False)
     for _ in bar:
         idx = rng.integers(len(prompts), size=batch_size)
         resp = tok([sft_response(rng, prompts[i]) for i in idx],
