@@ -178,7 +178,7 @@ def check_device(cfg):
 
 def _check_prompt_file(path):
     """A local prompt file must be text: say so, naming the file, before any model loads."""
-    if not path or not os.path.isfile(path) or path.endswith(".gz"):
+    if not path or not os.path.isfile(path) or path.endswith((".gz", ".parquet")):
         return
     try:
         with open(path, encoding="utf-8") as f:

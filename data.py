@@ -17,9 +17,11 @@ What it does
 
 Sources: a Hugging Face Hub id ("PKU-Alignment/PKU-SafeRLHF", "Anthropic/hh-rlhf", or
 "Anthropic/hh-rlhf:harmless-base" to pick a data dir), a local folder that load_dataset can read,
-or a local .json / .jsonl / .jsonl.gz file. Hub rows and file rows go through the same row parser;
-a row's format (PKU-SafeRLHF, HH-RLHF, or plain {"prompt": ...}) is told by its fields. Both
-PKU-SafeRLHF schemas work: the 2024 fields (sources, hashes, harm categories, severity) are ignored.
+or a local .json / .jsonl / .jsonl.gz / .parquet / .csv file. Hub rows and file rows go through
+the same row parser; a row's format (PKU-SafeRLHF, HH-RLHF, plain {"prompt": ...}, or a chat
+conversation: {"messages": [{"role", "content"}, ...]} or "prompt" as such a list, a trailing
+assistant turn dropped) is told by its fields. Both PKU-SafeRLHF schemas work: the 2024 fields
+(sources, hashes, harm categories, severity) are ignored.
 
 Run: python data.py Anthropic/hh-rlhf:harmless-base test   (prints counts and the first prompt)
 
@@ -38,7 +40,8 @@ SAFE_RLHF_BEGIN = "BEGINNING OF CONVERSATION: "  # Safe RLHF's dialogue pieces (
 SAFE_RLHF_USER, SAFE_RLHF_ASSISTANT = "USER: {} ", "ASSISTANT:"
 TURN_MARKER = re.compile(r"(?:^|\n\n)(Human|Assistant):")  # HH-RLHF turn: at start or after \n\n
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"  # HH-RLHF turn markers
-FILE_SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".json.gz")
+FILE_SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".json.gz", ".parquet", ".csv")
+TABLE_SUFFIXES = {".parquet": "parquet", ".csv": "csv"}  # read by datasets' own builders
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,15 +89,23 @@ def _read_hub(source, split):
         yield f"row {i}", row
 
 
+def _read_table(path, builder):
+    """Rows of a local parquet or CSV file, through the datasets library's own reader."""
+    import datasets
+    for i, row in enumerate(datasets.load_dataset(builder, data_files=path, split="train"), 1):
+        yield f"row {i}", row
+
+
 def read_rows(source, split):
     """(name, iterator of (where, row)) for any source; a non-dict row stops with its location."""
     if os.path.isfile(source) or source.endswith(FILE_SUFFIXES):
         if not os.path.isfile(source):
             raise FileNotFoundError(f"data file {source} does not exist; check the path.")
         if not source.endswith(FILE_SUFFIXES):
-            raise ValueError(f"{source} is not a .json, .jsonl or .jsonl.gz file; "
+            raise ValueError(f"{source} is not a .json, .jsonl, .jsonl.gz, .parquet or .csv file; "
                              f"convert it to JSON Lines.")
-        name, rows = source, read_file(source)
+        table = next((b for s, b in TABLE_SUFFIXES.items() if source.endswith(s)), None)
+        name, rows = source, _read_table(source, table) if table else read_file(source)
     else:
         name, rows = f"{source} (split {split})", _read_hub(source, split)
 
@@ -115,6 +126,8 @@ def read_rows(source, split):
 # Parsing one row. The first row decides the format; every later row must have its fields.
 
 def row_format(row):
+    if "messages" in row or isinstance(row.get("prompt"), list):
+        return "chat"  # {"messages": [{"role", "content"}, ...]} or "prompt" as a list of turns
     if "chosen" in row or "rejected" in row:
         return "HH-RLHF"
     if any(k in row for k in ("response_0", "response_1", "better_response_id",
@@ -175,7 +188,36 @@ def _hh_first_turn(dialogue, name, where):
     return turn
 
 
+def _chat_prompt(row, name, where):
+    """A conversation as the prompt text the rest of the project reads: one user turn -> its
+    text; several -> the HH-RLHF dialogue string ("\n\nHuman: q1\n\nAssistant: a1\n\nHuman:
+    q2\n\nAssistant:"), which dialogue_turns splits back into turns for the chat templates. A
+    trailing assistant turn (the answer a chat data set carries) is dropped; system turns are not
+    carried (left out)."""
+    key = "messages" if "messages" in row else "prompt"
+    turns = row.get(key)
+    if not isinstance(turns, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("content"), str) for t in turns):
+        raise ValueError(f"{name}, {where}: field '{key}' should be a list of "
+                         f"{{\"role\": ..., \"content\": ...}} turns; fix that row.")
+    turns = [t for t in turns if t.get("role") != "system"]
+    if turns and turns[-1].get("role") == "assistant":
+        turns = turns[:-1]
+    roles = [t.get("role") for t in turns]
+    alternating = ["assistant" if i % 2 else "user" for i in range(len(turns))]
+    if not turns or roles != alternating or roles[-1] != "user":
+        raise ValueError(f"{name}, {where}: field '{key}' should alternate user and assistant "
+                         f"turns, starting and ending with a user turn (got {roles}); fix that "
+                         f"row.")
+    if len(turns) == 1:
+        return turns[0]["content"]
+    return "".join((HUMAN if t["role"] == "user" else ASSISTANT) + " " + t["content"]
+                   for t in turns) + ASSISTANT
+
+
 def _parse_prompt(row, fmt, name, where, hh_first_turn_only):
+    if fmt == "chat":
+        return _chat_prompt(row, name, where)
     if fmt == "HH-RLHF":
         chosen = checked_field(row, "chosen", str, name, where, fmt)
         rejected = checked_field(row, "rejected", str, name, where, fmt)

@@ -238,3 +238,31 @@ def test_real_hh_rlhf_multi_turn_prompts_reach_the_scorer_as_turns():
     turns = data.dialogue_turns(sample)
     assert "\n\nHuman:" not in data.format_scorer_text(sample, "", "</s>")
     assert data.format_scorer_text(sample, "", "</s>").count(" ASSISTANT:") == (len(turns) + 1) // 2
+
+
+def test_chat_format_rows_and_parquet_and_csv_prompt_files(tmp_path):
+    """TRL's conversational rows ({"messages": [...]} or "prompt" as a list of turns) become the
+    prompt text the project reads (a multi-turn one splits back into its turns; a trailing
+    assistant answer is dropped), and parquet / CSV files read like JSON Lines."""
+    rows = [{"messages": [{"role": "user", "content": "how do i bake bread"},
+                          {"role": "assistant", "content": "mix flour"}]},
+            {"prompt": [{"role": "system", "content": "be brief"},
+                        {"role": "user", "content": "first question"},
+                        {"role": "assistant", "content": "first answer"},
+                        {"role": "user", "content": "then what"}]}]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    prompts = data.load_prompts(str(path))
+    assert prompts[0] == "how do i bake bread"
+    assert data.dialogue_turns(prompts[1]) == ["first question", "first answer", "then what"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": [{"role": "assistant", "content": "hi"},
+                                            {"role": "assistant", "content": "again"}]}) + "\n")
+    with pytest.raises(ValueError, match="should alternate user and assistant turns"):
+        data.load_prompts(str(bad))
+    import pandas as pd
+    frame = pd.DataFrame({"prompt": ["how do i bake bread", "how do i fix a bike"]})
+    frame.to_parquet(tmp_path / "p.parquet")
+    frame.to_csv(tmp_path / "p.csv", index=False)
+    for name in ("p.parquet", "p.csv"):
+        assert data.load_prompts(str(tmp_path / name)) == list(frame["prompt"])
