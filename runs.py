@@ -227,7 +227,7 @@ def save_checkpoint(out_dir, cfg, policy, tokenizer, critic, optimizers, schedul
             shutil.rmtree(old, ignore_errors=True)
             os.rename(final, old)
         os.rename(tmp, final)
-        if getattr(cfg, "keep_checkpoints", 1) > 1 and os.path.isdir(old):
+        if cfg.keep_checkpoints > 1 and os.path.isdir(old):
             keep_history(out_dir, old, cfg.keep_checkpoints - 1)
         shutil.rmtree(old, ignore_errors=True)
     distributed.barrier()  # the renamed checkpoint is there before any rank goes on
@@ -242,8 +242,11 @@ def keep_history(out_dir, previous, n):
     """--keep_checkpoints: the checkpoint just replaced becomes checkpoint-<its iteration> (a
     rename, no copy), and only the newest n of those stay. Each is a complete checkpoint folder
     that evaluate.py scores like the latest (python evaluate.py RUN/checkpoint-50)."""
-    with open(os.path.join(previous, "files.json")) as f:
-        iteration = json.load(f)["iteration"]
+    try:
+        with open(os.path.join(previous, "files.json")) as f:
+            iteration = json.load(f)["iteration"]
+    except (OSError, ValueError, KeyError):  # saved before files.json: no iteration to name it by
+        return  # the caller deletes it, as without --keep_checkpoints
     os.rename(previous, os.path.join(out_dir, f"checkpoint-{iteration}"))
     history = sorted((int(m.group(1)), name) for name in os.listdir(out_dir)
                      if (m := HISTORY.match(name)))

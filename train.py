@@ -37,7 +37,7 @@ import loading
 import runs
 from evals.heldout import heldout_metrics, heldout_prompts
 from evals.tables import GEN_FIELDS
-from rewards import objective_matrix
+from rewards import Scorer, objective_matrix
 from rollout import (Rollout, decode_responses, gae, generate, kl_shaped_rewards,
                      response_logprobs, response_values)
 from scale import distributed, memory
@@ -243,7 +243,8 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
             ids, mask, rmask = (rollout.input_ids[idx], rollout.attention_mask[idx],
                                 rollout.response_mask[idx])
             # The method's own state that moves every RL step: safe-rlhf's multiplier, whose cost
-            # window takes the step's episodes (every rank's) in the first PPO epoch. The method's
+            # window takes the step's episodes (every rank's) in the first PPO epoch; the gather is
+            # a no-op in one process, one tiny collective per step under torchrun. The method's
             # advantages are derived once per update, and again whenever that state moved.
             new_costs = costs[idx.to(costs.device)] if epoch == 0 else costs[:0]
             moved = gapo.step_update(cfg.method, state, distributed.all_gather_rows(new_costs), cfg)
@@ -352,7 +353,7 @@ def train(argv):
         eval_prompts = heldout_prompts(cfg, prepared) if cfg.eval_every else []
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}")
-    scorers = {o.scorer.name: o.scorer.model for o in objectives if hasattr(o.scorer, "model")}
+    scorers = {o.scorer.name: o.scorer.model for o in objectives if isinstance(o.scorer, Scorer)}
     models = {"policy": policy, "critic": critic, **scorers}
     if cfg.lora_r == 0:
         models["reference"] = reference  # with LoRA the reference shares the policy's weights
