@@ -218,13 +218,19 @@ def check_config(cfg, K):
         raise ValueError(f"unknown critic_init {cfg.critic_init!r}; choose first_rollout or zero.")
     if cfg.weight_scale not in ("sum_one", "raw"):
         raise ValueError(f"unknown weight_scale {cfg.weight_scale!r}; choose sum_one or raw.")
-    from rewards import SCORER_FORMATS  # here: cli stays light for evaluate.py and runs.py
+    from formats.models import SCORER_FORMATS  # here: cli stays light for evaluate and runs
     if cfg.scorer_format not in SCORER_FORMATS:
         raise ValueError(f"unknown scorer_format {cfg.scorer_format!r}; choose auto, chat or "
                          f"safe_rlhf.")
     if not (0 <= cfg.adam_beta1 < 1 and 0 <= cfg.adam_beta2 < 1):
         raise ValueError(f"--adam_beta1 and --adam_beta2 must lie in [0, 1) "
                          f"(got {cfg.adam_beta1}, {cfg.adam_beta2}).")
+    if cfg.eval_every and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun sets it
+        raise ValueError("--eval_every runs in one process; under torchrun evaluate the "
+                         "checkpoints with evaluate.py instead.")
+    if cfg.eval_every and cfg.objective:
+        raise ValueError("--eval_every measures the reward and cost of two-objective runs; "
+                         "with --objective the log's score_<name> keys are the curve.")
     check_device(cfg)
     _check_prompt_file(cfg.prompts)
     return pref

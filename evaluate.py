@@ -133,12 +133,13 @@ def load_eval_policy(cfg, checkpoint, ctx, merged=False):
     (docs/decisions.md). merged=True (soups, which interpolate whole weights): float32 weights,
     LoRA merged in float32, computing in ctx.dtype under autocast (model.master_weights), so the
     interpolation is not rounded either."""
-    from model import _peft, load_policy, load_tokenizer
+    from formats.models import load_tokenizer, peft_call
+    from model import load_policy
     path = os.path.join(checkpoint, "policy") if checkpoint else cfg["policy"]
     if os.path.isfile(os.path.join(path, "adapter_config.json")):
         from peft import PeftModel
         base = load_policy(cfg["policy"], ctx.device, ctx.dtype, master=merged)
-        policy = _peft(PeftModel.from_pretrained, base, path)
+        policy = peft_call(PeftModel.from_pretrained, base, path)
         policy = policy.merge_and_unload() if merged else policy
     else:
         policy = load_policy(path, ctx.device, ctx.dtype, master=merged)
@@ -356,7 +357,7 @@ def plan_jobs(args, ctx, fail):
 
 def main(argv=None):
     args = parse_args(argv)
-    from model import default_dtype, pick_device
+    from formats.models import default_dtype, pick_device
     device = pick_device() if args.device == "auto" else torch.device(args.device)
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)

@@ -23,11 +23,11 @@ Left out on purpose: KL control schedules, entropy bonuses, and per-token (rathe
 per-minibatch) MGDA.
 """
 import math
-import re
 from dataclasses import dataclass, field
 
 import torch
 
+from formats.models import last_block_names
 from mgda import gapo_weights, gram_matrix
 from rollout import gae, whiten
 
@@ -108,22 +108,6 @@ def ppo_losses(logprobs, old_logprobs, advantages, response_mask, clip_eps):
     return losses, {"clip_fraction": clip_fraction.item(), "approx_kl": approx_kl.item()}
 
 
-def _num_layers(config):
-    """Decoder depth from a model config; multimodal configs keep it under text_config."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for cfg in (text, getattr(config, "text_config", None), config):
-        for key in ("num_hidden_layers", "n_layer", "num_layers"):
-            if cfg is not None and isinstance(getattr(cfg, key, None), int):
-                return getattr(cfg, key)
-    return None
-
-
-# A decoder block's parameter name: "...layers.N." (Llama, Mistral, Qwen2, also under peft's
-# "base_model.model." prefix) or "...h.N." (GPT-2 style "transformer.h.N.").
-BLOCK_NAME = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
-VISION_PARTS = ("vision", "visual", "image")  # multimodal towers have their own "layers.N."
-
-
 def mgda_parameters(policy, which):
     """The parameters the objective gradients g_i are taken with respect to (docs/decisions.md,
     "Which last layer").
@@ -139,11 +123,7 @@ def mgda_parameters(policy, which):
         if not chosen:
             raise ValueError("mgda_params='all' selects no parameter: none is trainable")
     elif which == "last_block":
-        text_blocks = [(n, int(m.group(1))) for n, _ in named
-                       if (m := BLOCK_NAME.search(n)) and not any(v in n for v in VISION_PARTS)]
-        depth = _num_layers(policy.config)
-        last = depth - 1 if depth else max((i for _, i in text_blocks), default=-1)
-        in_last = {n for n, i in text_blocks if i == last}
+        last, in_last = last_block_names(policy)
         chosen = [(n, p) for n, p in trainable if n in in_last]
         if not chosen:
             what = "has no trainable parameter" if in_last else "was not found among the parameters"

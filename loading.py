@@ -11,17 +11,22 @@
 Run: nothing to run; train.py and evaluate.py call it (`python -m pytest -q tests/test_train.py`).
 Left out on purpose: models from anywhere but a local folder or the Hugging Face Hub.
 """
+import importlib
+import math
 import os
+import sys
+
+import torch
 
 import gapo
 import worlds
-from data import format_policy_prompt, load_prompts
-from model import Critic, default_dtype, load_policy, load_reference, load_tokenizer
 from cli import parse_objective
-from rewards import (Objective, Scorer, default_objectives, describe_scorers, load_score_model,
-                     make_scorer, python_scorer)
+from data import format_policy_prompt, load_prompts
+from formats.models import default_dtype, load_score_model, load_tokenizer
+from model import Critic, load_policy, load_reference
+from rewards import Objective, Scorer, default_objectives, describe_scorers, make_scorer
 from runs import load_policy_weights
-from scale import distributed
+from scale import distributed, memory
 
 
 def resolve_world(cfg):
@@ -53,7 +58,7 @@ def prompt_pool(cfg, world, tokenizer):
 
 def loaded_scorer(loaded, path, dtype, name, scorer_format="auto"):
     """The Scorer of a score model loaded through `loaded` (whole, or sharded on every rank),
-    reading the text scorer_format says (rewards.scorer_template: auto, chat or safe_rlhf)."""
+    reading the text scorer_format says (formats.models.scorer_template: auto, chat, safe_rlhf)."""
     tokenizers = []
 
     def load(device):
@@ -115,4 +120,52 @@ def load_models(cfg, device, dtype, world, resume_from, K):
     scorers = [o.scorer for o in objectives if isinstance(o.scorer, Scorer)]
     if distributed.is_main() and scorers:
         print(describe_scorers(scorers))  # once: which text each scorer reads
+    models = {"policy": policy, "critic": critic, **{s.name: s.model for s in scorers}}
+    if cfg.lora_r == 0:
+        models["reference"] = reference  # with LoRA the reference shares the policy's weights
+    frozen = scorers[0].model if scorers else reference  # trainable weights: float32 masters
+    print(memory.memory_plan(models, dtype=next(frozen.parameters()).dtype,
+                             master_dtype=torch.float32,
+                             trainable={s.name: False for s in scorers})[1])
     return tokenizer, policy, reference, critic, objectives, mgda(policy) or None
+
+
+def optimizers(cfg, policy, critic, steps):
+    """AdamW on the trainable parameters of actor and critic, each with the cosine schedule over
+    `steps` optimizer steps (Table 2). Under torchrun the sharded (FSDP) and whole parameters sit in
+    separate groups (distributed.adamw): foreach AdamW refuses a mix."""
+    optimizers = [distributed.adamw(m, lr, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2))
+                  for m, lr in [(policy, cfg.actor_lr), (critic, cfg.critic_lr)]]
+    return optimizers, [cosine_schedule(o, steps, cfg.warmup_ratio) for o in optimizers]
+
+
+def cosine_schedule(optimizer, total_steps, warmup_ratio):
+    """Linear warm-up over warmup_ratio of the steps, then cosine decay to 0 (Table 2)."""
+    warmup = max(1, int(warmup_ratio * total_steps))
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup)
+                                                 / max(1, total_steps - warmup))))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def python_scorer(spec):
+    """`py:MODULE.FUNCTION` -> the function, imported from the current folder (or sys.path)."""
+    target = spec[len("py:"):]
+    module_name, _, function_name = target.rpartition(".")
+    if not module_name or not function_name:
+        raise ValueError(f"--objective source {spec!r} must name a function as "
+                         f"py:MODULE.FUNCTION (for example py:rules.brevity).")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # "importable from the current folder"
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"--objective source {spec!r} cannot be imported ({err}); put "
+                         f"{module_name}.py with a function {function_name}(prompts, responses) "
+                         f"in the current folder.") from None
+    if not callable(function):
+        raise ValueError(f"--objective source {spec!r} is not a function.")
+    return function

@@ -6,120 +6,25 @@ What it does (the paper's Sec. 4.1 setting; choices in docs/decisions.md):
   on CPU. Optional LoRA (peft): the reference is then the same weights with the adapter switched
   off.
 - critic: the policy's backbone (no LM head) plus one value head per objective, (B, T, K).
-- float32 master weights under bf16 autocast (`master_weights`), and the loading helpers the
-  score models (rewards.py) share.
+- float32 master weights under bf16 autocast (`master_weights`). Reading from the Hub or a
+  folder, dtypes and tokenizers: formats/models.py.
 
 Run: nothing to run; `python -m pytest -q tests/test_model.py` checks it.
 Left out on purpose: multi-GPU sharding (scale/distributed.py does it), DeepSpeed, quantisation,
 value-head normalisers.
 """
-import contextlib
 import json
-import logging
 import os
-import warnings
 
 import torch
-import transformers
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModel, AutoModelForCausalLM
 
-# one bar per shard per model is noise in a training log
-transformers.utils.logging.disable_progress_bar()
-# Hub kernels off unless the user asks (USE_HUB_KERNELS=1): transformers >= 5.25 turns them on
-# whenever the `kernels` package is installed, and they replace layers with code fetched from the
-# Hub, so a run would download at start-up, compute with other layers than the torch ones every
-# figure here was measured with, and fail on models built on the meta device (sharded loading).
-os.environ.setdefault("USE_HUB_KERNELS", "NO")
-log = logging.getLogger(__name__)
-
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+from formats.models import (META, add_lora, dtype_for, enable_checkpointing, from_hub,
+                            load_backbone, peft_call, place, position_ids_from_mask, pretrained)
 
 
-# --------------------------------------------------------------------- devices and loading helpers
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_dtype(device) -> torch.dtype:
-    # bf16 halves memory on GPUs (the paper trains in bf16); CPUs are slow and imprecise in bf16.
-    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-
-
-def dtype_for(dtype, device) -> torch.dtype:
-    if dtype is None:
-        return default_dtype(device)
-    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
-
-
-META = {"on": False}  # set by meta_loading
-
-
-@contextlib.contextmanager
-def meta_loading():
-    """Inside the block the loaders below build their model with every parameter and buffer on
-    the meta device (from_pretrained's device_map="meta": same config, classes, head checks and
-    dtype handling, no memory) and leave it there (`place` skips the move). Sharded loading uses
-    it on every rank (scale.distributed.load_sharded): FSDP shards the empty model, then rank 0's
-    weights are broadcast into the shards."""
-    META["on"] = True
-    try:
-        yield
-    finally:
-        META["on"] = False
-
-
-def pretrained(loader, name_or_path, **kwargs):
-    """loader(name_or_path, **kwargs), on the meta device inside meta_loading."""
-    if META["on"]:
-        kwargs["device_map"] = "meta"
-    return loader(str(name_or_path), **kwargs)
-
-
-def place(module, device):
-    """module.to(device), except for a meta model (meta_loading), which stays empty."""
-    return module if META["on"] else module.to(device)
-
-
-def from_hub(loader, name_or_path, what, **kwargs):
-    """Call loader(name_or_path, **kwargs); a missing local folder or a hub miss becomes one clear
-    sentence."""
-    name_or_path = str(name_or_path)
-    try:
-        return pretrained(loader, name_or_path, **kwargs)
-    except OSError as err:
-        # transformers raises OSError for offline, unknown repo id and malformed path alike
-        if os.path.isdir(name_or_path):
-            raise  # a real folder with a broken file: the original message is the useful one
-        log.debug("loading %s failed: %s", name_or_path, err)
-        raise FileNotFoundError(
-            f"The {what} '{name_or_path}' is not a local folder and could not be downloaded from "
-            "the Hugging Face Hub (offline?); download it first or pass a local path.") from None
-
-
-def _load_backbone(name_or_path, dtype):
-    """AutoModel (no LM head) from a causal-LM checkpoint; the dropped lm_head is expected, so the
-    load report that lists it as unexpected is silenced."""
-    from transformers.utils import logging as hf_logging
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        return from_hub(AutoModel.from_pretrained, name_or_path, "critic base model", dtype=dtype)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-
-
-def enable_checkpointing(model):
-    # Non-reentrant, so torch.autograd.grad over a subset of parameters (GAPO's last-layer
-    # gradients) works.
-    kwargs = {"use_reentrant": False}
-    # newer transformers renamed it; the old name warns
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
+# --------------------------------------------------------------------- float32 master weights
 
 def _enter_autocast(module, args):
     """Forward pre-hook of master_weights: the forward runs under autocast(module.compute_dtype)."""
@@ -152,60 +57,7 @@ def master_weights(model, compute_dtype):
     return model
 
 
-def _peft(fn, *args, **kwargs):
-    # peft still reads the deprecated is_gradient_checkpointing: noise only
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
-                                category=FutureWarning)
-        return fn(*args, **kwargs)
-
-
-def add_lora(model, r, alpha, dropout, task_type):
-    """LoRA on LORA_TARGETS; alpha 0 means 2 r (scale alpha / r = 2, docs/decisions.md)."""
-    from peft import LoraConfig, get_peft_model
-    alpha = alpha or 2 * r
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(LORA_TARGETS),
-                     task_type=task_type)
-    return _peft(get_peft_model, model, cfg)  # freezes the base weights; only the adapters train
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) 0/1 mask -> (B, T) positions counted over real tokens only (pads get 0), as generate()
-    numbers them. A plain forward numbers the pad tokens too: harmless up to rounding for RoPE
-    models (relative), wrong for models with absolute positions. Pass these to every forward on
-    left-padded batches."""
-    assert attention_mask.dim() == 2, attention_mask.shape
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) mask -> (B,) index of the last 1 in each row; right for either padding side."""
-    assert attention_mask.dim() == 2, attention_mask.shape
-    T = attention_mask.shape[1]
-    positions = torch.arange(T, device=attention_mask.device).expand_as(attention_mask)
-    return (positions * attention_mask.long()).argmax(-1)
-
-
-# --------------------------------------------------------------------- tokenizer, policy, reference
-
-def load_tokenizer(name_or_path, padding_side="left"):
-    """Left padding for policy prompts (generation appends on the right); right padding for
-    scorers."""
-    tok = from_hub(AutoTokenizer.from_pretrained, name_or_path, "tokenizer")
-    if tok.pad_token is None:
-        # Reuse an existing token so the embedding matrix keeps its shape; unk first, because eos as
-        # pad would make "last non-pad token" rules (AutoModelForSequenceClassification) skip a real
-        # eos.
-        if tok.unk_token is not None:
-            tok.pad_token = tok.unk_token
-        elif tok.eos_token is not None:
-            tok.pad_token = tok.eos_token
-        else:
-            raise ValueError(f"The tokenizer '{name_or_path}' has no pad, unk or eos token; "
-                             "add a pad token to it.")
-    tok.padding_side = padding_side
-    return tok
-
+# --------------------------------------------------------------------- policy, reference
 
 def _weights_dtype(compute_dtype, lora_r, master):
     """Full fine-tuning in bf16 loads float32 master weights (see master_weights); LoRA keeps the
@@ -334,7 +186,7 @@ class Critic(nn.Module):
         """The policy's backbone + a zero value head; float32 master weights as load_policy's."""
         device = torch.device(device)
         compute = dtype_for(dtype, device)
-        backbone = place(_load_backbone(name_or_path, _weights_dtype(compute, lora_r, True)),
+        backbone = place(load_backbone(name_or_path, _weights_dtype(compute, lora_r, True)),
                           device)
         backbone.config.use_cache = False
         if gradient_checkpointing:
@@ -399,8 +251,8 @@ class Critic(nn.Module):
         dtype = dtype_for(dtype, device)
         if meta["lora"]:
             from peft import PeftModel
-            base = _load_backbone(meta["base"], dtype)
-            backbone = _peft(PeftModel.from_pretrained, base, path, is_trainable=True)
+            base = load_backbone(meta["base"], dtype)
+            backbone = peft_call(PeftModel.from_pretrained, base, path, is_trainable=True)
         else:  # float32 master weights, as saved (from_policy)
             backbone = master_weights(
                 place(pretrained(AutoModel.from_pretrained, path, dtype=torch.float32), device),

@@ -1,11 +1,8 @@
-"""The reward and cost models, scoring responses with them, and the objective matrix.
+"""Scoring responses with the reward and cost models, and the objective matrix.
 
 What it does (paper Sec. 2 objectives, App. B.2 scoring; docs/decisions.md):
-- score models: `LlamaModelForScore`, the exact layout of PKU-Alignment/beaver-7b-v1.0-{reward,cost}
-  (LLaMA backbone `model.*` + `score_head`), or any AutoModelForSequenceClassification with one
-  label. The score is read at the last non-padding token, as the beaver models do; the beaver
-  models' training-time `normalizer` buffers are ignored on load (the published v1.0 scores are
-  raw).
+- the score models themselves (beaver's `LlamaModelForScore` layout, or a one-label sequence
+  classifier) are read by formats/models.py; here they score.
 - score_texts: decoded (prompt, response) pairs are re-tokenised with each scorer's OWN tokenizer
   (the policy's and the scorer's tokenizers differ: Mistral vs LLaMA) in the format that scorer
   was trained on, right padded, and scored at the last real token -> (B,) float32 on the CPU.
@@ -22,145 +19,16 @@ Left out on purpose: training the score models (worlds/score_training.py: the wo
 scorers, a GAPO run only scores) and clever truncation (over-long texts lose their START, so the
 response end and eos that the score is read at survive; they are counted).
 """
-import importlib
 import logging
-import os
-import sys
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from data import format_scorer_chat, format_scorer_text
-from transformers import (AutoConfig, AutoModelForSequenceClassification, LlamaConfig, LlamaModel,
-                          LlamaPreTrainedModel)
-
-from model import (dtype_for, from_hub, last_token_index, load_tokenizer, pick_device, place,
-                   position_ids_from_mask, pretrained)
+from formats.models import TEMPLATES, load_score_model, scorer_template
 
 log = logging.getLogger(__name__)
-# The beaver configs have said both over time (safe-rlhf renamed the class); same weights, same
-# forward.
-SCORE_ARCHITECTURES = ("LlamaModelForScore", "LlamaForScore")
-# What --scorer_format accepts; a Scorer itself holds one of TEMPLATES (auto resolved at load).
-SCORER_FORMATS = ("auto", "chat", "safe_rlhf")
-TEMPLATES = {"safe_rlhf": "the Safe RLHF template", "chat": "its tokenizer's chat template"}
-
-
-# --------------------------------------------------------------------- score models
-
-class LlamaModelForScore(LlamaPreTrainedModel):
-    """The beaver score model: LlamaModel (`model.*`) +
-    `score_head = Linear(hidden, score_dim, bias)`.
-
-    forward(input_ids, attention_mask) -> end scores, score_head(h) at the last real token: (B,)
-    when score_dim == 1, (B, score_dim) otherwise. Positions come from the mask, so the score of a
-    text does not depend on the padding side or on the other texts in the batch.
-    """
-    # training-time extras, not used
-    _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^normalizer\."]
-
-    def __init__(self, config):
-        super().__init__(config)
-        if not is_score_config(config):
-            config.architectures = ["LlamaModelForScore"]
-        config.score_dim = getattr(config, "score_dim", None) or 1
-        config.bias = bool(getattr(config, "bias", False))
-        self.model = LlamaModel(config)
-        self.score_head = nn.Linear(config.hidden_size, config.score_dim, bias=config.bias)
-        self.post_init()
-
-    def forward(self, input_ids, attention_mask=None, **kwargs):
-        assert input_ids.dim() == 2, input_ids.shape
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        # (B, T, H)
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                            position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
-        end = hidden[torch.arange(input_ids.shape[0], device=hidden.device),
-                     last_token_index(attention_mask)]
-        scores = self.score_head(end).float()  # (B, score_dim)
-        return scores[:, 0] if self.config.score_dim == 1 else scores
-
-
-class SequenceClassifierScore(nn.Module):
-    """Wraps an AutoModelForSequenceClassification with one label so calling it returns (B,) like
-    the beaver."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    @property
-    def config(self):
-        return self.model.config
-
-    def forward(self, input_ids, attention_mask=None, **kwargs):
-        # The HF head pools at the last token that is not pad_token_id (its own rule, padding-side
-        # robust).
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
-
-
-def is_score_config(config):
-    return any(a in SCORE_ARCHITECTURES for a in (config.architectures or []))
-
-
-def new_score_model(config) -> LlamaModelForScore:
-    """A fresh, randomly initialised LlamaModelForScore from a LlamaConfig or a dict of its
-    fields."""
-    if isinstance(config, dict):
-        config = LlamaConfig(**{"score_dim": 1, "bias": False, **config})
-    return LlamaModelForScore(config)
-
-
-def _check_head(info, name_or_path):
-    missing = [k for k in info["missing_keys"] if "score" in k]
-    if missing:
-        raise ValueError(f"'{name_or_path}' has no trained score head "
-                         f"({', '.join(sorted(missing))} missing); "
-                         "pass a reward or cost model checkpoint, not a plain language model.")
-    unused = [k for k in info["unexpected_keys"] if "score" in k]
-    # e.g. score_head.bias in the weights while config.bias is false: scores would be off by it
-    if unused:
-        raise ValueError(f"'{name_or_path}' holds {', '.join(sorted(unused))} that its config.json "
-                         "does not declare; "
-                         "fix the config (score_dim / bias) to match the weights.")
-
-
-def load_score_model(name_or_path, device=None, dtype=None):
-    """-> (frozen score model returning (B,) end scores, tokenizer with right padding and a pad
-    token)."""
-    device = torch.device(device) if device is not None else pick_device()
-    dtype = dtype_for(dtype, device)
-    config = from_hub(AutoConfig.from_pretrained, name_or_path, "score model")
-    tokenizer = load_tokenizer(name_or_path, padding_side="right")
-    if is_score_config(config):
-        model, info = pretrained(LlamaModelForScore.from_pretrained, name_or_path, dtype=dtype,
-                                  output_loading_info=True)
-        if getattr(config, "do_normalize", False):
-            log.warning("score model '%s' asks for normalised scores (do_normalize); "
-                        "raw scores are returned", name_or_path)
-    else:
-        archs = config.architectures or []
-        if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
-            raise ValueError(f"'{name_or_path}' is a {archs[0]}, not a reward or cost model; "
-                             "pass a beaver LlamaModelForScore checkpoint or an "
-                             "AutoModelForSequenceClassification with one label.")
-        if config.num_labels != 1:
-            raise ValueError(f"The score model '{name_or_path}' has {config.num_labels} labels; "
-                             "pass a reward model with exactly one output (num_labels == 1) or a "
-                             "beaver LlamaModelForScore checkpoint.")
-        model, info = pretrained(AutoModelForSequenceClassification.from_pretrained,
-                                  name_or_path, dtype=dtype, output_loading_info=True)
-        if model.config.pad_token_id is None:
-            # HF's pooling refuses batches > 1 without it
-            model.config.pad_token_id = tokenizer.pad_token_id
-        if model.config.pad_token_id == tokenizer.eos_token_id:
-            log.warning("score model '%s' pads with its eos token: HF pools before a trailing eos",
-                        name_or_path)
-        model = SequenceClassifierScore(model)
-    _check_head(info, name_or_path)
-    return place(model, device).eval().requires_grad_(False), tokenizer
 
 
 # --------------------------------------------------------------------- scoring
@@ -178,27 +46,6 @@ class Scorer:
         if self.template not in TEMPLATES:
             raise ValueError(f"a Scorer reads 'safe_rlhf' or 'chat', not {self.template!r}; "
                              "resolve 'auto' with make_scorer.")
-
-
-def scorer_template(model, tokenizer, scorer_format="auto", name="reward") -> str:
-    """The text a score model reads: "safe_rlhf" or "chat". scorer_format forces one; "auto"
-    gives the chat template only to a one-label sequence classifier (SequenceClassifierScore)
-    whose tokenizer has one: Hub reward models of that kind are trained on their chat template.
-    The beaver layout is Safe RLHF's own, trained on its template, even when its tokenizer
-    carries a chat template for the policy (the toy and smol worlds' do)."""
-    if scorer_format not in SCORER_FORMATS:
-        raise ValueError(f"unknown scorer_format {scorer_format!r}; choose auto, chat or "
-                         "safe_rlhf.")
-    has_chat = bool(getattr(tokenizer, "chat_template", None))
-    if scorer_format == "chat" and not has_chat:
-        raise ValueError(f"--scorer_format chat: the {name} model's tokenizer has no chat "
-                         "template; use --scorer_format auto or safe_rlhf.")
-    if scorer_format != "auto":
-        return scorer_format
-    # isinstance survives FSDP2, which swaps a sharded module's class for a subclass
-    classifier = (isinstance(model, SequenceClassifierScore)
-                  and getattr(model.config, "num_labels", 1) == 1)
-    return "chat" if classifier and has_chat else "safe_rlhf"
 
 
 def make_scorer(model, tokenizer, name="reward", scorer_format="auto") -> Scorer:
@@ -297,26 +144,6 @@ class Objective:
     name: str
     scorer: object
     sign: float = 1.0  # -1: a score to minimise (a cost: harmlessness = -cost)
-
-
-def python_scorer(spec):
-    """`py:MODULE.FUNCTION` -> the function, imported from the current folder (or sys.path)."""
-    target = spec[len("py:"):]
-    module_name, _, function_name = target.rpartition(".")
-    if not module_name or not function_name:
-        raise ValueError(f"--objective source {spec!r} must name a function as "
-                         f"py:MODULE.FUNCTION (for example py:rules.brevity).")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # "importable from the current folder"
-    try:
-        function = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"--objective source {spec!r} cannot be imported ({err}); put "
-                         f"{module_name}.py with a function {function_name}(prompts, responses) "
-                         f"in the current folder.") from None
-    if not callable(function):
-        raise ValueError(f"--objective source {spec!r} is not a function.")
-    return function
 
 
 def objective_scores(objective, prompts, responses, batch_size=16, max_length=512):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model import position_ids_from_mask
+from formats.models import position_ids_from_mask
 
 
 @dataclass

@@ -18,7 +18,8 @@ One iteration (the paper's Sec. 3 and App. B; choices the paper leaves open: doc
      weighted backward, optimizer steps                           (gapo.py, mgda.py)
   6. log (log.jsonl, tqdm) and checkpoint (atomic; --resume continues bit for bit on CPU)
 The command line lives in cli.py, model loading in loading.py, the run folder (checkpoints,
-resume, log) in runs.py; multi-GPU in scale/.
+resume, log) in runs.py; multi-GPU in scale/ (it enters the loop at four `distributed.` calls, each
+a no-op in one process: docs/decisions.md, "Where torchrun enters the loop").
 
 Left out on purpose: multi-node training, vLLM generation, and evaluation (evaluate.py).
 """
@@ -37,7 +38,7 @@ import loading
 import runs
 from evals.heldout import heldout_metrics, heldout_prompts
 from evals.tables import GEN_FIELDS
-from rewards import Scorer, objective_matrix
+from rewards import objective_matrix
 from rollout import (Rollout, decode_responses, gae, generate, kl_shaped_rewards,
                      response_logprobs, response_values)
 from scale import distributed, memory
@@ -199,22 +200,28 @@ def collect_rollout(cfg, policy, reference, critic, tokenizer, objectives, raw, 
     return rollout, {"generate": t1 - t0, "score": t2 - t1, "forward": time.perf_counter() - t2}
 
 
-def rollout_rows(rollout, gamma):
-    """Per response: the K scores, the KL to pi_ref, the K Monte Carlo returns -> (B, 2K + 1).
-    Under torchrun the loop gathers these rows from every rank (the global batch)."""
+def rollout_rows(rollout, gamma, first_order):
+    """Per response: the K scores, the KL to pi_ref, the K Monte Carlo returns, and the cost of the
+    response that the first PPO epoch takes at this place (first_order, (B,)) -> (B, 2K + 2).
+    Under torchrun the loop gathers these rows from every rank (the global batch); the last column
+    then gives Safe RLHF's cost window each step's episodes of every rank without a collective of
+    its own."""
     mask = rollout.response_mask
     kl = ((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1, keepdim=True)  # (B, 1)
     mc_returns = gapo.mean_returns(rollout.rewards, mask, gamma, per_response=True)  # (B, K)
-    return torch.cat([rollout.scores.float(), kl.float(), mc_returns.float()], dim=1)
+    costs = -rollout.scores[first_order.to(mask.device), -1:]  # (B, 1) cost = -harmlessness, last
+    return torch.cat([rollout.scores.float(), kl.float(), mc_returns.float(), costs.float()], dim=1)
 
 
-def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state, mgda_params,
-               iteration):
-    """Step 5: PPO epochs over minibatches; returns averaged diagnostics for the log."""
+def ppo_update(cfg, pref, policy, critic, rollout, orders, step_costs, optimizers, schedulers,
+               state, mgda_params, iteration):
+    """Step 5: PPO epochs over minibatches in the given orders ((B,) each); returns averaged
+    diagnostics for the log. step_costs (world, B): each rank's costs in its first epoch's order,
+    for safe-rlhf's cost window."""
     B = rollout.input_ids.shape[0]
     R = rollout.response_mask.shape[1]
     device = rollout.input_ids.device
-    costs = -rollout.scores[:, -1]  # (B,) safe-rlhf's cost = -harmlessness, the last objective
+    assert len(orders) == cfg.ppo_epochs and step_costs.shape[1] == B, step_costs.shape
     # One Gram matrix per optimizer step, whatever the micro-batch size (docs/decisions.md,
     # "Gradient accumulation with MGDA"): with several micro-batches per step, the gradient methods
     # sum each objective's last-block gradient over the step's micro-batches (one extra forward for
@@ -236,18 +243,17 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
         return total
 
     logs, steps = [], []
-    for epoch in range(cfg.ppo_epochs):
-        order = torch.randperm(B)
+    for epoch, order in enumerate(orders):
         for start in range(0, B, cfg.micro_batch_size):
             idx = order[start:start + cfg.micro_batch_size]
             ids, mask, rmask = (rollout.input_ids[idx], rollout.attention_mask[idx],
                                 rollout.response_mask[idx])
             # The method's own state that moves every RL step: safe-rlhf's multiplier, whose cost
-            # window takes the step's episodes (every rank's) in the first PPO epoch; the gather is
-            # a no-op in one process, one tiny collective per step under torchrun. The method's
-            # advantages are derived once per update, and again whenever that state moved.
-            new_costs = costs[idx.to(costs.device)] if epoch == 0 else costs[:0]
-            moved = gapo.step_update(cfg.method, state, distributed.all_gather_rows(new_costs), cfg)
+            # window takes the step's episodes (every rank's, rank by rank) in the first PPO
+            # epoch. The method's advantages are derived once per update, and again whenever that
+            # state moved.
+            span = slice(start, start + len(idx)) if epoch == 0 else slice(0, 0)
+            moved = gapo.step_update(cfg.method, state, step_costs[:, span].reshape(-1), cfg)
             if epoch == 0 and start == 0 or moved:
                 advantages = gapo.method_advantages(
                     cfg.method, rollout.advantages.cpu(), rollout.response_mask.cpu(), pref, state,
@@ -256,10 +262,10 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
             logprobs = response_logprobs(policy, ids, mask, R)
             losses, info = gapo.ppo_losses(logprobs, rollout.logprobs[idx], advantages[idx], rmask,
                                            cfg.clip_eps)
-            # (M,) ranks whose loss is not finite: under torchrun every rank stops together
-            nonfinite = distributed.all_reduce_sum((~torch.isfinite(losses)).float())
-            if nonfinite.any():
-                bad = int(nonfinite.nonzero()[0])
+            # A loss that is not finite stops the run (under torchrun this rank's exit makes
+            # torchrun stop the others); the last good checkpoint stays.
+            if not torch.isfinite(losses).all():
+                bad = int((~torch.isfinite(losses)).nonzero()[0])
                 raise FloatingPointError(f"iteration {iteration}: the PPO loss of objective {bad} "
                                          f"is not finite")
             first = start % cfg.minibatch_size == 0  # the step's first micro-batch
@@ -309,18 +315,6 @@ def ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state
     return update
 
 
-def cosine_schedule(optimizer, total_steps, warmup_ratio):
-    """Linear warm-up over warmup_ratio of the steps, then cosine decay to 0 (Table 2)."""
-    warmup = max(1, int(warmup_ratio * total_steps))
-
-    def factor(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup)
-                                                 / max(1, total_steps - warmup))))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 # ------------------------------------------------------------------------------------ the loop
 
 def train(argv):
@@ -342,34 +336,16 @@ def train(argv):
             cfg, device, dtype, world, resume_from, K)
         names = [o.name for o in objectives]
         raw, formatted = loading.prompt_pool(cfg, prepared, tokenizer)
-        if cfg.eval_every and world > 1:
-            raise ValueError("--eval_every runs in one process; under torchrun evaluate the "
-                             "checkpoints with evaluate.py instead.")
-        if cfg.eval_every and cfg.objective:
-            raise ValueError("--eval_every measures the reward and cost of two-objective runs; "
-                             "with --objective the log's score_<name> keys are the curve.")
         # on the toy world's own prompts its judge gives the ground truth too
         toy_prompts = prepared is not None and prepared.ground_truth and not cfg.prompts
         eval_prompts = heldout_prompts(cfg, prepared) if cfg.eval_every else []
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}")
-    scorers = {o.scorer.name: o.scorer.model for o in objectives if isinstance(o.scorer, Scorer)}
-    models = {"policy": policy, "critic": critic, **scorers}
-    if cfg.lora_r == 0:
-        models["reference"] = reference  # with LoRA the reference shares the policy's weights
-    # trainable weights: float32 masters
-    frozen = next(iter(scorers.values()), reference)
-    print(memory.memory_plan(models, dtype=next(frozen.parameters()).dtype,
-                             master_dtype=torch.float32,
-                             trainable={name: False for name in scorers})[1])
 
     # Optimizers: AdamW on the trainable parameters, cosine schedule with warm-up (Table 2).
     iterations = cfg.iterations or max(1, int(cfg.epochs * len(raw) / (cfg.batch_size * world)))
     steps = iterations * cfg.ppo_epochs * (cfg.batch_size // cfg.minibatch_size)
-    # Sharded (FSDP) and whole parameters sit in separate groups: foreach AdamW refuses a mix.
-    optimizers = [distributed.adamw(m, lr, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2))
-                  for m, lr in [(policy, cfg.actor_lr), (critic, cfg.critic_lr)]]
-    schedulers = [cosine_schedule(o, steps, cfg.warmup_ratio) for o in optimizers]
+    optimizers, schedulers = loading.optimizers(cfg, policy, critic, steps)
     state = gapo.MethodState(log_lambda=math.log(cfg.lambda_init))
     start = 0
     if resume_from:
@@ -392,10 +368,15 @@ def train(argv):
             rollout, timings = collect_rollout(cfg, policy, reference, critic, tokenizer,
                                                objectives, [raw[i] for i in index],
                                                [formatted[i] for i in index])
-        # (world * B, 2K + 1): every rank's responses, for the statistics below
-        rows = distributed.all_gather_rows(rollout_rows(rollout, cfg.gamma)).cpu()
+        # The PPO epochs' minibatch orders, drawn before the gather so that its rows can carry
+        # the first epoch's costs in step order.
+        B = len(index)
+        orders = [torch.randperm(B) for _ in range(cfg.ppo_epochs)]
+        # (world * B, 2K + 2): every rank's responses, for the statistics below
+        rows = distributed.all_gather_rows(rollout_rows(rollout, cfg.gamma, orders[0])).cpu()
         scores, kl, mc_returns = (rows[:, :K].contiguous(), rows[:, K].contiguous(),
-                                  rows[:, K + 1:].contiguous())
+                                  rows[:, K + 1:2 * K + 1].contiguous())
+        step_costs = rows[:, -1].view(world, B)  # each rank's costs in its first epoch's order
         # The critic's value heads start at the first rollout's mean return (docs/decisions.md,
         # "The update"); the values just read move with them (the head is linear).
         if cfg.critic_init == "first_rollout" and not state.value_heads_started:
@@ -408,8 +389,8 @@ def train(argv):
                                                   rollout.response_mask, cfg.gamma, cfg.gae_lambda)
         gapo.rollout_update(cfg.method, state, scores, cfg)  # fast-rl's reward weights
         t0 = time.perf_counter()
-        update = ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers, state,
-                            mgda_params, iteration + 1)  # NaN / inf: FloatingPointError
+        update = ppo_update(cfg, pref, policy, critic, rollout, orders, step_costs, optimizers,
+                            schedulers, state, mgda_params, iteration + 1)  # NaN: raises
         timings["update"] = time.perf_counter() - t0
 
         record = {"iteration": iteration + 1,

@@ -214,8 +214,10 @@ def iteration(args, cfg, models, tokenizer, optimizers, schedulers, prompts, clo
     mgda_params = gapo.mgda_parameters(policy, cfg.mgda_params) if gradient else None
     pref = [1.0 / len(train.OBJECTIVES)] * len(train.OBJECTIVES)
     with timed_loss_weights(clock), clock.phase("update"):
-        train.ppo_update(cfg, pref, policy, critic, rollout, optimizers, schedulers,
-                         gapo.MethodState(), mgda_params, step)
+        orders = [torch.randperm(B) for _ in range(cfg.ppo_epochs)]
+        step_costs = -scores[orders[0], -1].float().view(1, B)  # train.py's gathered last column
+        train.ppo_update(cfg, pref, policy, critic, rollout, orders, step_costs, optimizers,
+                         schedulers, gapo.MethodState(), mgda_params, step)
 
 
 # ----------------------------------------------------------------------------- --compare_paths
@@ -223,7 +225,7 @@ def iteration(args, cfg, models, tokenizer, optimizers, schedulers, prompts, clo
 def old_response_logprobs(model, input_ids, attention_mask, R):
     """The previous rollout.response_logprobs: LM head on all T positions, then the last R rows
     kept."""
-    from model import position_ids_from_mask
+    from formats.models import position_ids_from_mask
 
     logits = model(input_ids=input_ids, attention_mask=attention_mask,
                    position_ids=position_ids_from_mask(attention_mask), use_cache=False,

@@ -20,8 +20,8 @@ import torch
 from transformers import LlamaConfig, MistralConfig, MistralForCausalLM, MistralModel
 
 import train
-from model import Critic, add_lora, enable_checkpointing, load_reference
-from rewards import new_score_model
+from formats.models import add_lora, enable_checkpointing, new_score_model
+from model import Critic, load_reference
 
 VOCAB = 32000
 # HuggingFaceH4/mistral-7b-sft-beta (Mistral-7B-v0.1) and the LLaMA-7B backbone of
@@ -93,7 +93,7 @@ def word_tokenizer():
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, VOCAB)}}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    # pad = unk, as model.load_tokenizer picks for the Mistral tokenizer (which has no pad token)
+    # pad = unk, as formats.models.load_tokenizer picks for the Mistral tokenizer (it has no pad)
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
                                    eos_token="</s>", pad_token="<unk>")
 

@@ -180,7 +180,8 @@ def sft_start(cfg):
     import torch
     from evals.heldout import heldout_metrics, toy_test_prompts
     from evals.tables import GEN_FIELDS
-    from model import load_policy, load_tokenizer
+    from model import load_policy
+    from formats.models import load_tokenizer
     from rewards import load_scorer
     if cfg.get("prompts"):
         return None  # a real prompt source: the curves start at the first logged point

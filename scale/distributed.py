@@ -295,7 +295,7 @@ def load_sharded(load, device, shard):
     """Load one model sharded: no rank ever holds it whole on its device (torchrun, full
     fine-tuning; LoRA runs replicate and load as in one process).
 
-    load(device) is a model.py loader. Every rank runs it inside model.meta_loading (the
+    load(device) is a model.py loader. Every rank runs it inside formats.models.meta_loading (the
     architecture, empty), `shard(model)` applies FSDP2 (shard_model), and to_empty allocates only
     this rank's shards and the parameters kept whole. Rank 0 alone reads the weights, on the CPU,
     with the same loader (so the same dtype, master weights and head checks), and
@@ -306,7 +306,7 @@ def load_sharded(load, device, shard):
     model, freed before the next model is read. Returns the sharded model."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    from model import meta_loading
+    from formats.models import meta_loading
 
     with torch.random.fork_rng(devices=[]), meta_loading():  # draws nothing that counts
         model = load(device)

@@ -24,8 +24,8 @@ from torch import nn
 import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from model import from_hub
-from rewards import LlamaModelForScore, is_score_config
+from formats.models import from_hub
+from formats.models import LlamaModelForScore, is_score_config
 
 @dataclass
 class MemoryRow:
@@ -142,7 +142,7 @@ def activation_and_cache_bytes(config, batch, seq_len, dtype, checkpointing, res
 
 
 def lora_param_count(config, r):
-    """Parameters of LoRA on q, k, v, o (model.LORA_TARGETS) in every layer:
+    """Parameters of LoRA on q, k, v, o (formats.models.LORA_TARGETS) in every layer:
     r * (fan_in + fan_out) each."""
     h = config.hidden_size
     kv = (config.num_key_value_heads or config.num_attention_heads) * (

@@ -116,7 +116,7 @@ def test_lora_checkpoint_is_evaluated_as_trained(tmp_path):
     """evaluate.load_eval_policy on a bf16 LoRA checkpoint gives the log-probs of the policy training saved;
     merging the adapter into the bf16 base (the old loader) rounds the update away."""
     import evaluate
-    from model import add_lora
+    from formats.models import add_lora
 
     base = tmp_path / "base"
     make_tiny_mistral(len(make_tiny_tokenizer(base)), base)

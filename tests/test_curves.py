@@ -207,8 +207,9 @@ def test_the_shipped_sft_row_is_the_one_the_readme_prints():
     import csv
     from evals.heldout import heldout_metrics, toy_test_prompts
     from evals.tables import GEN_FIELDS
-    from model import load_policy, load_tokenizer
-    from rewards import load_score_model
+    from model import load_policy
+    from formats.models import load_tokenizer
+    from formats.models import load_score_model
     from rewards import Scorer
     with open(os.path.join(ROOT, "experiments", "results", "study_table_toy.csv")) as f:
         sft = next(r for r in csv.DictReader(f) if r["method"] == "sft")

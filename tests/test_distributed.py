@@ -61,7 +61,7 @@ def test_paper_kv_cache_is_one_gib():
 def test_lora_param_count_matches_peft():
     from peft import LoraConfig, get_peft_model
 
-    from model import LORA_TARGETS
+    from formats.models import LORA_TARGETS
     policy = make_tiny_mistral(VOCAB)
     peft_model = get_peft_model(policy, LoraConfig(r=4, target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM"))
     counted = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)

@@ -10,9 +10,10 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaModel, MistralConfig, MistralForSequenceClassification
 
 from conftest import make_tiny_mistral, make_tiny_tokenizer
-from model import (AdapterDisabledReference, Critic, default_dtype, last_token_index, load_policy,
-                   load_reference, load_tokenizer, pick_device, position_ids_from_mask)
-from rewards import LlamaModelForScore, load_score_model, new_score_model
+from model import AdapterDisabledReference, Critic, load_policy, load_reference
+from formats.models import (default_dtype, last_token_index, load_tokenizer, pick_device,
+                            position_ids_from_mask)
+from formats.models import LlamaModelForScore, load_score_model, new_score_model
 from scale.memory import param_count_from_config
 
 CPU = torch.device("cpu")

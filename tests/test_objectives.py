@@ -8,7 +8,8 @@ import torch
 
 import cli
 import train
-from rewards import Objective, objective_matrix, python_scorer
+from loading import python_scorer
+from rewards import Objective, objective_matrix
 from worlds import toyworld
 
 SMALL = ["--toy_size", "tiny", "--iterations", "2", "--batch_size", "4", "--minibatch_size", "4",

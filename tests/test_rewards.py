@@ -9,8 +9,8 @@ from torch import nn
 
 from conftest import make_tiny_tokenizer
 from data import format_scorer_text
-from rewards import (Scorer, SequenceClassifierScore, default_objectives, load_scorer, make_scorer,
-                     new_score_model, objective_matrix, score_texts)
+from rewards import Scorer, default_objectives, load_scorer, make_scorer, objective_matrix, score_texts
+from formats.models import SequenceClassifierScore, new_score_model
 from worlds.score_training import sign_accuracy
 
 CPU = torch.device("cpu")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_tokenizer
-from rewards import load_score_model, new_score_model
+from formats.models import load_score_model, new_score_model
 from rewards import Scorer, score_texts
 from test_rewards import CPU, TINY
 from worlds.preference_pairs import PreferencePair

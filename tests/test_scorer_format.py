@@ -15,7 +15,8 @@ import rewards
 import train
 from conftest import make_tiny_tokenizer
 from data import format_scorer_chat, format_scorer_text
-from rewards import Scorer, load_scorer, new_score_model, score_texts
+from rewards import Scorer, load_scorer, score_texts
+from formats.models import new_score_model
 
 CPU = torch.device("cpu")
 TINY = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,

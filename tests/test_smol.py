@@ -240,7 +240,7 @@ def test_failed_calls_leave_the_cache_whole(world):
 
 def test_chatml_prompts_rollout_masks_and_scores(world):
     from data import format_policy_prompt
-    from model import load_tokenizer
+    from formats.models import load_tokenizer
     from rewards import load_scorer, score_texts
     from rollout import decode_responses, generate
     from transformers import AutoModelForCausalLM

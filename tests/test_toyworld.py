@@ -49,7 +49,7 @@ def _sample(sft_dir, prompts):
 
 
 def test_tiny_build_cache_round_trip_and_determinism(tmp_path, tiny_toyworld):
-    from rewards import load_score_model
+    from formats.models import load_score_model
     from rewards import Scorer, score_texts
 
     path = str(tmp_path / "world")
@@ -101,7 +101,7 @@ def test_cli_help_documents_the_options():
 def test_score_model_backbone_is_the_sft_policy(tiny_toyworld):
     """The reward model starts from the policy's backbone: with the same weights, Llama and Mistral agree."""
     from transformers import AutoModelForCausalLM
-    from rewards import new_score_model
+    from formats.models import new_score_model
 
     policy = AutoModelForCausalLM.from_pretrained(tw.toy_paths(tiny_toyworld)["sft"])
     keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",

@@ -12,7 +12,7 @@ import loading
 import train
 import worlds
 from evals.heldout import heldout_prompts, toy_test_prompts
-from model import load_tokenizer
+from formats.models import load_tokenizer
 from worlds import World, smol, toyworld
 
 TRAIN = ["how do i bake bread", "how do i steal a car", "please help me with this"]

@@ -19,7 +19,7 @@ import csv
 import os
 from dataclasses import dataclass
 
-from data import read_file  # JSON Lines or one JSON list, with one-sentence errors
+from formats.files import read_file  # JSON Lines or a JSON list, with one-sentence errors
 
 SET_FILES = {"redteam": "safe_rlhf_redteam.jsonl", "alpaca": "alpacaeval_helpful_base.jsonl",
              "xstest-safe": "xstest_prompts.csv", "xstest-unsafe": "xstest_prompts.csv"}

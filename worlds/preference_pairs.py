@@ -5,7 +5,7 @@ What it does
 - PreferencePair: one pair; better_safe / worse_safe are the labels the cost model's sign term
   needs (cost > 0 means unsafe), None where the data has none.
 - load_preference_pairs: the pairs of a Hub data set or a local file; kind="helpful" ranks by
-  helpfulness, kind="safety" by harmlessness. Rows are read and checked by data.py's row reader
+  helpfulness, kind="safety" by harmlessness. Rows are read and checked by formats/files.py
   (read_rows, row_format, checked_field, split_hh), so a bad row gets the same one-sentence error
   as in load_prompts, naming the file, row and field.
 Only the world builders read pairs (worlds/smol.py from HH-RLHF; worlds/toytext.py makes its own
@@ -19,7 +19,7 @@ labels contradict its ranking (skipped and counted).
 """
 from dataclasses import dataclass
 
-from data import checked_field, read_rows, row_format, split_hh
+from formats.files import checked_field, read_rows, row_format, split_hh
 
 
 @dataclass

@@ -214,7 +214,7 @@ def length_baseline(pairs):
 def new_scorer(policy_dir, train_layers):
     """A LlamaModelForScore on the policy's pretrained backbone: (model, trainable parameters)."""
     from transformers import AutoConfig, AutoModelForCausalLM
-    from rewards import new_score_model
+    from formats.models import new_score_model
     config = AutoConfig.from_pretrained(policy_dir)
     config.bias = True  # the cost model's zero is set through the head's bias (see above)
     scorer = new_score_model(config)
@@ -247,7 +247,7 @@ def train_scorer(kind, policy_dir, pairs, recipe, out, progress=True, data="",
                  eval_prompts_kept_out=0, policy_source=None):
     """Train the reward (kind="reward") or cost model on pairs[kind]'s split, check it on both
     held-out sets, calibrate the cost's zero, save model + tokenizer + report.json in out."""
-    from model import load_tokenizer
+    from formats.models import load_tokenizer
     from rewards import Scorer
     from worlds.score_training import train_score_model
     t0 = time.time()

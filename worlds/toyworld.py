@@ -177,7 +177,7 @@ def train_scorers(tok, policy, out, sz, seed, progress):
     prompt in our budget) and trained with score_training.train_score_model on fresh pairs per
     phase with a falling learning rate. Saved to out/reward and out/cost, each with the
     tokenizer."""
-    from rewards import new_score_model
+    from formats.models import new_score_model
     from rewards import Scorer
     from worlds.score_training import pair_accuracy, train_score_model
 
