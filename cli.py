@@ -202,6 +202,9 @@ def check_config(cfg, K):
     _check_numbers(cfg)
     # Only morlhf and pgapo read the preference; the others must not fail on a value they ignore.
     pref = parse_pref(cfg.pref, K) if cfg.method in ("morlhf", "pgapo") else [1 / K] * K
+    if cfg.method == "ppo" and not 0 <= cfg.objective_index < K:
+        raise ValueError(f"--objective_index {cfg.objective_index} names no objective; ppo trains "
+                         f"one of the {K} ({', '.join(names)}): give 0 to {K - 1}.")
     if cfg.method == "safe-rlhf" and K != 2:
         raise ValueError("safe-rlhf needs exactly a reward and a cost objective.")
     if cfg.minibatch_size % cfg.micro_batch_size or cfg.batch_size % cfg.minibatch_size:
@@ -237,12 +240,15 @@ def check_config(cfg, K):
 
 
 def default_out_dir(cfg):
-    """runs/<method>[-p<p>|-pref<pref>]-s<seed>: the folder a run without --out_dir uses."""
+    """runs/<method>[-p<p>|-pref<pref>|-<objective>]-s<seed>: the folder of a run without
+    --out_dir."""
     tag = cfg.method
     if cfg.method in ("gapo", "gapo-eq17"):
         tag += f"-p{cfg.p:g}"
     if cfg.method in ("pgapo", "morlhf"):
         tag += "-pref" + cfg.pref.replace(",", "_")
+    if cfg.method == "ppo":
+        tag += "-" + objective_names(cfg)[cfg.objective_index]
     # runs of other presets get their own folder, so `evaluate.py runs/smol` takes them together
     folder = "runs" if cfg.preset == "toy" else os.path.join("runs", cfg.preset)
     return os.path.join(folder, f"{tag}-s{cfg.seed}")

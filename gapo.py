@@ -31,8 +31,11 @@ from formats.models import last_block_names
 from mgda import gapo_weights, gram_matrix
 from rollout import gae, whiten
 
-METHODS = ("ppo-h", "ppo-s", "morlhf", "safe-rlhf", "fast-rl", "mgda", "gapo", "pgapo", "gapo-eq17")
+METHODS = ("ppo", "ppo-h", "ppo-s", "morlhf", "safe-rlhf", "fast-rl", "mgda", "gapo", "pgapo", "gapo-eq17")
 GRADIENT_METHODS = ("mgda", "gapo", "pgapo", "gapo-eq17")  # methods that need the K gradients g_i
+# PPO on one objective: `ppo` trains objective --objective_index; ppo-h and ppo-s are its paper
+# names for the first (helpfulness) and the second (harmlessness).
+PPO_OBJECTIVE = {"ppo-h": 0, "ppo-s": 1}
 
 
 @dataclass
@@ -157,7 +160,7 @@ def objective_gradients(losses, params):
 
 
 def loss_weights(method, losses, params, p, preference, reduce_grads=None, weight_scale="sum_one",
-                 grads=None):
+                 grads=None, objective_index=0):
     """The weights w (M,) of the single weighted backward, plus diagnostics for the log.
 
     For the gradient methods: g_i = dL_i / d(params) with the graph kept for the backward that
@@ -180,10 +183,8 @@ def loss_weights(method, losses, params, p, preference, reduce_grads=None, weigh
         raise ValueError(f"unknown weight_scale {weight_scale!r}; choose sum_one or raw")
     M = losses.shape[0]
     info = {}
-    if method == "ppo-h":
-        return torch.tensor([1.0] + [0.0] * (M - 1)), info
-    if method == "ppo-s":
-        return torch.tensor([0.0, 1.0] + [0.0] * (M - 2)), info
+    if method in ("ppo", "ppo-h", "ppo-s"):  # one objective's loss: a one-hot weight
+        return torch.eye(M)[PPO_OBJECTIVE.get(method, objective_index)], info
     if method not in GRADIENT_METHODS:  # morlhf, safe-rlhf, fast-rl: one combined loss
         return torch.ones(M), info
     if grads is None:
@@ -210,6 +211,16 @@ def loss_weights(method, losses, params, p, preference, reduce_grads=None, weigh
     info["raw_weight_sum"] = float(weights.sum())
     if weight_scale == "sum_one" and weights.sum() > 0:
         weights = weights / weights.sum()  # same direction; mgda and gapo-eq17 already sum to 1
+    # Each loss's first-order decrease along the step, g_i . d with d = sum_j w_j g_j (K,).
+    # Theorems 3.1 and 3.3: for mgda (p = 0) and gapo, gain_i / n_i^p is one number for every
+    # objective with alpha_i > 0; theorem_gap is its relative spread (0 up to the solver's tolerance).
+    gains = gram @ weights
+    info["gains"] = gains.tolist()
+    support = solved.alpha > 1e-12 if method in ("mgda", "gapo") else []
+    if len(support) and support.any():  # a step with every gradient zero has no gain to compare
+        per_norm = gains[support] / norms[support] ** (0.0 if method == "mgda" else p)
+        spread = per_norm.max() - per_norm.min()
+        info["theorem_gap"] = float(spread / per_norm.abs().max().clamp(min=1e-300))
     out = weights.float()
     if not torch.isfinite(out).all():  # raw p = 2 weights alpha_i / n_i^2 pass 3e38 for n ~ 3e-20
         raise FloatingPointError(f"the raw loss weights {[f'{w:.3g}' for w in weights.tolist()]} "

@@ -55,6 +55,7 @@ class Config:
     method: str = "gapo"  # one of gapo.METHODS
     p: float = 2.0  # p, GAPO's gradient-rescaling exponent (Eq. 6); mgda forces p = 0
     pref: str = "0.5,0.5"  # lambda, preference vector for morlhf and pgapo (K numbers >= 0, sum 1)
+    objective_index: int = 0  # ppo: the objective it trains, 0-based (ppo-h = 0, ppo-s = 1)
     mgda_params: str = "last_block"  # parameters of the gradients g_i: last_block | lm_head | all
     seed: int = 0  # one seed for everything; CPU runs are reproducible
     out_dir: str = ""  # run folder; default runs/<method>[-p<p>|-pref<pref>]-s<seed>
@@ -276,7 +277,8 @@ def ppo_update(cfg, pref, policy, critic, rollout, orders, step_costs, optimizer
                              if two_pass else None)
                     weights, wlog = gapo.loss_weights(cfg.method, losses, mgda_params, cfg.p, pref,
                                                       reduce_grads=distributed.global_gradients,
-                                                      weight_scale=cfg.weight_scale, grads=grads)
+                                                      weight_scale=cfg.weight_scale, grads=grads,
+                                                      objective_index=cfg.objective_index)
             except FloatingPointError as err:
                 raise FloatingPointError(f"iteration {iteration}: {err}") from None
             info.update(wlog)
