@@ -20,10 +20,11 @@ import re
 import torch
 
 import gapo
+from tracking import trackers
 
 # Fields a resumed run may change: they do not change what the run computes.
 VOLATILE = {"resume", "overwrite", "save_every", "stop_after", "device", "num_threads", "out_dir",
-            "eval_every", "eval_samples", "keep_checkpoints"}
+            "eval_every", "eval_samples", "keep_checkpoints", "report_to"}
 DEVICES = re.compile(r"(auto|cpu|cuda(:\d+)?)$")  # match() anchors the start
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -234,6 +235,7 @@ def check_config(cfg, K):
     if cfg.eval_every and cfg.objective:
         raise ValueError("--eval_every measures the reward and cost of two-objective runs; "
                          "with --objective the log's score_<name> keys are the curve.")
+    trackers.check(cfg.report_to)
     check_device(cfg)
     _check_prompt_file(cfg.prompts)
     return pref

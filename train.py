@@ -42,6 +42,7 @@ from rewards import objective_matrix
 from rollout import (Rollout, decode_responses, gae, generate, kl_shaped_rewards,
                      response_logprobs, response_values)
 from scale import distributed, memory
+from tracking import trackers
 
 # The default K = 2: reward, and minus cost (docs/decisions.md, "Objectives"); --objective gives
 # any K >= 2.
@@ -131,6 +132,7 @@ class Config:
     # during training; its sampling runs in a forked random stream, so training is unchanged.
     eval_every: int = 0  # > 0: held-out scores (toy: and ground truth) every N its, as eval_*
     eval_samples: int = 4  # samples per held-out prompt for eval_every
+    report_to: str = "none"  # none | tensorboard | wandb | trackio: every logged number, rank 0
 
 
 PRESETS = {
@@ -358,6 +360,7 @@ def train(argv):
     log_path = os.path.join(cfg.out_dir, "log.jsonl")
     if rank == 0:
         runs.truncate_log(log_path, start)
+    tracker = trackers.start(cfg, names, rank, start)  # --report_to: the same records, flattened
 
     # disable=None: no bar when stderr is not a terminal (a log file would collect every redraw)
     bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=cfg.method,
@@ -411,6 +414,7 @@ def train(argv):
             record.update({f"eval_{k}": v for k, v in curve.items()},
                           time_eval=time.perf_counter() - t0)
         runs.append_log(log_path, record)
+        tracker.log(record)
         bar.set_postfix(**{n: f"{record[f'score_{n}']:.2f}" for n in names},
                         kl=f"{record['kl']:.2f}")
         tqdm.write(runs.format_log_line(record))
@@ -422,6 +426,7 @@ def train(argv):
         if stopping:
             print(f"stopped after iteration {iteration + 1} (--stop_after); continue with --resume")
             break
+    tracker.close()
     if rank == 0:
         print(runs.summary(cfg, log_path, start, reached, iterations,
                            time.perf_counter() - t_start))

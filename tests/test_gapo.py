@@ -341,3 +341,43 @@ def test_raw_weights_that_overflow_float32_stop_with_one_sentence():
     weights, info = gapo.loss_weights("gapo", *linear_losses(g), 2.0, [0.5, 0.5])
     assert torch.isfinite(weights).all() and weights.sum().item() == pytest.approx(1.0)
     assert info["raw_weight_sum"] > 3.4e38  # the raw sum itself is past float32's range
+
+
+def test_ppo_trains_the_one_objective_its_index_names():
+    g = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))
+    for index in range(3):
+        losses, params = linear_losses(g)
+        w, info = gapo.loss_weights("ppo", losses, params, 2.0, [1 / 3] * 3, objective_index=index)
+        assert w.tolist() == [float(i == index) for i in range(3)] and info == {}
+    losses, params = linear_losses(g)  # the paper's names: the first and the second objective
+    assert gapo.loss_weights("ppo-s", losses, params, 2.0, [1 / 3] * 3,
+                             objective_index=2)[0].tolist() == [0.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("method,p", [("mgda", 0.0), ("gapo", 1.0), ("gapo", 2.0), ("gapo", 0.5)])
+def test_logged_gains_follow_theorems_3_1_and_3_3(method, p):
+    """gains = g_i . d for the step's d = sum_j w_j g_j, checked against the flat gradients; where
+    alpha_i > 0, gain_i / n_i^p is one number (theorem_gap ~ 0), and an objective with alpha_i = 0
+    gains at least as much per n^p."""
+    rng = torch.Generator().manual_seed(7)
+    for trial in range(20):
+        K = 2 + trial % 4
+        g = torch.randn(K, 8, generator=rng, dtype=torch.float64) * torch.rand(K, 1, generator=rng,
+                                                                              dtype=torch.float64)
+        losses, params = linear_losses(g.float())
+        w, info = gapo.loss_weights(method, losses, params, p, [1 / K] * K)
+        gains = g @ (w.double() @ g)  # independent: the flat gradients
+        assert np.allclose(info["gains"], gains.numpy(), rtol=1e-4, atol=1e-7)
+        per_norm = gains / g.norm(dim=1) ** (0.0 if method == "mgda" else p)
+        support = torch.tensor(info["alpha"]) > 1e-12
+        assert info["theorem_gap"] < 1e-5
+        assert np.allclose(per_norm[support], per_norm[support][0], rtol=1e-4)
+        assert torch.all(per_norm[~support] >= per_norm[support][0] * (1 - 1e-4))
+
+
+def test_theorem_gap_is_not_logged_where_no_theorem_applies():
+    g = torch.tensor([[3.0, 0.0], [1.0, 2.0]])
+    for method in ("pgapo", "gapo-eq17"):
+        losses, params = linear_losses(g)
+        _, info = gapo.loss_weights(method, losses, params, 2.0, [0.5, 0.5])
+        assert "theorem_gap" not in info and len(info["gains"]) == 2

@@ -7,7 +7,7 @@ import os
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # lower numbers sit below; a module may import from its own number or a lower one
 LAYER = {"formats": 0, "data": 0, "mgda": 0, "model": 1, "rollout": 1, "rewards": 1, "gapo": 2, "scale": 3,
-         "worlds": 4, "cli": 5, "runs": 5, "loading": 6, "evals": 7, "train": 8, "evaluate": 9,
+         "worlds": 4, "cli": 5, "runs": 5, "tracking": 5, "loading": 6, "evals": 7, "train": 8, "evaluate": 9,
          "experiments": 10, "benchmarks": 10}
 
 
