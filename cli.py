@@ -24,7 +24,7 @@ from tracking import trackers
 
 # Fields a resumed run may change: they do not change what the run computes.
 VOLATILE = {"resume", "overwrite", "save_every", "stop_after", "device", "num_threads", "out_dir",
-            "eval_every", "eval_samples", "keep_checkpoints", "report_to"}
+            "eval_every", "eval_samples", "keep_checkpoints", "report_to", "config"}
 DEVICES = re.compile(r"(auto|cpu|cuda(:\d+)?)$")  # match() anchors the start
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -72,14 +72,46 @@ def parse_config(config_class, presets, argv=None, description="", lora_lr=None)
             parser.add_argument(f"--{f.name}", type=kind, help=help_text,
                                 metavar=kind.__name__.upper())
     explicit = vars(parser.parse_args(argv))
-    preset = explicit.get("preset", config_class.preset)
+    # --config FILE: its values sit between the preset's and the command line's
+    from_file = config_file(explicit["config"], config_class) if explicit.get("config") else {}
+    preset = explicit.get("preset", from_file.get("preset", config_class.preset))
     if preset not in presets:
         raise SystemExit(f"error: unknown preset {preset!r}; choose one of {', '.join(presets)}.")
+    given = {**from_file, **explicit}
     lora = {}
-    if lora_lr and explicit.get("lora_r", presets[preset].get("lora_r", config_class.lora_r)) > 0:
+    if lora_lr and given.get("lora_r", presets[preset].get("lora_r", config_class.lora_r)) > 0:
         lora = {"actor_lr": lora_lr[preset], "critic_lr": lora_lr[preset]}  # LoRA's own rates
-    cfg = config_class(**{**presets[preset], **lora, **explicit})
+    cfg = config_class(**{**presets[preset], **lora, **given})
     return resume_config(cfg, explicit) if cfg.resume else cfg
+
+
+def config_file(path, config_class):
+    """The Config fields of a JSON file (a saved train_config.json, or one written by hand), each
+    checked against the field's type; what says how this run starts (resume, overwrite) and the
+    file's own --config are not taken from it."""
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"--config {path} does not exist; check the path.") from None
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--config {path} is not a JSON file ({err}); fix it.") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path} holds a JSON {type(values).__name__}, not an object of "
+                         f"Config fields; write {{\"field\": value, ...}}.")
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"--config {path} has fields Config does not know: {', '.join(unknown)}; "
+                         f"remove them (python train.py --help lists every field).")
+    for name, value in values.items():
+        want = getattr(fields[name].type, "__name__", fields[name].type)  # "int", "float", ...
+        ok = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": list}[want]
+        if not isinstance(value, ok) or isinstance(value, bool) and want != "bool":
+            article = "an" if want == "int" else "a"
+            raise ValueError(f"--config {path}: field {name!r} should be {article} {want}, not "
+                             f"{value!r}; fix it.")
+    return {k: v for k, v in values.items() if k not in ("resume", "overwrite", "config")}
 
 
 def saved_config(out_dir):

@@ -62,6 +62,7 @@ class Config:
     out_dir: str = ""  # run folder; default runs/<method>[-p<p>|-pref<pref>]-s<seed>
     resume: bool = False  # continue the run in out_dir from its checkpoint
     overwrite: bool = False  # delete out_dir if it holds another run
+    config: str = ""  # JSON file of Config fields (a run's train_config.json); flags override it
     # --- models and data (empty = the toy world's)
     policy: str = ""  # policy and reference pi_ref: Hub id or local folder
     reward_model: str = ""  # reward model R (helpfulness)
