@@ -43,6 +43,7 @@ from rollout import (Rollout, decode_responses, gae, generate, kl_shaped_rewards
                      response_logprobs, response_values)
 from scale import distributed, memory
 from tracking import trackers
+from worlds import paper
 
 # The default K = 2: reward, and minus cost (docs/decisions.md, "Objectives"); --objective gives
 # any K >= 2.
@@ -148,10 +149,9 @@ PRESETS = {
                  repetition_penalty=1.05, ppo_epochs=1, actor_lr=1e-5, critic_lr=1e-5,
                  adam_beta1=0.9, adam_beta2=0.95, kl_coef=0.05, clip_eps=0.1, save_every=10),
     # The paper's setting: Sec. 4.1 models and data, Table 2 (shared by all methods).
-    "paper": dict(policy="HuggingFaceH4/mistral-7b-sft-beta",
-                  reward_model="PKU-Alignment/beaver-7b-v1.0-reward",
-                  cost_model="PKU-Alignment/beaver-7b-v1.0-cost",
-                  prompts="PKU-Alignment/PKU-SafeRLHF",
+    # Without internet: `python -m worlds.paper` fetches them first (worlds/paper.py).
+    "paper": dict(policy=paper.POLICY, reward_model=paper.REWARD, cost_model=paper.COST,
+                  prompts=paper.PROMPTS,
                   # 16 prompts per device x gradient accumulation 8 = 128 per update,
                   # generated 16 at a time
                   iterations=0, epochs=2.0, batch_size=128, max_prompt_length=256,
