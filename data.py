@@ -137,5 +137,8 @@ def format_scorer_chat(tokenizer, prompt: str, response: str) -> str:
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit("usage: python data.py SOURCE [SPLIT]")
-    found = load_prompts(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "train")
+    try:
+        found = load_prompts(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "train")
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
     print(repr(found[0]))

@@ -73,7 +73,7 @@ def main(argv=None):
     args, train_args = ap.parse_known_args(argv)
     # what study.train_all reads: no alpha probe, the toy flags are unused by the smol preset
     args.train_args = ["--preset", "smol", "--smol_data", args.smol_data, *train_args]
-    args.seeds, args.skip_alpha = [args.seed], True
+    args.seeds, args.skip_alpha, args.eval_every = [args.seed], True, 0  # no held-out curve
     args.toy_dir, args.toy_size = toyworld.SHIPPED, "default"
     args.out_root = os.path.abspath(args.out_root)
     t0 = time.time()

@@ -34,3 +34,13 @@ def test_paired_change_from_sft_matches_a_hand_computation(tmp_path):
     assert f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}]" in line
     assert "+0.250 [" in line  # harmless: -cost changes by 0, +0.5, 0, +0.5
     assert "+0.000 [" in line  # words: +1, 0, -2, +1
+
+
+def test_dry_run_plans_every_method_through_the_shared_runner(tmp_path, capsys):
+    """The smol study hands experiments/study.py's runner every field it reads (a missing one,
+    eval_every, once crashed the study before its first run)."""
+    smol_study.main(["--dry_run", "--out_root", str(tmp_path / "s")])
+    planned = [line for line in capsys.readouterr().out.splitlines() if "[new]" in line]
+    assert len(planned) == len(smol_study.METHODS)
+    assert all("--preset smol" in line and "--eval_every 0" in line for line in planned)
+    assert not (tmp_path / "s" / "logs").exists()  # a dry run trains nothing
