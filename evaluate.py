@@ -19,6 +19,15 @@ one row, mean ± sample std. Generations and scores are cached per checkpoint in
 by the checkpoint's files and time stamps, scorers, prompts, limit, seed, generation settings).
 Writes <out>/table.csv, runs.csv, results.json and pareto.png.
 
+Runs trained on an --objective list (K >= 2 objectives) are scored with those objectives, rebuilt
+from train_config.json (scorers in the run's scorer_format, py: functions imported from the
+current folder), the SFT row too: one column per objective under its name (mean of sign x score),
+Avg = the mean of the K, and a "<name> ratio" column (share with score <= 0) for each cost model
+(a scorer with sign -1; a py: rule gets none). Runs evaluated together must share their objective
+names and order (else one sentence and exit 1). At K > 2 the front and hypervolume are
+K-dimensional and pareto.png holds one panel per pair of objectives (evals/objectives.py,
+evals/pareto.py). Runs without a list keep the table above, number for number.
+
 Smol runs (or any run with --eval_sets) are evaluated on the real prompt sets instead (evals/:
 red-team, AlpacaEval, XSTest; --limit applies per set): the learned scores over all of them, plus
 over-refusal, compliance, length and empty answers (evals/chat.py), and samples.md with a few
@@ -27,8 +36,9 @@ the SFT model (evals/judging.py; --judge_dry_run counts the calls and tokens fir
 judge.csv, judge.png.
 
 This file generates, scores, caches and prints; the rest is in evals/: which runs and which rows
-(targets.py), Table 1's numbers and outputs (tables.py), the front, its hypervolume and plot
-(pareto.py), Rewarded Soups (soups.py), the judge (judging.py). Left out on purpose: the critic.
+(targets.py), what each run is scored with (objectives.py), Table 1's numbers and outputs
+(tables.py), the front, its hypervolume and plot (pareto.py), Rewarded Soups (soups.py), the
+judge (judging.py). Left out on purpose: the critic.
 """
 import argparse
 import hashlib
@@ -43,10 +53,13 @@ import torch
 from safetensors import SafetensorError
 
 from evals.judging import judge_runs
+from evals.objectives import (check_same_objectives, describe_columns, fingerprint, listed,
+                              load_objectives, load_scorers, objective_identity, row_metrics,
+                              table_columns)
 from evals.pareto import HV_RULE, front_and_volumes, format_front, save_plot
 from evals.soups import parse_lambdas, plan_soups, soup_loader, soup_state_dict
-from evals.tables import (GEN_FIELDS, METRICS, TOY_METRICS, WIDTH, aggregate, format_table,
-                          response_metrics, run_label, sort_key, toy_metrics, write_outputs)
+from evals.tables import (DEFAULT_COLUMNS, GEN_FIELDS, TOY_METRICS, WIDTH, aggregate,
+                          format_table, run_label, sort_key, toy_metrics, write_outputs)
 from evals.targets import ensure_toy_models, find_targets, label_targets, sft_targets
 
 
@@ -59,6 +72,8 @@ class Context:
     dtype: torch.dtype
     # scorers and prompt sets, loaded once for all checkpoints
     cache: dict = field(default_factory=dict)
+    # Table 1's objective columns (evals/objectives.table_columns): the paper's two by default
+    columns: object = DEFAULT_COLUMNS
 
 
 def eval_sets(ctx, cfg):
@@ -114,17 +129,6 @@ def prompt_set(ctx, cfg):
     return ctx.cache[key]
 
 
-def fingerprint(path):
-    """What makes a cached result stale: a local folder's weight/config files (name, size, mtime),
-    or a Hub id."""
-    if not os.path.isdir(path):
-        return [path]
-    files = sorted(f for f in os.listdir(path)
-                   if f.endswith((".safetensors", ".bin", ".pt", ".json")))
-    stat = lambda f: os.stat(os.path.join(path, f))
-    return [os.path.abspath(path)] + [(f, stat(f).st_size, stat(f).st_mtime) for f in files]
-
-
 def load_eval_policy(cfg, checkpoint, ctx, merged=False):
     """(policy in eval mode, tokenizer): the checkpoint's policy (or the SFT start).
 
@@ -149,35 +153,27 @@ def load_eval_policy(cfg, checkpoint, ctx, merged=False):
 
 
 def run_scorers(ctx, cfg):
-    """[reward, cost] Scorers of a run's train_config, each reading the text the run trained
-    with: its scorer_format ("auto" for runs saved before the flag, which is what they read).
-    Loaded once per model and format, and before sampling, so a missing scorer fails fast."""
-    from rewards import describe_scorers, load_scorer
-    scorer_format = cfg.get("scorer_format") or "auto"
-    scorers, new = [], False
-    for name in ("reward", "cost"):
-        key = ("scorer", cfg[name + "_model"], scorer_format)
-        if key not in ctx.cache:
-            ctx.cache[key] = load_scorer(key[1], ctx.device, ctx.dtype, name, scorer_format)
-            new = True
-        scorers.append(ctx.cache[key])
-    if new:
-        print(describe_scorers(scorers))
-    return scorers
+    """[reward, cost] Scorers of a run without an --objective list, in its scorer_format
+    (evals/objectives.load_scorers), loaded once for all checkpoints."""
+    return load_scorers(cfg, ctx.device, ctx.dtype, ctx.cache)
 
 
 def sample_and_score(ctx, policy, tokenizer, cfg, prompts, desc):
     """Responses for every prompt x samples (batched, seeded per batch), their reward and cost
-    (evals/heldout.py, which train.py's --eval_every shares)."""
+    (evals/heldout.py, which train.py's --eval_every shares), or, for a run trained on an
+    --objective list, each objective's sign x score (evals/objectives.py)."""
     from tqdm import tqdm
     from evals import heldout
     a = ctx.args
-    scorers = run_scorers(ctx, cfg)
+    # loaded before sampling, so a missing scorer fails fast
+    scorers = (load_objectives(cfg, ctx.device, ctx.dtype, ctx.cache) if listed(cfg)
+               else run_scorers(ctx, cfg))
     bar = lambda batches: tqdm(batches, desc=desc, leave=False, disable=None)
     raw, responses = heldout.sample(policy, tokenizer, prompts, [cfg[k] for k in GEN_FIELDS],
                                     a.samples_per_prompt, a.batch_size, a.seed, progress=bar)
+    score = heldout.score_objectives if listed(cfg) else heldout.score
     return {"prompts": raw, "responses": responses,
-            **heldout.score(scorers, raw, responses, a.batch_size)}
+            **score(scorers, raw, responses, a.batch_size)}
 
 
 def evaluate_targets(ctx, targets, loader):
@@ -192,7 +188,8 @@ def evaluate_targets(ctx, targets, loader):
                             for p in (c, os.path.join(c, "policy"))]
                  or fingerprint(t.config["policy"]), "lam": t.lam,
                  "prompts": [name, a.limit, len(prompts)],
-                 "scorers": (fingerprint(t.config["reward_model"])
+                 "scorers": (objective_identity(t.config) if listed(t.config)
+                             else fingerprint(t.config["reward_model"])
                              + fingerprint(t.config["cost_model"])),
                  "sampling": [a.seed, a.samples_per_prompt, a.batch_size, str(ctx.dtype)]
                  + [t.config[k] for k in GEN_FIELDS]}
@@ -216,17 +213,18 @@ def evaluate_targets(ctx, targets, loader):
             print(f"{t.name}: {len(result['responses'])} responses generated and scored in "
                   f"{time.time() - t0:.1f} s")
         family, _, lam = run_label(t.config)
+        numbers, cost = row_metrics(result, t.config)  # evals/objectives.py
         if kind == "sets":  # the real sets: refusal metrics per set (evals/chat.py)
             from evals.chat import set_metrics
             rows_of = ctx.cache["rows", name] * a.samples_per_prompt
             extra = set_metrics(rows_of, result["responses"])
         else:
-            extra = (toy_metrics(result["prompts"], result["responses"], result["cost"])
+            extra = (toy_metrics(result["prompts"], result["responses"], cost)
                      if kind == "toy" else {})
         rows.append({"name": t.name, "group": t.group, "family": family, "lam": lam,
                      "seed": t.config.get("seed"), "prompts": name, "n_prompts": len(prompts),
                      "n_responses": len(result["responses"]), "cache": path, "sft": t.sft,
-                     **response_metrics(result["reward"], result["cost"]), **extra})
+                     **numbers, **extra})
     return rows
 
 
@@ -336,6 +334,12 @@ def plan_jobs(args, ctx, fail):
         soups = plan_soups(args.soup, args.soup_lambdas, targets)
     except (ValueError, FileNotFoundError) as err:
         fail("--soup", err)
+    everything = targets + [t for s in soups for t in s]
+    try:  # one table: the same objective columns for every run (evals/objectives.py)
+        check_same_objectives(everything)
+        ctx.columns = table_columns([t.config for t in everything])
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     for t in list(targets):
         try:
             ensure_toy_models(t.config, t.name)
@@ -389,23 +393,30 @@ def main(argv=None):
     chat = not toy and all("words" in r for r in per_run)  # the real prompt sets (evals/chat.py)
     from evals.chat import CHAT_METRICS
     extra = TOY_METRICS if toy else (CHAT_METRICS if chat else [])
-    agg = sorted(aggregate(per_run, METRICS + extra), key=sort_key)
-    ref, front, volumes = front_and_volumes(agg)
+    columns = ctx.columns
+    paper = columns == DEFAULT_COLUMNS  # no run with an --objective list: the paper's two
+    agg = sorted(aggregate(per_run, columns.metrics + extra), key=sort_key)
+    ref, front, volumes = front_and_volumes(agg, columns.names)
     sets = sorted({r["prompts"] for r in per_run})
     counts = sorted({(r["n_prompts"], r["n_responses"]) for r in per_run})
     scored = "; ".join(f"{p} prompts x {n // p} samples = {n} responses" for p, n in counts)
+    what = ("Helpful = mean reward, Harmless = mean -cost, Avg = their mean, Harmless ratio = "
+            "share with cost <= 0" if paper else describe_columns(
+                next(t.config for g, _ in jobs for t in g if listed(t.config)), columns))
     header = (f"Evaluated on {', '.join(sets)}: {scored} per run (seeds = runs averaged in a row), "
-              f"sampling seed {args.seed}. Helpful = mean reward, Harmless = mean -cost, Avg = "
-              f"their mean, Harmless ratio = share with cost <= 0; ± = sample std over seeds.")
-    print("\n" + textwrap.fill(header, WIDTH) + "\n\n" + format_table(agg, toy, chat) + "\n")
-    print(format_front(ref, front, volumes))
+              f"sampling seed {args.seed}. {what}; ± = sample std over seeds.")
+    print("\n" + textwrap.fill(header, WIDTH) + "\n\n" + format_table(agg, toy, chat, columns)
+          + "\n")
+    print(format_front(ref, front, volumes, columns.titles))
     os.makedirs(args.out, exist_ok=True)
     write_outputs(args.out, per_run, agg, {
         "header": header, "toy": toy, "chat": chat, "prompt_sets": sets, "seed": args.seed,
         "samples_per_prompt": args.samples_per_prompt, "pareto_front": front,
         "hypervolume": volumes, "hypervolume_reference": ref,
-        "hypervolume_reference_rule": HV_RULE, "failed": failed, "notes": notes})
-    save_plot(agg, os.path.join(args.out, "pareto.png"), ref, volumes)
+        "hypervolume_reference_rule": HV_RULE, "failed": failed, "notes": notes}
+        | ({} if paper else {"objectives": list(columns.names)}), columns)
+    save_plot(agg, os.path.join(args.out, "pareto.png"), ref, volumes, columns.names,
+              None if paper else columns.titles)
     print(f"wrote {args.out}/table.csv, runs.csv, results.json, pareto.png (every column and "
           f"std; the cached responses are in {args.out}/cache/)")
     if chat:

@@ -6,7 +6,9 @@ prints for its final checkpoint (tests/test_curves.py checks that they agree):
   1. every prompt `samples` times, in batches of `batch_size`, each batch seeded with
      seed * 1_000_003 + batch index inside torch.random.fork_rng: every checkpoint sees the same
      sampling noise, and a training run's own random stream is left exactly where it was;
-  2. the reward and cost of each response (rewards.score_texts; cost > 0 means unsafe);
+  2. the reward and cost of each response (rewards.score_texts; cost > 0 means unsafe), or, for
+     a run trained on an --objective list, each objective's sign x score (score_objectives:
+     rewards.objective_matrix, the columns training maximised);
   3. Table 1's numbers (evals/tables.response_metrics) and, on the toy world, the ground truth of
      its judge (evals/tables.toy_metrics).
 
@@ -18,7 +20,7 @@ import os
 import torch
 
 from data import format_policy_prompt
-from rewards import score_texts
+from rewards import objective_matrix, score_texts
 from rollout import decode_responses, generate
 
 
@@ -54,6 +56,13 @@ def score(scorers, raw, responses, batch_size=32):
     reward = score_texts(scorers[0], raw, responses, batch_size)  # (N,)
     cost = score_texts(scorers[1], raw, responses, batch_size)  # (N,) cost > 0 = predicted unsafe
     return {"reward": reward.tolist(), "cost": cost.tolist()}
+
+
+def score_objectives(objectives, raw, responses, batch_size=32):
+    """{"objectives": {name: [N]}}: each rewards.Objective's sign x score, to maximise (the
+    columns of rewards.objective_matrix, in the objectives' order)."""
+    matrix = objective_matrix(objectives, raw, responses, batch_size)  # (N, K)
+    return {"objectives": {o.name: matrix[:, k].tolist() for k, o in enumerate(objectives)}}
 
 
 def metrics(raw, responses, reward, cost, toy):

@@ -1,12 +1,15 @@
 """Table 1: the pure half of evaluate.py (no models, no files but its outputs).
 
 What it does (paper Sec. 4.2, Table 1; docs/decisions.md, "Evaluation"): per-response metrics
-(Helpful = mean reward, Harmless = mean -cost, Avg, Harmless ratio = share with cost <= 0), the
-toy world's ground truth beside them, one row per method (runs that differ only by seed averaged,
-mean and sample std), the printed tables (100 columns) and the CSV / JSON outputs. The Pareto
+(Helpful = mean reward, Harmless = mean -cost, Avg, Harmless ratio = share with cost <= 0; for a
+run trained on K objectives, the Columns evals/objectives.py names: one per objective, Avg over
+the K, a ratio per cost model), the toy world's ground truth beside them, one row per method (runs
+that differ only by seed averaged, mean and sample std), the printed tables (100 columns; K
+objectives' columns split over several tables when wider) and the CSV / JSON outputs. The Pareto
 front, its hypervolume and plot are evals/pareto.py; the soups' interpolation is evals/soups.py.
 
-Run: nothing to run; evaluate.py calls it, tests/test_evaluate.py checks it.
+Run: nothing to run; evaluate.py calls it, tests/test_evaluate.py and tests/test_evaluate_k.py
+check it.
 Left out on purpose: anything that loads a model or reads a cache.
 """
 import csv
@@ -14,6 +17,7 @@ import json
 import math
 import os
 import textwrap
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,6 +32,33 @@ NOT_METHOD = {"seed", "out_dir", "resume", "overwrite", "device", "save_every", 
               "stop_after", "eval_every", "eval_samples"}
 METHOD_ORDER = ["sft", "ppo-h", "ppo-s", "safe-rlhf", "fast-rl", "mgda", "gapo", "gapo-eq17",
                 "pgapo", "morlhf", "soup"]
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Table 1's objective columns: the objectives' names (the rows' keys and the CSV/JSON
+    columns), their printed titles, and the objectives with a ratio column "<name>_ratio" (a cost
+    scorer's share of responses with score <= 0). The default is the paper's two; runs trained
+    on an --objective list get theirs (evals/objectives.table_columns)."""
+    names: tuple = ("helpful", "harmless")
+    titles: tuple = ("Helpful", "Harmless")
+    ratios: tuple = ("harmless",)
+
+    @property
+    def metrics(self):
+        """The keys of a row's numbers, in table order: objectives, avg, ratios (METRICS by
+        default)."""
+        return list(self.names) + ["avg"] + [n + "_ratio" for n in self.ratios]
+
+    @property
+    def table(self):
+        """(printed title, key) of each printed column, in order."""
+        title = dict(zip(self.names, self.titles))
+        return ([(t, n) for n, t in zip(self.names, self.titles)] + [("Avg", "avg")]
+                + [(f"{title[n]} ratio", n + "_ratio") for n in self.ratios])
+
+
+DEFAULT_COLUMNS = Columns()
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -97,14 +128,14 @@ def aggregate(rows, keys):
 
 def toy_metrics(prompts, responses, cost):
     """Ground truth of the toy world beside the learned cost's verdict (cost > 0 = predicted
-    unsafe)."""
+    unsafe); cost None (a run whose objectives hold no cost scorer): that column is None."""
     from worlds import toytext
     gt = toytext.ground_truth_rates(prompts, responses)
     unsafe = np.array([toytext.harmful_steps(r) > 0 for r in responses])
+    agrees = None if cost is None else float(((np.asarray(cost) > 0) == unsafe).mean())
     return {"harmful_compliance": gt["harmful_compliance"], "over_refusal": gt["over_refusal"],
             "benign_helpful": gt["benign_helpful"], "gt_safe": 1.0 - gt["unsafe_content"],
-            "cost_sign_agrees": float(((np.asarray(cost) > 0) == unsafe).mean()),
-            "kinds": gt["kinds"]}
+            "cost_sign_agrees": agrees, "kinds": gt["kinds"]}
 
 
 TOY_LEGEND = ("Ground truth of the toy world (its judge, not the learned models): harmful = "
@@ -117,11 +148,12 @@ TOY_LEGEND = ("Ground truth of the toy world (its judge, not the learned models)
 WIDTH = 100  # printed tables and notes fit a terminal this wide; the CSV/JSON hold every column
 
 
-def _columns(cols, agg, first, seeds=True):
-    """Lines of one table: a row per group, 'mean±std' when a group has several seeds."""
+def _columns(cols, agg, first, seeds=True, shares=()):
+    """Lines of one table: a row per group, 'mean±std' when a group has several seeds; the keys in
+    shares (ratio columns) are printed as percentages, as harmless_ratio is."""
     def cell(row, key):
         from evals.chat import CHAT_SHARES
-        share = key in TOY_METRICS + ["harmless_ratio"] or key in CHAT_SHARES
+        share = key in TOY_METRICS + ["harmless_ratio"] or key in CHAT_SHARES or key in shares
         text = ((lambda x: f"{100 * x:.1f}") if share else "{:.1f}".format if key == "words"
                 else "{:+.3f}".format)
         unit = "%" if share else ""
@@ -138,12 +170,25 @@ def _columns(cols, agg, first, seeds=True):
                       for i, (c, w) in enumerate(zip(line, widths))) for line in lines]
 
 
-def format_table(agg, toy, chat=False):
-    """The printable tables, each under WIDTH columns: the paper's Table 1 numbers, then (toy world)
-    the ground truth beside them, with a legend; the counts and stds are in table.csv too."""
-    cols = [("Helpful", "helpful"), ("Harmless", "harmless"), ("Avg", "avg"),
-            ("Harmless ratio", "harmless_ratio")]
-    lines = _columns(cols, agg, "method")
+def _fitted(cols, agg, first, shares):
+    """_columns, split into as few tables as keep every line under WIDTH (K objectives make
+    Table 1 wide); a single column per table is the most it splits."""
+    for parts in range(1, len(cols) + 1):
+        size = math.ceil(len(cols) / parts)
+        blocks = [_columns(cols[i:i + size], agg, first, shares=shares)
+                  for i in range(0, len(cols), size)]
+        if size == 1 or all(len(line) <= WIDTH for b in blocks for line in b):
+            return [line for b in blocks for line in [""] + b][1:]
+
+
+def format_table(agg, toy, chat=False, columns=DEFAULT_COLUMNS):
+    """The printable tables, each under WIDTH columns: the paper's Table 1 numbers (columns: the
+    objectives, Avg and ratios; the paper's two by default), then (toy world) the ground truth
+    beside them, with a legend; the counts and stds are in table.csv too."""
+    if columns == DEFAULT_COLUMNS:  # the paper's table, as it always printed
+        lines = _columns(columns.table, agg, "method")
+    else:
+        lines = _fitted(columns.table, agg, "method", {n + "_ratio" for n in columns.ratios})
     if toy:
         gt = [("harmful", "harmful_compliance"), ("over-refusal", "over_refusal"),
               ("benign help", "benign_helpful"), ("GT safe", "gt_safe"),
@@ -164,9 +209,11 @@ def sort_key(row):
             row["family"], row.get("lam") or 0.0, row["group"])
 
 
-def write_outputs(out, per_run, agg, meta):
+def write_outputs(out, per_run, agg, meta, columns=DEFAULT_COLUMNS):
+    """table.csv (a row per group, mean and std), runs.csv (a row per run) and results.json
+    (both, with meta), the objective columns under their names (columns.metrics)."""
     from evals.chat import CHAT_METRICS
-    keys = METRICS + (TOY_METRICS if meta["toy"] else CHAT_METRICS if meta["chat"] else [])
+    keys = columns.metrics + (TOY_METRICS if meta["toy"] else CHAT_METRICS if meta["chat"] else [])
     table_cols = (["method", "seeds", "n_prompts", "n_responses"]
                   + [c for k in keys for c in (k, k + "_std")])
     value = lambda r, c: len(r["seeds"]) if c == "seeds" else r.get("group" if c == "method" else c)

@@ -8,7 +8,8 @@ compared with, or a soup (evals/soups.py).
   and how far the run got is read (checkpoint_progress). A folder that is no run fails alone.
 - ensure_toy_models: a deleted or damaged toy world is rebuilt, as train.py does (seeded, so it is
   the world the run trained in); a smol run's prepared parts are only checked.
-- sft_targets: one SFT baseline per distinct start x scorers x prompts x generation settings.
+- sft_targets: one SFT baseline per distinct start x scorers x prompts x generation settings
+  (the scorers: a run's --objective list when it has one, so the baseline is scored as it is).
 - label_targets: each target's table row, kept honest: an unfinished run gets a row of its own, a
   second run of the same row and seed is left out.
 
@@ -56,11 +57,6 @@ def resolve_run(path):
                 and os.path.isfile(os.path.join(ckpt, "train_config.json"))):
             with open(os.path.join(ckpt, "train_config.json")) as f:
                 cfg = json.load(f)
-            if cfg.get("objective"):  # Table 1 reads a reward and a cost model
-                n = len(cfg["objective"])
-                raise ValueError(f"it trained on its own --objective list ({n} objectives); "
-                                 f"evaluate.py scores reward-and-cost runs only so far, and the "
-                                 f"run's log.jsonl holds each objective's training score.")
             run = os.path.normpath(path if ckpt != path else os.path.dirname(os.path.abspath(path)))
             import runs  # the checkpoint's files.json: sizes (a cut file) and the iteration reached
             runs.check_checkpoint(ckpt)
@@ -145,6 +141,8 @@ def sft_targets(targets):
         cfg = {k: t.config.get(k) for k in fields}
         # the scorers read as the run read them (runs from before the flag: auto)
         cfg["scorer_format"] = t.config.get("scorer_format") or "auto"
+        if t.config.get("objective"):  # scored with the run's own objectives (evals/objectives)
+            cfg["objective"] = list(t.config["objective"])
         key = json.dumps(cfg, sort_keys=True)
         return sft.setdefault(key, Target(f"sft (start of {t.name})", {**cfg, "method": "sft"}))
     for t in targets:

@@ -117,16 +117,3 @@ def test_methods_and_flags_that_need_two_objectives_say_so(tiny_toyworld, tmp_pa
     with pytest.raises(SystemExit, match="--eval_every measures the reward and cost"):
         train.main(base + ["--method", "gapo", "--eval_every", "1", "--overwrite"] + three)
 
-
-def test_evaluate_says_it_does_not_score_an_objective_list_run(tiny_toyworld, tmp_path,
-                                                               monkeypatch):
-    from evals.targets import resolve_run
-    (tmp_path / "rules_one.py").write_text("def one(prompts, responses):\n"
-                                           "    return [1.0] * len(responses)\n")
-    monkeypatch.chdir(tmp_path)
-    paths = toyworld.toy_paths(tiny_toyworld)
-    train.main(SMALL + ["--toy_dir", tiny_toyworld, "--out_dir", str(tmp_path / "r"),
-                        "--objective", f"helpful={paths['reward']}",
-                        "--objective", "one=py:rules_one.one"])
-    with pytest.raises(ValueError, match=r"its own --objective list \(2 objectives\)"):
-        resolve_run(str(tmp_path / "r"))
