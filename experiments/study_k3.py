@@ -22,12 +22,14 @@ gradient, p = 0 the same to each.
 
 Writes <out_root>/k3_summary.json and experiments/results/study_k3.json, the training curves of the
 three scores (mean over seeds) to experiments/results/curves_k3.png/.pdf, and evaluate.py's table of
-the held-out scores to <out_root>/eval.
+the held-out scores to <out_root>/eval (its table.csv and pairwise Pareto plot are copied to
+experiments/results/study_k3_table.csv and pareto_k3.png/.pdf).
 Left out on purpose: Safe RLHF (a reward and one cost constraint, K = 2) and PPO on one objective.
 """
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -99,9 +101,10 @@ def plot_curves(out_root, seeds, path, smooth=10):
             y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")  # moving mean
             ax.plot(np.arange(len(y)) + smooth, y, label=name)
     for ax, key in zip(axes, NAMES):
-        ax.set_title(key)
+        ax.set_title(f"{key} (training batch score)")
         ax.set_xlabel("iteration")
-    axes[0].set_ylabel(f"training score (mean of {len(seeds)} seeds, {smooth}-iteration mean)")
+    fig.suptitle(f"K = 3 on the toy world: mean of {len(seeds)} seeds, {smooth}-iteration moving "
+                 f"mean", fontsize=10)
     axes[-1].legend(fontsize=8)
     fig.tight_layout()
     for ext in ("png", "pdf"):
@@ -147,8 +150,12 @@ def main(argv=None):
                       f, indent=1)
     plot_curves(args.out_root, args.seeds, os.path.join(RESULTS, "curves_k3"))
     if not args.skip_eval:
+        out = os.path.join(args.out_root, "eval")
         subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), *finished,
-                        "--out", os.path.join(args.out_root, "eval")], cwd=ROOT, check=True)
+                        "--out", out], cwd=ROOT, check=True)
+        for src, dst in (("table.csv", "study_k3_table.csv"), ("pareto.png", "pareto_k3.png"),
+                         ("pareto.pdf", "pareto_k3.pdf")):
+            shutil.copyfile(os.path.join(out, src), os.path.join(RESULTS, dst))
 
 
 if __name__ == "__main__":
