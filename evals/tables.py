@@ -76,14 +76,20 @@ def response_metrics(reward, cost):
 
 def run_label(cfg):
     """(family, label, lam_h) of a train_config: 'gapo p=2', 'pgapo λ_h=0.4', 'soup λ_h=0.4',
-    'ppo-h' ..."""
+    'ppo-h', and at K > 2 objectives 'morlhf λ=(0.2,0.3,0.5)', 'ppo (brief)' ..."""
     method = cfg.get("method", "?")
     if method in ("gapo", "gapo-eq17"):
         family = f"{method} p={float(cfg.get('p', 0)):g}"
         return family, family, None
     if method in ("pgapo", "morlhf", "soup"):
-        lam = float(str(cfg.get("pref", "0.5,0.5")).split(",")[0])
-        return method, f"{method} λ_h={lam:g}", lam
+        pref = [float(x) for x in str(cfg.get("pref", "0.5,0.5")).split(",")]
+        if len(pref) > 2:  # the whole vector: its first weight alone does not tell setups apart
+            return method, f"{method} λ=({','.join(f'{x:.2g}' for x in pref)})", pref[0]
+        return method, f"{method} λ_h={pref[0]:g}", pref[0]
+    if method == "ppo":  # PPO on one objective, named
+        names = [o.split("=")[0] for o in cfg.get("objective") or []] or ["helpful", "harmless"]
+        index = int(cfg.get("objective_index", 0))
+        return method, f"ppo ({names[index] if index < len(names) else index})", None
     return method, method, None
 
 

@@ -61,6 +61,10 @@ def test_labels_group_seeds_and_split_different_setups():
     assert labels[2] == "gapo p=2 (mgda_params=all)"
     assert labels[3:] == ["pgapo λ_h=0.4", "ppo-h"]
     assert run_label({"method": "soup", "pref": "0.2,0.8"}) == ("soup", "soup λ_h=0.2", 0.2)
+    k3 = {"objective": ["helpful=r", "harmless=-c", "brief=py:m.f"]}
+    assert run_label({**k3, "method": "morlhf", "pref": "0.2,0.3,0.5"})[1] == "morlhf λ=(0.2,0.3,0.5)"
+    assert run_label({**k3, "method": "ppo", "objective_index": 2})[1] == "ppo (brief)"
+    assert run_label({"method": "ppo", "objective_index": 1})[1] == "ppo (harmless)"
 
 
 # ----------------------------------------------------------------------------- the command line
