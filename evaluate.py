@@ -255,7 +255,8 @@ def parse_args(argv):
         help="default 4 on the toy world, 1 otherwise")
     add("--seed", type=int, default=0, help="sampling seed, the same for every checkpoint")
     add("--batch_size", type=int, default=32)
-    add("--out", default="runs/eval", help="folder for the table, plot and cache")
+    add("--out", default=None, help="folder for the table, plot and cache (default: eval/ in the "
+        "folder that holds every run evaluated, e.g. runs/study/eval for runs/study/*)")
     add("--soup", nargs="+", action="append", default=[], metavar="RUN",
         help="PPO_H_RUN PPO_S_RUN (repeatable), or 'auto': pair the given PPO-H and PPO-S runs "
         "by seed")
@@ -348,6 +349,12 @@ def plan_jobs(args, ctx, fail):
             targets.remove(t)
     if not targets:
         raise SystemExit("error: nothing to evaluate: no valid run or checkpoint was given.")
+    if args.out is None:  # one rule: eval/ beside the runs, in the folder that holds them all
+        runs = [os.path.dirname(t.checkpoint) for t in targets]  # RUN/checkpoint[-N] -> RUN
+        out = os.path.join(os.path.commonpath([os.path.dirname(os.path.abspath(r))
+                                               for r in runs]), "eval")
+        args.out = out if os.path.relpath(out).startswith("..") else os.path.relpath(out)
+        print(f"outputs go to {args.out} (eval/ in the folder holding the runs; --out to choose)")
     sft = sft_targets(targets + [t for s in soups for t in s])
     if args.samples_per_prompt is None:
         toy = not args.eval_sets and all((args.prompts or t.config.get("prompts") or "toy")

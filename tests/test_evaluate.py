@@ -263,3 +263,14 @@ def test_a_deleted_toy_world_is_rebuilt_not_blamed_on_the_hub(smoke_run, capsys)
     out = capsys.readouterr().out
     assert f"the toy world it was trained in ({toy}) needs a rebuild" in out
     assert (toy / "reward" / "model.safetensors").exists()
+
+def test_default_outputs_go_beside_the_runs_evaluated(smoke_run):
+    """No --out: eval/ in the folder that holds the runs (here smoke_run/), said once; a
+    checkpoint folder counts as its run."""
+    cmd = [sys.executable, "evaluate.py", str(smoke_run / "run" / "checkpoint"), "--limit", "2",
+           "--samples_per_prompt", "1"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"outputs go to {smoke_run / 'eval'} (eval/ in the folder holding the runs" in \
+        done.stdout
+    assert (smoke_run / "eval" / "table.csv").is_file()
