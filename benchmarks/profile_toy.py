@@ -32,6 +32,8 @@ def main(argv=None):
     ap.add_argument("--method", default="gapo")
     ap.add_argument("--top", type=int, default=12, help="operators to list")
     args, train_args = ap.parse_known_args(argv)
+    if args.iterations < 1:
+        ap.error(f"--iterations must be at least 1 (got {args.iterations}).")
     with tempfile.TemporaryDirectory() as out:
         argv = ["--method", args.method, "--iterations", str(args.iterations), "--out_dir", out,
                 *train_args]
