@@ -117,3 +117,19 @@ def test_methods_and_flags_that_need_two_objectives_say_so(tiny_toyworld, tmp_pa
     with pytest.raises(SystemExit, match="--eval_every measures the reward and cost"):
         train.main(base + ["--method", "gapo", "--eval_every", "1", "--overwrite"] + three)
 
+
+
+def test_ppo_trains_the_objective_its_index_names(tiny_toyworld, tmp_path, monkeypatch):
+    (tmp_path / "rules_brevity.py").write_text("def brevity(prompts, responses):\n"
+                                               "    return [-len(r.split()) / 10 for r in responses]\n")
+    monkeypatch.chdir(tmp_path)
+    paths = toyworld.toy_paths(tiny_toyworld)
+    three = ["--objective", f"helpful={paths['reward']}", "--objective", f"harmless=-{paths['cost']}",
+             "--objective", "brief=py:rules_brevity.brevity"]
+    base = SMALL + ["--toy_dir", tiny_toyworld, "--method", "ppo"] + three
+    with pytest.raises(SystemExit, match="--objective_index 3 names no objective; ppo trains one of "
+                                         "the 3 .helpful, harmless, brief.: give 0 to 2"):
+        train.main(base + ["--objective_index", "3"])
+    train.main(base + ["--objective_index", "2"])  # no --out_dir: the default names the objective
+    log = log_of(tmp_path / "runs" / "ppo-brief-s0")
+    assert [r["weights"] for r in log] == [[0.0, 0.0, 1.0]] * 2
