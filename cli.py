@@ -1,13 +1,14 @@
 """The command line of train.py and the checks that refuse bad values before any model loads.
 
 - `parse_config`: the command line, generated from train.Config (one flag per field; `--help`
-  prints each field's comment and default), presets first, explicit flags win.
+  prints each field's comment and default), presets first, then a --config JSON file (a run's
+  train_config.json; its learning rates stand, LoRA or not), explicit flags win.
 - `resume_config`: `--resume` reuses the run folder's saved configuration, so no flag needs
   retyping; explicit flags must agree with it unless they do not change what the run computes.
 - `check_config`: one sentence per bad value (docs/errors.md), before any model loads.
 
 Run: nothing to run; `python -m pytest -q tests/test_train.py` exercises it through train.py.
-Left out on purpose: config files (a saved train_config.json resumes its own run only).
+Left out on purpose: YAML config files (JSON only), and a config framework: Config is the schema.
 """
 import argparse
 import dataclasses
@@ -73,6 +74,9 @@ def parse_config(config_class, presets, argv=None, description="", lora_lr=None)
                                 metavar=kind.__name__.upper())
     explicit = vars(parser.parse_args(argv))
     # --config FILE: its values sit between the preset's and the command line's
+    if explicit.get("config") and explicit.get("resume"):
+        raise ValueError("--config starts a run and --resume continues one with its saved "
+                         "settings; drop one of them.")
     from_file = config_file(explicit["config"], config_class) if explicit.get("config") else {}
     preset = explicit.get("preset", from_file.get("preset", config_class.preset))
     if preset not in presets:
@@ -87,8 +91,8 @@ def parse_config(config_class, presets, argv=None, description="", lora_lr=None)
 
 def config_file(path, config_class):
     """The Config fields of a JSON file (a saved train_config.json, or one written by hand), each
-    checked against the field's type; what says how this run starts (resume, overwrite) and the
-    file's own --config are not taken from it."""
+    checked against the field's type; how this run starts (resume, overwrite), where it goes
+    (out_dir) and the file's own --config are not taken from it."""
     try:
         with open(path) as f:
             values = json.load(f)
@@ -111,7 +115,13 @@ def config_file(path, config_class):
             article = "an" if want == "int" else "a"
             raise ValueError(f"--config {path}: field {name!r} should be {article} {want}, not "
                              f"{value!r}; fix it.")
-    return {k: v for k, v in values.items() if k not in ("resume", "overwrite", "config")}
+        if want == "list" and not all(isinstance(item, str) for item in value):
+            raise ValueError(f"--config {path}: field {name!r} should be a list of strings "
+                             f"(NAME=SOURCE), not {value!r}; fix it.")
+    # How this run starts and where it goes are not the file's: a run's saved out_dir would make
+    # the new run land on (and --overwrite delete) the run the file came from.
+    return {k: v for k, v in values.items()
+            if k not in ("resume", "overwrite", "config", "out_dir")}
 
 
 def saved_config(out_dir):
@@ -281,8 +291,10 @@ def default_out_dir(cfg):
         tag += f"-p{cfg.p:g}"
     if cfg.method in ("pgapo", "morlhf"):
         tag += "-pref" + cfg.pref.replace(",", "_")
-    if cfg.method == "ppo":
-        tag += "-" + objective_names(cfg)[cfg.objective_index]
+    if cfg.method == "ppo":  # check_config refuses an index out of range; --resume comes first
+        names = objective_names(cfg)
+        tag += "-" + (names[cfg.objective_index] if 0 <= cfg.objective_index < len(names)
+                      else str(cfg.objective_index))
     # runs of other presets get their own folder, so `evaluate.py runs/smol` takes them together
     folder = "runs" if cfg.preset == "toy" else os.path.join("runs", cfg.preset)
     return os.path.join(folder, f"{tag}-s{cfg.seed}")

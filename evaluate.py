@@ -351,8 +351,9 @@ def plan_jobs(args, ctx, fail):
         raise SystemExit("error: nothing to evaluate: no valid run or checkpoint was given.")
     if args.out is None:  # one rule: eval/ beside the runs, in the folder that holds them all
         runs = [os.path.dirname(t.checkpoint) for t in targets]  # RUN/checkpoint[-N] -> RUN
-        out = os.path.join(os.path.commonpath([os.path.dirname(os.path.abspath(r))
-                                               for r in runs]), "eval")
+        common = os.path.commonpath([os.path.dirname(os.path.abspath(r)) for r in runs])
+        # runs in unrelated trees share only the root: their outputs go to runs/eval here
+        out = os.path.join(common, "eval") if os.path.dirname(common) != common else "runs/eval"
         args.out = out if os.path.relpath(out).startswith("..") else os.path.relpath(out)
         print(f"outputs go to {args.out} (eval/ in the folder holding the runs; --out to choose)")
     sft = sft_targets(targets + [t for s in soups for t in s])

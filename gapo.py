@@ -31,7 +31,8 @@ from formats.models import last_block_names
 from mgda import gapo_weights, gram_matrix
 from rollout import gae, whiten
 
-METHODS = ("ppo", "ppo-h", "ppo-s", "morlhf", "safe-rlhf", "fast-rl", "mgda", "gapo", "pgapo", "gapo-eq17")
+METHODS = ("ppo", "ppo-h", "ppo-s", "morlhf", "safe-rlhf", "fast-rl", "mgda", "gapo", "pgapo",
+           "gapo-eq17")
 GRADIENT_METHODS = ("mgda", "gapo", "pgapo", "gapo-eq17")  # methods that need the K gradients g_i
 # PPO on one objective: `ppo` trains objective --objective_index; ppo-h and ppo-s are its paper
 # names for the first (helpfulness) and the second (harmlessness).
@@ -213,11 +214,16 @@ def loss_weights(method, losses, params, p, preference, reduce_grads=None, weigh
         weights = weights / weights.sum()  # same direction; mgda and gapo-eq17 already sum to 1
     # Each loss's first-order decrease along the step, g_i . d with d = sum_j w_j g_j (K,).
     # Theorems 3.1 and 3.3: for mgda (p = 0) and gapo, gain_i / n_i^p is one number for every
-    # objective with alpha_i > 0; theorem_gap is its relative spread (0 up to the solver's tolerance).
+    # objective with alpha_i > 0; theorem_gap is its relative spread (0 up to the solver's
+    # tolerance).
     gains = gram @ weights
     info["gains"] = gains.tolist()
-    support = solved.alpha > 1e-12 if method in ("mgda", "gapo") else []
-    if len(support) and support.any():  # a step with every gradient zero has no gain to compare
+    # Compared only where the step moves: at a Pareto-stationary point (d about 0, say two opposed
+    # gradients) every gain is rounding noise and has no ratio.
+    scale = float(gram.diagonal().max()) * float(weights.sum()) ** 2
+    moves = float(weights @ gains) > 1e-12 * scale  # ||d||^2 against the largest ||g_i||^2
+    support = solved.alpha > 1e-12 if method in ("mgda", "gapo") and moves else []
+    if len(support) and support.any():
         per_norm = gains[support] / norms[support] ** (0.0 if method == "mgda" else p)
         spread = per_norm.max() - per_norm.min()
         info["theorem_gap"] = float(spread / per_norm.abs().max().clamp(min=1e-300))

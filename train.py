@@ -427,7 +427,7 @@ def train(argv):
         if stopping:
             print(f"stopped after iteration {iteration + 1} (--stop_after); continue with --resume")
             break
-    tracker.close()
+    tracker.close()  # (a run that stops early has flushed every iteration already)
     if rank == 0:
         print(runs.summary(cfg, log_path, start, reached, iterations,
                            time.perf_counter() - t_start))

@@ -35,6 +35,7 @@ import sys
 
 import numpy as np
 
+import runs
 from experiments import study
 
 ROOT = study.ROOT
@@ -50,8 +51,7 @@ RESULTS = os.path.join(ROOT, "experiments", "results")
 
 
 def read_log(run_dir):
-    with open(os.path.join(run_dir, "log.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return runs.read_log(os.path.join(run_dir, "log.jsonl"))
 
 
 def theorem_check(log, p):

@@ -52,3 +52,29 @@ def test_a_bad_config_file_is_one_sentence(tmp_path, content, message):
     with pytest.raises(SystemExit, match=message):
         train.main(["--config", str(path), "--out_dir", str(tmp_path / "r")])
     assert not (tmp_path / "r").exists()
+
+
+def test_the_file_gives_settings_not_the_run_folder_nor_a_resume(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"method": "mgda", "out_dir": "runs/the-source-run"}))
+    cfg = cli.parse_config(train.Config, train.PRESETS, ["--config", str(path)])
+    assert cfg.method == "mgda" and cfg.out_dir == ""  # the new run gets its own folder
+    with pytest.raises(SystemExit, match="--config starts a run and --resume continues one"):
+        train.main(["--config", str(path), "--resume", "--out_dir", str(tmp_path / "r")])
+    path.write_text(json.dumps({"objective": [1, 2]}))
+    with pytest.raises(SystemExit, match="field 'objective' should be a list of strings"):
+        train.main(["--config", str(path), "--out_dir", str(tmp_path / "r")])
+
+
+def test_runs_that_differ_only_in_bookkeeping_share_a_table_row():
+    from evals.tables import group_labels
+    base = {"method": "gapo", "p": 2.0, "seed": 0}
+    other = {**base, "seed": 1, "config": "runs/a/train_config.json", "report_to": "tensorboard",
+             "keep_checkpoints": 3}
+    assert group_labels([base, other]) == ["gapo p=2", "gapo p=2"]
+
+
+def test_an_objective_index_out_of_range_on_resume_is_one_sentence(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no --out_dir: --resume names the default folder first
+    with pytest.raises(SystemExit, match="--objective_index 5 names no objective"):
+        train.main(["--method", "ppo", "--objective_index", "5", "--resume"])

@@ -381,3 +381,8 @@ def test_theorem_gap_is_not_logged_where_no_theorem_applies():
         losses, params = linear_losses(g)
         _, info = gapo.loss_weights(method, losses, params, 2.0, [0.5, 0.5])
         assert "theorem_gap" not in info and len(info["gains"]) == 2
+    # Pareto-stationary: opposed gradients, d = 0, the gains are rounding noise with no ratio
+    for method, p in (("mgda", 0.0), ("gapo", 2.0)):
+        losses, params = linear_losses(torch.tensor([[1.0, 0.0], [-2.0, 0.0]]))
+        _, info = gapo.loss_weights(method, losses, params, p, [0.5, 0.5])
+        assert "theorem_gap" not in info and max(map(abs, info["gains"])) < 1e-6

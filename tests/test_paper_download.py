@@ -30,7 +30,9 @@ def test_it_fetches_what_the_paper_preset_reads(recorded, capsys):
     paper.main([])
     preset = train.PRESETS["paper"]
     models = [repo for repo, _ in recorded["snapshot"]]
-    assert models == [preset["policy"], preset["reward_model"], preset["cost_model"]]
+    assert models == [preset["policy"], preset["reward_model"], preset["cost_model"]] == [
+        "HuggingFaceH4/mistral-7b-sft-beta", "PKU-Alignment/beaver-7b-v1.0-reward",
+        "PKU-Alignment/beaver-7b-v1.0-cost"]  # the paper's Sec. 4.1 models
     assert (preset["prompts"], "train") in recorded["data"]
     assert (preset["prompts"], "test") in recorded["data"] and ("Anthropic/hh-rlhf", "test") in \
         recorded["data"]

@@ -1,4 +1,4 @@
-"""Sending every logged number to an experiment tracker: `--report_to none|tensorboard|wandb|trackio`.
+"""Every logged number to an experiment tracker: `--report_to none|tensorboard|wandb|trackio`.
 
     python train.py --method gapo --p 2 --report_to tensorboard   # then: tensorboard --logdir runs
 

@@ -40,33 +40,32 @@ def ignore_patterns(files):
     return patterns
 
 
-def download(cache_dir=None, dry_run=False):
-    """Fetch the models and data sets into the Hugging Face caches; returns what it fetched."""
+def download(dry_run=False):
+    """Fetch the models and data sets into the Hugging Face caches (where HF_HOME points, where
+    train.py will look); returns what it fetched."""
     from huggingface_hub import HfApi, snapshot_download
     fetched = []
     for repo in (POLICY, REWARD, COST):
         skip = ignore_patterns(HfApi().list_repo_files(repo))
         print(f"model {repo} (skipping {', '.join(skip)})", flush=True)
         if not dry_run:
-            snapshot_download(repo, cache_dir=cache_dir, ignore_patterns=skip)
+            snapshot_download(repo, ignore_patterns=skip)
         fetched.append(repo)
     for repo, data_dir, split in DATA_SPLITS:
         print(f"data set {repo}{':' + data_dir if data_dir else ''} split {split}", flush=True)
         if not dry_run:
             import datasets
-            datasets.load_dataset(repo, data_dir=data_dir, split=split, cache_dir=cache_dir)
+            datasets.load_dataset(repo, data_dir=data_dir, split=split)
         fetched.append(f"{repo}:{split}")
     return fetched
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cache_dir", default=None,
-                    help="cache folder (default: the Hugging Face caches under HF_HOME)")
     ap.add_argument("--dry_run", action="store_true", help="list what would be fetched")
     args = ap.parse_args(argv)
     try:
-        fetched = download(args.cache_dir, args.dry_run)
+        fetched = download(args.dry_run)
     except Exception as err:  # noqa: BLE001: the Hub clients' connection, HTTP and access errors
         raise SystemExit(f"error: the download stopped ({type(err).__name__}: {err}); check the "
                          f"connection (and HF_TOKEN for gated repositories), then run it again: "
