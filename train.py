@@ -1,6 +1,6 @@
 """Train a policy with multi-objective PPO: GAPO and every baseline of the paper, in one loop.
 
-    python train.py --method gapo --p 2              # toy world on a laptop (built on first use)
+    python train.py --method gapo --p 2              # the toy world (ships built), on a laptop
     python train.py --method pgapo --pref 0.4,0.6    # P-GAPO with a preference vector
     python train.py --help                           # every flag, its meaning and default
     # SmolLM2-135M-Instruct vs reward and cost models learned from HH-RLHF, on a CPU:
