@@ -37,7 +37,8 @@ def test_tensorboard_gets_every_logged_number_and_a_resume_purges(tiny_toyworld,
                                                                    monkeypatch):
     out = tmp_path / "run"
     base = SMALL + ["--toy_dir", tiny_toyworld, "--out_dir", str(out), "--method", "gapo",
-                    "--iterations", "3", "--save_every", "1", "--report_to", "tensorboard"]
+                    "--iterations", "3", "--save_every", "1", "--report_to", "tensorboard",
+                    "--keep_checkpoints", "2"]
     real_save = runs.save_checkpoint
 
     def full_disk_at_3(*args, **kwargs):  # iteration 3 is logged, then its checkpoint fails
@@ -59,6 +60,9 @@ def test_tensorboard_gets_every_logged_number_and_a_resume_purges(tiny_toyworld,
             points = dict(seen[tag])
             assert points[r["iteration"]] == pytest.approx(value, rel=1e-6), tag
     assert [s for s, _ in seen["score_helpful"]] == [1, 2, 3]  # no step twice
+    # --keep_checkpoints 2 beside the tracker: the latest checkpoint and the one before it
+    assert (out / "checkpoint").is_dir() and (out / "checkpoint-2").is_dir()
+    assert not (out / "checkpoint-1").exists()
     assert {"alpha/helpful", "alpha/harmless", "grad_cosine/helpful_harmless",
             "value_error/harmless", "theorem_gap"} <= set(seen)
 
