@@ -19,8 +19,9 @@ import gzip
 import json
 import os
 
-FILE_SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".json.gz", ".parquet", ".csv")
-TABLE_SUFFIXES = {".parquet": "parquet", ".csv": "csv"}  # read by datasets' own builders
+FILE_SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".json.gz", ".parquet", ".csv", ".csv.gz")
+# read by datasets' own builders (pandas opens a .csv.gz by its name)
+TABLE_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".csv.gz": "csv"}
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"  # HH-RLHF turn markers
 
 
@@ -28,7 +29,9 @@ HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"  # HH-RLHF turn markers
 # Reading rows: yields (name, where, row) so that every error can name the file, row and field.
 
 def read_file(path):
-    """Rows of a local .json (a list of objects, or JSON Lines) / .jsonl / .jsonl.gz file."""
+    """Rows of a local .json (a list of objects, one object, or JSON Lines) / .jsonl / .jsonl.gz
+    file. A file holding one object spread over several lines (HarmBench's classifier set, a dict
+    of lists) is one row, "the object"."""
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as f:
         text = f.read()
@@ -42,6 +45,14 @@ def read_file(path):
         for i, row in enumerate(rows, 1):
             yield f"row {i}", row
         return
+    if text.lstrip().startswith("{") and "\n" in text.strip():
+        try:  # JSON Lines of several rows fail here ("Extra data") and are read below
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, dict):
+            yield "the object", whole
+            return
     for i, line in enumerate(text.splitlines(), 1):  # JSON Lines; blank lines are not rows
         if line.strip():
             try:

