@@ -152,12 +152,6 @@ def load_eval_policy(cfg, checkpoint, ctx, merged=False):
     return policy.eval().requires_grad_(False), tokenizer
 
 
-def run_scorers(ctx, cfg):
-    """[reward, cost] Scorers of a run without an --objective list, in its scorer_format
-    (evals/objectives.load_scorers), loaded once for all checkpoints."""
-    return load_scorers(cfg, ctx.device, ctx.dtype, ctx.cache)
-
-
 def sample_and_score(ctx, policy, tokenizer, cfg, prompts, desc):
     """Responses for every prompt x samples (batched, seeded per batch), their reward and cost
     (evals/heldout.py, which train.py's --eval_every shares), or, for a run trained on an
@@ -167,7 +161,7 @@ def sample_and_score(ctx, policy, tokenizer, cfg, prompts, desc):
     a = ctx.args
     # loaded before sampling, so a missing scorer fails fast
     scorers = (load_objectives(cfg, ctx.device, ctx.dtype, ctx.cache) if listed(cfg)
-               else run_scorers(ctx, cfg))
+               else load_scorers(cfg, ctx.device, ctx.dtype, ctx.cache))
     bar = lambda batches: tqdm(batches, desc=desc, leave=False, disable=None)
     raw, responses = heldout.sample(policy, tokenizer, prompts, [cfg[k] for k in GEN_FIELDS],
                                     a.samples_per_prompt, a.batch_size, a.seed, progress=bar)

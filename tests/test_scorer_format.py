@@ -4,7 +4,6 @@ A one-label sequence classifier whose tokenizer has a chat template reads that t
 beaver layout reads the Safe RLHF template, either can be forced, train.py says which at start-up
 and evaluate.py scores a run in the format it trained with. Tiny models in temp folders; CPU, no
 network, seconds."""
-import argparse
 import json
 import logging
 
@@ -161,7 +160,7 @@ def test_bad_scorer_format_flag_is_refused_with_one_sentence(tmp_path):
 
 def test_train_says_the_formats_and_evaluate_scores_with_the_runs_format(tiny_toyworld, tmp_path,
                                                                           capsys):
-    from evaluate import Context, run_scorers
+    from evals.objectives import load_scorers
     chat_rm = classifier_dir(tmp_path / "chat_rm")
     common = SMALL + ["--toy_dir", tiny_toyworld, "--reward_model", chat_rm]
     train.main(common + ["--out_dir", str(tmp_path / "auto")])
@@ -172,14 +171,15 @@ def test_train_says_the_formats_and_evaluate_scores_with_the_runs_format(tiny_to
     assert "scorers: reward reads the Safe RLHF template; cost reads the Safe RLHF template" in (
         capsys.readouterr().out.splitlines())
 
-    ctx = Context(argparse.Namespace(), CPU, torch.float32)
+    cache = {}  # one per evaluate.py call, as its Context keeps
+    run_scorers = lambda cfg: load_scorers(cfg, CPU, torch.float32, cache)  # noqa: E731
     saved = json.loads((tmp_path / "forced" / "train_config.json").read_text())
     assert saved["scorer_format"] == "safe_rlhf"
-    assert [s.template for s in run_scorers(ctx, saved)] == ["safe_rlhf", "safe_rlhf"]
+    assert [s.template for s in run_scorers(saved)] == ["safe_rlhf", "safe_rlhf"]
     auto = json.loads((tmp_path / "auto" / "train_config.json").read_text())
-    assert [s.template for s in run_scorers(ctx, auto)] == ["chat", "safe_rlhf"]
+    assert [s.template for s in run_scorers(auto)] == ["chat", "safe_rlhf"]
     del auto["scorer_format"]  # a run saved before the flag: what it trained with, "auto"
-    assert [s.template for s in run_scorers(ctx, auto)] == ["chat", "safe_rlhf"]
+    assert [s.template for s in run_scorers(auto)] == ["chat", "safe_rlhf"]
     assert "scorers: reward reads its tokenizer's chat template" in capsys.readouterr().out
 
 
