@@ -93,8 +93,8 @@ def _rescale(gram, p):
 @dataclass
 class MinNormSolution:
     alpha: torch.Tensor  # (K,) float64, alpha >= 0, sum 1
-    iterations: int  # Frank-Wolfe iterations used (0 for the closed forms)
-    # Frank-Wolfe duality gap alpha^T G alpha - min_i (G alpha)_i, relative to max_i G_ii
+    iterations: int  # rounds of Wolfe's method used (0 for the closed forms)
+    # duality gap alpha^T G alpha - min_i (G alpha)_i, relative to max_i G_ii
     gap: float
     objective: float  # alpha^T G alpha in the units of the input
 
@@ -132,15 +132,15 @@ def _affine_minimiser(G, support):
     return a
 
 
-def _active_set_polish(G, alpha, tol, budget):
-    """Exact polish (Wolfe's min-norm-point cycles) starting from the Frank-Wolfe iterate.
+def _active_set(G, alpha, tol, budget):
+    """Wolfe's min-norm-point method (1976) on the simplex, from a starting alpha.
 
-    Frank-Wolfe with away steps converges linearly, but with a rate that collapses on
-    ill-conditioned or rank-deficient Gram matrices. Once it has a good support, this finishes the
-    job exactly: jump to the affine minimiser on the support; if that leaves the simplex, stop at
-    the boundary and drop the vertex that hit zero; when the support is optimal, add the most
-    violated vertex (the Frank-Wolfe vertex) and repeat. Each round is one small linear solve.
-    Returns (alpha, rounds used); never more than `budget` rounds.
+    Jump to the affine minimiser on the current support; if that leaves the simplex, stop at the
+    boundary and drop the vertex that hit zero (minor cycle); when the support is optimal, add the
+    most violated vertex, the Frank-Wolfe vertex argmin_i (G alpha)_i (major cycle), and repeat
+    until the duality gap is below tol. Each round is one small linear solve, the number of rounds
+    is finite, and the answer is exact, also on ill-conditioned or rank-deficient Gram matrices
+    (where Frank-Wolfe's rate collapses). Returns (alpha, rounds used); at most `budget` rounds.
     """
     support = alpha > 0
     for rounds in range(1, budget + 1):
@@ -170,11 +170,8 @@ def _active_set_polish(G, alpha, tol, budget):
 def solve_min_norm(gram, max_iter=1000, tol=1e-12):
     """Problem 7: argmin over the simplex of alpha^T G alpha, with solver diagnostics.
 
-    K = 1 and K = 2 use closed forms. K >= 3 uses Frank-Wolfe with exact line search and away steps
-    (plain Frank-Wolfe zig-zags and only converges sublinearly when the optimum lies on a face;
-    away steps let it drop vertices), and every few steps an exact active-set polish on the
-    support, which ends the run as soon as the duality gap is below tol. Steps and polish rounds
-    are counted together, and the solver always stops within max_iter of them.
+    K = 1 and K = 2 use closed forms; K >= 3 uses Wolfe's min-norm-point method (`_active_set`),
+    which stops when the duality gap is below tol, within max_iter rounds.
 
     The matrix is first divided by its largest diagonal entry: the argmin is unchanged, and all
     tolerances become relative, so gradient norms from 1e-12 to 1e12 behave the same. The
@@ -197,41 +194,10 @@ def solve_min_norm(gram, max_iter=1000, tol=1e-12):
     if K == 2:
         alpha = _two_objective_closed_form(G)
     else:
-        # Start at the shortest h_i: the best vertex, found without any fixed magic start value.
+        # Wolfe's min-norm-point method from the shortest h_i, the best vertex: exact and finite.
         alpha = np.zeros(K)
         alpha[G.diagonal().argmin()] = 1.0
-        polish_every = 2 * K
-        while iterations < max_iter:
-            G_alpha = G @ alpha  # (K,) half the objective's gradient
-            objective = alpha @ G_alpha
-            toward = int(G_alpha.argmin())  # Frank-Wolfe vertex
-            # worst vertex in the support
-            away = int(np.where(alpha > 0, G_alpha, -np.inf).argmax())
-            fw_gap = objective - G_alpha[toward]
-            if fw_gap <= tol:
-                break
-            iterations += 1
-            if fw_gap >= G_alpha[away] - objective:  # Frank-Wolfe step: d = e_s - alpha
-                direction = -alpha
-                direction[toward] += 1.0
-                max_step = 1.0
-            else:  # away step: d = alpha - e_v, moves weight off the worst support vertex
-                direction = alpha.copy()
-                direction[away] -= 1.0
-                max_step = alpha[away] / (1.0 - alpha[away])
-            # Exact line search on the quadratic: f(alpha + t d) = f + 2 t d.G alpha + t^2 d.G d.
-            slope = direction @ G_alpha
-            curvature = direction @ G @ direction
-            step = max_step if curvature <= 0 else min(max_step, max(0.0, -slope / curvature))
-            alpha = np.clip(alpha + step * direction, 0, None)
-            alpha /= alpha.sum()
-            if iterations % polish_every == 0 and iterations < max_iter:
-                alpha, rounds = _active_set_polish(G, alpha, tol, min(2 * K, max_iter - iterations))
-                iterations += rounds
-        # A final exact polish makes the gains equal across the support (KKT equality), which a
-        # Frank-Wolfe stop on the duality gap alone does not guarantee for tiny alpha_i.
-        alpha, rounds = _active_set_polish(G, alpha, tol, min(2 * K, max_iter - iterations))
-        iterations += rounds
+        alpha, iterations = _active_set(G, alpha, tol, max_iter)
     G_alpha = G @ alpha
     gap = float(alpha @ G_alpha - G_alpha.min())
     return MinNormSolution(torch.from_numpy(alpha), iterations, gap, float(alpha @ gram @ alpha))

@@ -14,7 +14,7 @@ response tokens: T = 512; min_new_tokens forces R so every iteration has the sam
   forward    log pi_old, log pi_ref (rollout.response_logprobs), values (rollout.response_values),
              rollout.kl_shaped_rewards, rollout.gae
   update     train.ppo_update: gapo.method_advantages, gapo.ppo_losses, gapo.loss_weights (the K
-             last-block gradients, Gram matrix, Frank-Wolfe), the weighted backward,
+             last-block gradients, Gram matrix, min-norm solve), the weighted backward,
              gapo.value_loss, AdamW steps; "loss_weights" is the part of it spent in
              gapo.loss_weights
 for `gapo` and `ppo-h` alternately (so drift of clocks and caches hits both), and prints a table:
