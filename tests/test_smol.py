@@ -327,6 +327,35 @@ def test_two_smol_iterations_then_resume(world, tmp_path):
         assert [json.loads(line)["iteration"] for line in f] == [1, 2, 3]
 
 
+def test_the_gpu_study_command_in_tiny_form_runs_every_method_at_once(world, tmp_path, capsys):
+    """experiments/smol_study.py --budget gpu --jobs 0 (the one-GPU command: every run a separate
+    process, all started together), on the CPU with two methods and tiny sizes."""
+    from experiments import smol_study
+    root, data, paths, _ = world
+    out = tmp_path / "study"
+    code = smol_study.main(["--budget", "gpu", "--jobs", "0", "--device", "cpu",
+                            "--methods", "ppo-s,gapo-p2", "--seeds", "0", "--out_root", str(out),
+                            "--smol_dir", root, "--smol_data", data, "--smol_size", "tiny",
+                            "--skip_eval", "--iterations", "2", "--batch_size", "2",
+                            "--minibatch_size", "2", "--micro_batch_size", "2",
+                            "--max_new_tokens", "4", "--max_prompt_length", "64",
+                            "--dtype", "float32", "--smooth", "1"])
+    printed = capsys.readouterr().out.splitlines()
+    assert code == 0, printed
+    started = [i for i, line in enumerate(printed) if line.endswith("training ...")]
+    done = [i for i, line in enumerate(printed) if " done in " in line]
+    assert len(started) == len(done) == 2 and max(started) < min(done)  # both ran at once
+    for name in ("ppo-s-s0", "gapo-p2-s0"):
+        with open(out / name / "train_config.json") as f:
+            saved = json.load(f)
+        # the gpu budget's lr reached the run; flags given beside --budget won
+        assert (saved["actor_lr"], saved["batch_size"], saved["device"]) == (3e-4, 2, "cpu")
+        assert saved["cost_model"] == paths["cost"]
+    with open(out / "eval" / "smol_curves.json") as f:
+        curves = json.load(f)
+    assert set(curves) == {"ppo-s", "gapo-p2"} and curves["ppo-s"]["iterations"] == [1, 2]
+
+
 def test_evaluation_prompts_are_kept_out_and_the_split_stays_put(tmp_path):
     """AlpacaEval's helpful_base prompts are HH-RLHF helpful-base first turns: a dialogue opening
     with any evaluation prompt (case and spacing aside) must reach no part of the smol world, and

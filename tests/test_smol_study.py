@@ -3,13 +3,21 @@ checked against a hand computation on results written here in evaluate.py's form
 import json
 import math
 
+import pytest
+
 from experiments import smol_study
 from experiments.claims import t_quantile
 
 
-def test_plan_has_the_six_methods_of_the_readme():
+def test_plan_has_the_seven_methods_of_the_readme_and_seeds_for_the_key_three():
     names = [name for name, _ in smol_study.METHODS]
-    assert names == ["ppo-h", "ppo-s", "safe-rlhf", "mgda", "gapo-p1", "gapo-p2"]
+    assert names == ["ppo-h", "ppo-s", "safe-rlhf", "mgda", "gapo-p1", "gapo-p2", "morlhf"]
+    runs = [name for name, _ in smol_study.plan([0, 1, 2])]
+    assert len(runs) == 3 * 3 + 4 and len(set(runs)) == len(runs)
+    assert {r for r in runs if r.endswith("-s2")} == {"ppo-h-s2", "ppo-s-s2", "gapo-p2-s2"}
+    assert [r for r, _ in smol_study.plan([5], ["mgda"])] == ["mgda-s5"]
+    flags = dict(smol_study.plan([0], ["morlhf"]))["morlhf-s0"]
+    assert flags[flags.index("--pref") + 1] == "0.5,0.5" and flags[-2:] == ["--seed", "0"]
 
 
 def test_paired_change_from_sft_matches_a_hand_computation(tmp_path):
@@ -36,11 +44,63 @@ def test_paired_change_from_sft_matches_a_hand_computation(tmp_path):
     assert "+0.000 [" in line  # words: +1, 0, -2, +1
 
 
+def test_seeds_are_pooled_per_prompt_before_the_interval(tmp_path):
+    """Two seeds of one method: a prompt's change is the mean of its two seeds' changes."""
+    prompts = ["a", "b", "c"]
+    caches = {"sft": [0.0, 0.0, 0.0], "s0": [1.0, 0.0, 2.0], "s1": [3.0, 0.0, 0.0]}
+    rows = []
+    for name, reward in caches.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"prompts": prompts, "reward": reward, "cost": [0.0] * 3,
+                                    "responses": ["x"] * 3}))
+        rows.append({"name": name, "group": "sft" if name == "sft" else "ppo-h",
+                     "sft": "" if name == "sft" else "sft", "cache": str(path)})
+    (tmp_path / "results.json").write_text(json.dumps({"runs": rows}))
+    header, line = smol_study.paired_vs_sft(str(tmp_path))
+    pooled = [2.0, 0.0, 1.0]
+    sd = math.sqrt(sum((x - 1.0) ** 2 for x in pooled) / 2)
+    half = t_quantile(2) * sd / math.sqrt(3)
+    assert line.split()[:2] == ["ppo-h", "2"]
+    assert f"+1.000 [{1 - half:+.3f}, {1 + half:+.3f}]" in line
+
+
+def test_training_curves_average_seeds_then_smooth(tmp_path):
+    for seed, offset in ((0, 0.0), (1, 2.0)):
+        run = tmp_path / f"gapo-p2-s{seed}"
+        run.mkdir()
+        with open(run / "log.jsonl", "w") as f:
+            for t in range(1, 9):
+                f.write(json.dumps({"iteration": t, "score_helpful": t + offset,
+                                    "score_harmless": -t, "kl": 0.1 * t,
+                                    "response_length": 10.0}) + "\n")
+    curves = smol_study.training_curves([str(tmp_path / "gapo-p2-s0"),
+                                         str(tmp_path / "gapo-p2-s1")], smooth=4)
+    c = curves["gapo-p2"]
+    assert c["seeds"] == 2 and c["iterations"] == list(range(1, 9))
+    # seed mean t + 1, then a 4-wide moving average: (t + 1) + 1.5 at t = 1..5
+    assert c["score_helpful"] == pytest.approx([3.5, 4.5, 5.5, 6.5, 7.5])
+    assert c["score_helpful_moved"] == pytest.approx(1.0)  # last quarter: 5 // 4 = 1 step back
+    assert c["score_harmless_moved"] == pytest.approx(-1.0)
+    assert c["response_length_moved"] == 0.0
+    smol_study.plot_training_curves(curves, str(tmp_path))
+    assert (tmp_path / "smol_curves.png").stat().st_size > 0
+
+
 def test_dry_run_plans_every_method_through_the_shared_runner(tmp_path, capsys):
     """The smol study hands experiments/study.py's runner every field it reads (a missing one,
     eval_every, once crashed the study before its first run)."""
     smol_study.main(["--dry_run", "--out_root", str(tmp_path / "s")])
     planned = [line for line in capsys.readouterr().out.splitlines() if "[new]" in line]
-    assert len(planned) == len(smol_study.METHODS)
+    assert len(planned) == len(smol_study.plan([0, 1, 2]))
     assert all("--preset smol" in line and "--eval_every 0" in line for line in planned)
+    # the budget's flags reach every run; a flag given on the command line wins over it
+    assert all("--iterations 80 " in line and "--actor_lr 0.0003" in line for line in planned)
+    smol_study.main(["--dry_run", "--out_root", str(tmp_path / "s"), "--budget", "gpu",
+                     "--seeds", "0", "--methods", "ppo-s", "--actor_lr", "1e-5"])
+    planned = [line for line in capsys.readouterr().out.splitlines() if "[new]" in line]
+    assert len(planned) == 1 and "--iterations 200 " in planned[0]
+    assert "--batch_size 32" in planned[0] and planned[0].count("--actor_lr") == 1
+    assert "--actor_lr 1e-5" in planned[0]
+    with pytest.raises(SystemExit, match="unknown method 'gapo'"):
+        smol_study.main(["--dry_run", "--methods", "gapo"])
     assert not (tmp_path / "s" / "logs").exists()  # a dry run trains nothing
