@@ -94,7 +94,7 @@ def test_dry_run_plans_every_method_through_the_shared_runner(tmp_path, capsys):
     assert len(planned) == len(smol_study.plan([0, 1, 2]))
     assert all("--preset smol" in line and "--eval_every 0" in line for line in planned)
     # the budget's flags reach every run; a flag given on the command line wins over it
-    assert all("--iterations 80 " in line and "--actor_lr 0.0003" in line for line in planned)
+    assert all("--iterations 30 " in line and "--actor_lr 0.0003" in line for line in planned)
     smol_study.main(["--dry_run", "--out_root", str(tmp_path / "s"), "--budget", "gpu",
                      "--seeds", "0", "--methods", "ppo-s", "--actor_lr", "1e-5"])
     planned = [line for line in capsys.readouterr().out.splitlines() if "[new]" in line]
