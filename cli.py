@@ -25,7 +25,7 @@ from tracking import trackers
 
 # Fields a resumed run may change: they do not change what the run computes.
 VOLATILE = {"resume", "overwrite", "save_every", "stop_after", "device", "num_threads", "out_dir",
-            "eval_every", "eval_samples", "keep_checkpoints", "report_to", "config"}
+            "eval_every", "eval_samples", "keep_checkpoints", "report_to", "config", "generation"}
 DEVICES = re.compile(r"(auto|cpu|cuda(:\d+)?)$")  # match() anchors the start
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -260,6 +260,8 @@ def check_config(cfg, K):
     for name in ("toy_size", "smol_size"):
         if getattr(cfg, name) not in ("default", "tiny"):
             raise ValueError(f"unknown {name} {getattr(cfg, name)!r}; choose default or tiny.")
+    if cfg.generation not in ("hf", "static"):
+        raise ValueError(f"unknown generation {cfg.generation!r}; choose hf or static.")
     if cfg.critic_init not in ("first_rollout", "zero"):
         raise ValueError(f"unknown critic_init {cfg.critic_init!r}; choose first_rollout or zero.")
     if cfg.weight_scale not in ("sum_one", "raw"):

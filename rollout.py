@@ -14,7 +14,8 @@ Shapes: B prompts, P prompt tokens (left padded), R response tokens (right padde
 V vocab, K objectives. Position t of a response token y_t sits at sequence index P + t; the logits
 and values that predict / evaluate it come from index P + t - 1.
 
-Left out on purpose: vLLM or other fast generation engines, and multi-turn rollouts.
+Left out on purpose: vLLM or other generation servers (weights would have to be synced to them
+every update), and multi-turn rollouts.
 """
 from dataclasses import dataclass
 
@@ -47,15 +48,16 @@ class Rollout:
         return self.input_ids.shape[1] - self.response_mask.shape[1]
 
 
-def tokenize_prompts(tokenizer, texts, max_prompt_length):
+def tokenize_prompts(tokenizer, texts, max_prompt_length, padding=True):
     """Left-padded prompt ids (B, P). Adds the tokenizer's special tokens unless the text already
     starts with bos (chat templates often include it). Prompts longer than max_prompt_length keep
-    their end, where the question and the assistant tag are."""
+    their end, where the question and the assistant tag are. padding="max_length": P is always
+    max_prompt_length."""
     bos = tokenizer.bos_token
     add_special = not (bos and all(t.startswith(bos) for t in texts))
     tokenizer.padding_side = "left"
     tokenizer.truncation_side = "left"
-    batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+    batch = tokenizer(texts, return_tensors="pt", padding=padding, truncation=True,
                       max_length=max_prompt_length, add_special_tokens=add_special)
     return batch["input_ids"], batch["attention_mask"]
 
@@ -70,10 +72,19 @@ def response_mask_from_ids(response_ids, eos_token_id):
 
 @torch.no_grad()
 def generate(policy, tokenizer, prompt_texts, max_prompt_length, max_new_tokens, temperature=1.0,
-             top_p=1.0, repetition_penalty=1.0):
+             top_p=1.0, repetition_penalty=1.0, engine="hf"):
     """Sample one response per prompt. Returns input_ids (B, T), attention_mask (B, T),
-    response_mask (B, R), P. Uses the global torch RNG (seeded by train.py)."""
-    prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompt_texts, max_prompt_length)
+    response_mask (B, R), P. Uses the global torch RNG (seeded by train.py).
+
+    engine "hf": Hugging Face generate with its dynamic KV cache. "static": a static KV cache of
+    one shape for every batch (prompts padded to max_prompt_length), which transformers compiles
+    with torch.compile for the decoding steps on a GPU; the columns that are padding in every row
+    are cut afterwards, so the output is laid out exactly as "hf" lays it out, and the tokens are
+    sampled from the same distribution (the log-probs PPO uses come from the policy's own forward
+    pass either way)."""
+    static = engine == "static"
+    prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompt_texts, max_prompt_length,
+                                               "max_length" if static else True)
     device = next(policy.parameters()).device
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     was_training = policy.training
@@ -81,8 +92,12 @@ def generate(policy, tokenizer, prompt_texts, max_prompt_length, max_new_tokens,
     output = policy.generate(
         input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, temperature=temperature,
         top_p=top_p, top_k=0, repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, use_cache=True)
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, use_cache=True,
+        cache_implementation="static" if static else None)
     policy.train(was_training)
+    if static:  # drop the left columns that are padding in every row: P = the longest prompt
+        cut = int((prompt_mask.sum(0) == 0).sum())
+        output, prompt_ids, prompt_mask = output[:, cut:], prompt_ids[:, cut:], prompt_mask[:, cut:]
     P = prompt_ids.shape[1]
     response_ids = output[:, P:]  # (B, R)
     if response_ids.shape[1] == 0:

@@ -98,6 +98,7 @@ class Config:
     temperature: float = 1.0  # sampling temperature (the paper: 0.7)
     top_p: float = 1.0  # nucleus sampling mass
     repetition_penalty: float = 1.0  # the paper: 1.05
+    generation: str = "hf"  # hf (dynamic KV cache) | static (static cache; compiled on a GPU)
     # --- PPO (Eqs. 14-16, Table 2)
     ppo_epochs: int = 2  # passes over each rollout
     minibatch_size: int = 16  # samples per optimizer step
@@ -180,7 +181,7 @@ def collect_rollout(cfg, policy, reference, critic, tokenizer, objectives, raw, 
     t0 = time.perf_counter()
     input_ids, attention_mask, response_mask, P = generate(
         policy, tokenizer, formatted, cfg.max_prompt_length, cfg.max_new_tokens, cfg.temperature,
-        cfg.top_p, cfg.repetition_penalty)
+        cfg.top_p, cfg.repetition_penalty, cfg.generation)
     responses = decode_responses(tokenizer, input_ids, response_mask)
     t1 = time.perf_counter()
     # (B, K)

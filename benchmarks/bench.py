@@ -41,6 +41,7 @@ Run:
                                               # architectures, CPU, seconds
     python -m benchmarks.bench --check        # the GPU check (--check --tiny: CPU, seconds)
     python -m benchmarks.bench --tiny --compare_paths   # old and new rollout paths side by side
+    python -m benchmarks.bench --compare_engines        # generation tokens/s: hf vs static cache
 Left out on purpose: real weights and tokenizers (throughput does not depend on them), text
 decoding and re-tokenisation for the scorers, multi-GPU (see distributed.py), and any assertion on
 timings.
@@ -86,6 +87,8 @@ def parse_args(argv=None):
     add("--compare_paths", action="store_true",
         help="rollout paths side by side: generation in micro-batch chunks vs one call, LM head on "
              "all T positions vs the last R + 1")
+    add("--compare_engines", action="store_true",
+        help="generation tokens/s of each rollout.generate engine (hf, static) on the same prompts")
     add("--check", action="store_true",
         help="the GPU check: gapo and ppo-h at the paper's rollout batch (128 prompts, micro-batch "
              "16), then two train.py iterations in bf16 with checkpointing on 7B-shaped random "
@@ -296,6 +299,34 @@ def compare_paths(args, models, tokenizer, device, repeats=3):
     return ratios
 
 
+# ----------------------------------------------------------------------------- --compare_engines
+
+def compare_engines(args, policy, tokenizer, device, repeats=3):
+    """rollout.generate's engines on the same prompts, alternately: "hf" (dynamic KV cache) and
+    "static" (static KV cache, which transformers compiles on a GPU; its first call, the compile,
+    is a warm-up and not timed). Prints generation tokens/s (best of `repeats`) and the ratio;
+    returns {engine: tokens/s}."""
+    generator = torch.Generator().manual_seed(args.seed)
+    prompts = random_prompts(generator, args.batch_size, args.prompt_length)
+    best = {}
+    for repeat in range(repeats + 1):
+        for engine in ("hf", "static"):
+            clock = Clock(device)
+            with clock.phase("generate"):
+                _, _, response_mask, _ = generate(policy, tokenizer, prompts, args.prompt_length,
+                                                  args.new_tokens, temperature=0.7,
+                                                  repetition_penalty=1.05, engine=engine)
+            if repeat:  # the first round warms up (and compiles)
+                tokens = args.batch_size * response_mask.shape[1] / clock.seconds["generate"]
+                best[engine] = max(best.get(engine, 0.0), tokens)
+    print(f"\ngeneration engines, best of {repeats} after a warm-up (B={args.batch_size}, "
+          f"P={args.prompt_length}, R={args.new_tokens}):")
+    for engine, tokens in best.items():
+        print(f"  {engine:<8}{tokens:12.1f} tokens/s")
+    print(f"static / hf: {best['static'] / best['hf']:.2f}x")
+    return best
+
+
 # ----------------------------------------------------------------------------- --check
 
 def check(args):
@@ -307,16 +338,20 @@ def check(args):
 
     tiny = ["--tiny"] if args.tiny else []
     batch, micro = (8, 4) if args.tiny else (128, 16)
-    print(f"check 1/2: bench, gapo and ppo-h, B={batch}, micro-batch {micro}")
+    print(f"check 1/3: bench, gapo and ppo-h, B={batch}, micro-batch {micro}")
     main(tiny + ["--device", args.device, "--batch_size", str(batch),
                  "--micro_batch_size", str(micro), "--iterations", "1", "--warmup", "0",
                  "--methods", "gapo,ppo-h"])
     if args.device == "cuda":
         torch.cuda.empty_cache()
+    print(f"check 2/3: generation engines, B={micro}")
+    main(tiny + ["--device", args.device, "--batch_size", str(micro), "--compare_engines"])
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     paths = save_random_models(args, args.check_dir)
-    print(f"check 2/2: train.py, 2 iterations, bf16, gradient checkpointing, models in "
-          f"{args.check_dir}")
+    print(f"check 3/3: train.py, 2 iterations, bf16, gradient checkpointing, static-cache "
+          f"generation, models in {args.check_dir}")
     t0 = time.perf_counter()
     out = os.path.join(args.check_dir, "run")
     train.main(["--policy", paths["policy"], "--reward_model", paths["reward"],
@@ -327,7 +362,7 @@ def check(args):
                 "--max_prompt_length", str(args.prompt_length),
                 "--max_new_tokens", str(args.new_tokens), "--ppo_epochs", "1",
                 "--lora_r", "8" if args.tiny else "64", "--out_dir", out, "--overwrite",
-                "--num_threads", "1" if args.tiny else "0"])
+                "--num_threads", "1" if args.tiny else "0", "--generation", "static"])
     peak = (f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
             if args.device == "cuda" else "")
     print(f"check done: train.py 2 iterations in {time.perf_counter() - t0:.1f}s (with "
@@ -387,6 +422,8 @@ def main(argv=None):
     tokenizer = word_tokenizer()
     if args.compare_paths:
         return compare_paths(args, models, tokenizer, device)
+    if args.compare_engines:
+        return compare_engines(args, models[0], tokenizer, device)
     T = args.prompt_length + args.new_tokens
     optimizers = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr,
                                     weight_decay=0.0)

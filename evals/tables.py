@@ -29,7 +29,8 @@ GEN_FIELDS = ["max_prompt_length", "max_new_tokens", "temperature", "top_p", "re
 # method (a smol run's scorers are in reward_model / cost_model already).
 NOT_METHOD = {"seed", "out_dir", "resume", "overwrite", "device", "save_every", "score_batch_size",
               "toy_dir", "smol_dir", "smol_data", "smol_policy", "smol_size", "num_threads",
-              "stop_after", "eval_every", "eval_samples", "keep_checkpoints", "report_to", "config"}
+              "stop_after", "eval_every", "eval_samples", "keep_checkpoints", "report_to", "config",
+              "generation"}
 METHOD_ORDER = ["sft", "ppo-h", "ppo-s", "ppo", "safe-rlhf", "fast-rl", "mgda", "gapo", "gapo-eq17",
                 "pgapo", "morlhf", "soup"]
 

@@ -91,3 +91,11 @@ def test_compare_paths_reports_old_over_new_ratios():
     ratios = bench.main(["--tiny", "--compare_paths", "--lora_r", "0", "--batch_size", "4",
                          "--micro_batch_size", "2", "--new_tokens", "4", "--prompt_length", "4"])
     assert set(ratios) == {"generate", "logprobs"} and all(r > 0 for r in ratios.values())
+
+
+def test_compare_engines_reports_tokens_per_second_of_each_engine(capsys):
+    speeds = bench.main(["--tiny", "--compare_engines", "--lora_r", "8", "--batch_size", "2",
+                         "--new_tokens", "4", "--prompt_length", "4"])
+    assert set(speeds) == {"hf", "static"} and all(s > 0 for s in speeds.values())
+    printed = capsys.readouterr().out
+    assert f"static / hf: {speeds['static'] / speeds['hf']:.2f}x" in printed

@@ -105,6 +105,23 @@ def test_generate_shapes_masks_and_decoding(tiny_policy_dir):
     assert torch.equal(ids, again)  # same seed, same samples
 
 
+def test_static_cache_engine_lays_out_and_samples_exactly_as_the_dynamic_one(tiny_policy_dir):
+    """engine="static" pads every batch to max_prompt_length (one cache shape), then cuts the
+    all-padding columns: the same ids, masks and P as "hf", and the same samples for one seed."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained(tiny_policy_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_policy_dir)
+    prompts = ["how do i bake bread", "hello", "a b c d e f g h"]
+    out = {}
+    for engine in ("hf", "static"):
+        torch.manual_seed(3)
+        out[engine] = generate(model, tok, prompts, 24, 8, temperature=0.7, engine=engine)
+    (ids, attn, rmask, P), (s_ids, s_attn, s_rmask, s_P) = out["hf"], out["static"]
+    assert P == s_P < 24 and attn[:, 0].any()  # cut back to the longest prompt, not 24
+    for a, b in ((ids, s_ids), (attn, s_attn), (rmask, s_rmask)):
+        assert torch.equal(a, b)
+
+
 def test_lm_head_runs_on_response_positions_only(tiny_policy_dir):
     from model import load_policy
     policy = load_policy(tiny_policy_dir, "cpu").eval()

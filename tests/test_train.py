@@ -75,6 +75,18 @@ def test_same_seed_same_log_and_other_seed_differs(tiny_toyworld, tmp_path):
     assert strip(read_log(tmp_path / "a")) != strip(read_log(tmp_path / "c"))
 
 
+def test_static_cache_generation_trains_the_same_run(tiny_toyworld, tmp_path):
+    """--generation static samples the same tokens as hf on the CPU (no compile here), so the
+    whole log is the same; the engine is saved with the run and may change on --resume."""
+    for name, engine in (("hf", "hf"), ("static", "static")):
+        run(["--method", "gapo", "--generation", engine], tiny_toyworld, tmp_path / name)
+    strip = lambda log: [{k: v for k, v in r.items() if not k.startswith(("time_", "tokens_"))}
+                         for r in log]
+    assert strip(read_log(tmp_path / "hf")) == strip(read_log(tmp_path / "static"))
+    saved = json.loads((tmp_path / "static" / "train_config.json").read_text())
+    assert saved["generation"] == "static"
+
+
 @pytest.mark.parametrize("args,message", [
     (["--method", "dpo"], "unknown method"),
     (["--p", "-1"], "--p must be"),
@@ -86,6 +98,7 @@ def test_same_seed_same_log_and_other_seed_differs(tiny_toyworld, tmp_path):
     pytest.param(["--device", "cuda"], "asks for a GPU, but torch sees no CUDA device",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")),
     (["--dtype", "foo"], "unknown --dtype 'foo'"),
+    (["--generation", "vllm"], "unknown generation 'vllm'; choose hf or static"),
     (["--save_every", "0"], "--save_every must be greater than 0"),
     (["--minibatch_size", "0"], "--minibatch_size must be greater than 0"),
     (["--batch_size", "0"], "--batch_size must be greater than 0"),
