@@ -47,11 +47,11 @@ METHODS = [("ppo-h", ["--method", "ppo-h"]), ("ppo-s", ["--method", "ppo-s"]),
 KEY = ("ppo-h", "ppo-s", "gapo-p2")  # trained with every seed; the others with the first
 # The training budget (train.py flags; the rest is the smol preset's), shared by every method.
 # cpu: measured here to fit about two hours with two jobs (README, the smol section).
-# gpu: for one H100/H200-class GPU running every run at once (not yet run on a GPU).
+# gpu: for one H100/H200-class GPU running every run at once (not yet run on a GPU): four times
+# the prompts per step and about three times the steps, the same answer length and learning rate.
 BUDGETS = {"cpu": {"iterations": 30, "actor_lr": 3e-4, "critic_lr": 3e-4},
-           "gpu": {"iterations": 200, "batch_size": 32, "minibatch_size": 32,
-                   "micro_batch_size": 32, "max_new_tokens": 64, "actor_lr": 3e-4,
-                   "critic_lr": 3e-4}}
+           "gpu": {"iterations": 100, "batch_size": 32, "minibatch_size": 32,
+                   "micro_batch_size": 32, "actor_lr": 3e-4, "critic_lr": 3e-4}}
 
 
 def plan(seeds, methods=None):

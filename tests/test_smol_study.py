@@ -98,7 +98,7 @@ def test_dry_run_plans_every_method_through_the_shared_runner(tmp_path, capsys):
     smol_study.main(["--dry_run", "--out_root", str(tmp_path / "s"), "--budget", "gpu",
                      "--seeds", "0", "--methods", "ppo-s", "--actor_lr", "1e-5"])
     planned = [line for line in capsys.readouterr().out.splitlines() if "[new]" in line]
-    assert len(planned) == 1 and "--iterations 200 " in planned[0]
+    assert len(planned) == 1 and "--iterations 100 " in planned[0]
     assert "--batch_size 32" in planned[0] and planned[0].count("--actor_lr") == 1
     assert "--actor_lr 1e-5" in planned[0]
     with pytest.raises(SystemExit, match="unknown method 'gapo'"):
