@@ -139,20 +139,26 @@ def _active_set(G, alpha, tol, budget):
     boundary and drop the vertex that hit zero (minor cycle); when the support is optimal, add the
     most violated vertex, the Frank-Wolfe vertex argmin_i (G alpha)_i (major cycle), and repeat
     until the duality gap is below tol. Each round is one small linear solve, the number of rounds
-    is finite, and the answer is exact, also on ill-conditioned or rank-deficient Gram matrices
-    (where Frank-Wolfe's rate collapses). Returns (alpha, rounds used); at most `budget` rounds.
+    is finite in exact arithmetic, and the answer is exact, also on ill-conditioned or
+    rank-deficient Gram matrices (where Frank-Wolfe's rate collapses). In floating point a vertex
+    whose optimal weight is 0 can keep a gap just above tol and be dropped and added again for
+    ever, so a major cycle that does not lower the objective also stops the method (the gap is
+    then rounding noise; the caller gets it). Returns (alpha, rounds used); at most `budget` rounds.
     """
     support = alpha > 0
+    best = np.inf  # the objective at the last major cycle
     for rounds in range(1, budget + 1):
         a = _affine_minimiser(G, support)
-        if (a[support] >= 0).all():
+        if (a[support] >= -1e-15).all():  # -1e-15: a weight of 0 computed as -0.0 or -1e-17
             # alpha lies in the same affine set, so a is at least as good: take it.
             alpha = np.clip(a, 0, None)
             alpha /= alpha.sum()
             G_alpha = G @ alpha
+            objective = alpha @ G_alpha
             toward = int(G_alpha.argmin())
-            if alpha @ G_alpha - G_alpha[toward] <= tol or support[toward]:
+            if objective - G_alpha[toward] <= tol or support[toward] or objective >= best:
                 return alpha, rounds
+            best = objective
             support = alpha > 0
             support[toward] = True  # major cycle: bring in the Frank-Wolfe vertex
         else:
@@ -171,7 +177,8 @@ def solve_min_norm(gram, max_iter=1000, tol=1e-12):
     """Problem 7: argmin over the simplex of alpha^T G alpha, with solver diagnostics.
 
     K = 1 and K = 2 use closed forms; K >= 3 uses Wolfe's min-norm-point method (`_active_set`),
-    which stops when the duality gap is below tol, within max_iter rounds.
+    which stops when the duality gap is below tol (or, when rounding keeps it just above, when a
+    round no longer lowers the objective), within max_iter rounds; `gap` says where it stopped.
 
     The matrix is first divided by its largest diagonal entry: the argmin is unchanged, and all
     tolerances become relative, so gradient norms from 1e-12 to 1e12 behave the same. The

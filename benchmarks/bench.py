@@ -304,10 +304,14 @@ def compare_paths(args, models, tokenizer, device, repeats=3):
 def compare_engines(args, policy, tokenizer, device, repeats=3):
     """rollout.generate's engines on the same prompts, alternately: "hf" (dynamic KV cache) and
     "static" (static KV cache, which transformers compiles on a GPU; its first call, the compile,
-    is a warm-up and not timed). Prints generation tokens/s (best of `repeats`) and the ratio;
-    returns {engine: tokens/s}."""
+    is a warm-up and not timed). The prompts' lengths vary from P/4 to P words, as real prompts
+    do, so the static engine pays for its padding to P. Prints generation tokens/s (best of
+    `repeats`) and the ratio; returns {engine: tokens/s}."""
     generator = torch.Generator().manual_seed(args.seed)
-    prompts = random_prompts(generator, args.batch_size, args.prompt_length)
+    lengths = torch.randint(max(1, args.prompt_length // 4), args.prompt_length + 1,
+                            (args.batch_size,), generator=generator).tolist()
+    prompts = [" ".join(p.split()[:n]) for p, n in
+               zip(random_prompts(generator, args.batch_size, args.prompt_length), lengths)]
     best = {}
     for repeat in range(repeats + 1):
         for engine in ("hf", "static"):

@@ -17,8 +17,8 @@ on all of them beside the SFT model on the real prompt sets (red-team, AlpacaEva
     (reward, -cost, words), pooled over its seeds, with a 95% t interval over prompts;
   - smol_curves.png/.pdf and smol_curves.json: the training scores per iteration (the rollout
     batch's mean, averaged over seeds, moving average of --smooth iterations), and how much each
-    method's smoothed curve still moved over the last quarter of the run (a curve that still moves
-    is not judged at its end).
+    method's curve still moved at the end (the last quarter's mean minus the quarter's before; a
+    curve that still moves is not judged at its end).
 The smol world (policy folder, reward and cost models, prompts) is prepared first, once, in
 --smol_dir (python -m worlds.smol). Any other flag goes to every train.py call. Training reuses
 experiments/study.py's scheduler: a finished run is skipped, a stale one (other settings) is
@@ -64,13 +64,16 @@ def plan(seeds, methods=None):
 def paired_vs_sft(eval_dir):
     """Lines of a table: each method's mean change from the SFT model in reward, -cost and answer
     length, per prompt (same prompts, same sampling seed), pooled over its seeds (a prompt's
-    change is the mean of its seeds' changes), with 95% t intervals over prompts."""
+    change is the mean of its seeds' changes), with 95% t intervals over prompts. The interval
+    counts the prompts' spread only: seeds that disagree do not widen it, and averaging seeds
+    narrows it, so a three-seed row's interval is not comparable to a one-seed row's; the seeds'
+    own spread is in evaluate.py's table (mean +- std over seeds)."""
     from experiments.claims import paired_interval
     with open(os.path.join(eval_dir, "results.json")) as f:
         rows = json.load(f)["runs"]
     load = lambda r: json.load(open(r["cache"]))
     sft = {r["sft"] for r in rows if r["sft"]}
-    lines = [f"{'change from SFT, per prompt':28s} {'seeds':>5s} {'Helpful':>24s} "
+    lines = [f"{'change from SFT (interval: prompts)':28s} {'seeds':>5s} {'Helpful':>24s} "
              f"{'Harmless':>24s} {'words':>20s}"]
     if len(sft) != 1:
         return lines
@@ -95,9 +98,11 @@ def paired_vs_sft(eval_dir):
 
 
 def training_curves(run_dirs, smooth=10):
-    """{method: {"seeds", "iterations", metric: smoothed mean over seeds, metric + "_moved":
-    change of the smoothed curve over the run's last quarter}} from the runs' log.jsonl. Metrics:
-    score_helpful, score_harmless (the rollout batch's mean), kl, response_length."""
+    """{method: {"seeds", "iterations", metric: smoothed mean over seeds, metric + "_moved"}} from
+    the runs' log.jsonl. Metrics: score_helpful, score_harmless (the rollout batch's mean), kl,
+    response_length. metric_moved: the seed mean's average over the run's last quarter of
+    iterations minus its average over the quarter before (None for runs under 8 iterations): a
+    curve that still moves at the end is not judged there."""
     metrics = ("score_helpful", "score_harmless", "kl", "response_length")
     by_method = {}
     for run in run_dirs:
@@ -108,13 +113,13 @@ def training_curves(run_dirs, smooth=10):
     for method, logs in by_method.items():
         n = min(len(log) for log in logs)
         curve = {"seeds": len(logs), "iterations": [r["iteration"] for r in logs[0][:n]]}
-        window = max(1, min(smooth, n))
+        window, quarter = max(1, min(smooth, n)), n // 4
         for k in metrics:
             mean = np.mean([[r[k] for r in log[:n]] for log in logs], axis=0)  # (n,)
             smoothed = np.convolve(mean, np.ones(window) / window, mode="valid")
             curve[k] = smoothed.tolist()  # point j: the mean of iterations j+1 .. j+window
-            back = min(max(1, len(smoothed) // 4), len(smoothed) - 1)  # a quarter of the points
-            curve[k + "_moved"] = float(smoothed[-1] - smoothed[-1 - back])
+            curve[k + "_moved"] = (float(mean[-quarter:].mean() - mean[-2 * quarter:-quarter].mean())
+                                   if quarter >= 2 else None)
         curve["smoothed_from"] = window
         curves[method] = curve
     return curves
@@ -202,11 +207,13 @@ def main(argv=None):
         with open(os.path.join(out, "smol_curves.json"), "w") as f:
             json.dump(curves, f, indent=1)
         plot_training_curves(curves, out)
-        print("smol study: training curves (smoothed; 'moved' = change over the last quarter)")
+        print("smol study: training curves (the last smoothed point; 'moved' = the last quarter's "
+              "mean minus the quarter's before)")
+        moved = lambda x: "n/a" if x is None else f"{x:+.3f}"
         for method, c in curves.items():
             print(f"  {method:10s} seeds {c['seeds']}  helpful {c['score_helpful'][-1]:+.3f} "
-                  f"(moved {c['score_helpful_moved']:+.3f})  harmless "
-                  f"{c['score_harmless'][-1]:+.3f} (moved {c['score_harmless_moved']:+.3f})  "
+                  f"(moved {moved(c['score_helpful_moved'])})  harmless "
+                  f"{c['score_harmless'][-1]:+.3f} (moved {moved(c['score_harmless_moved'])})  "
                   f"kl {c['kl'][-1]:.3f}")
     if finished and not args.skip_eval and not args.dry_run:
         print(f"smol study: evaluating {len(finished)} runs and the SFT model into {out}",

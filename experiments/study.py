@@ -85,9 +85,7 @@ def changed_settings(run_dir, train_argv):
         saved = json.load(f)
     wanted = dataclasses.asdict(cli.parse_config(train.Config, train.PRESETS, train_argv,
                                                       lora_lr=train.LORA_LR))
-    skip = {"policy", "reward_model", "cost_model", "out_dir", "resume", "overwrite", "iterations",
-            "save_every", "stop_after", "device", "num_threads", "toy_dir", "eval_every",
-            "eval_samples"}
+    skip = cli.VOLATILE | {"policy", "reward_model", "cost_model", "iterations", "toy_dir"}
     return [f"{k} {saved[k]} -> {v}" for k, v in wanted.items()
             if k not in skip and k in saved and saved[k] != v]
 

@@ -8,7 +8,7 @@ import torch
 from mgda import (gapo_weights, gram_matrix, rescale_gram, solve_min_norm)
 
 
-def frank_wolfe(gram):
+def solved(gram):
     """alpha of Problem 7, the solver's answer."""
     return solve_min_norm(gram).alpha
 
@@ -59,7 +59,7 @@ def test_matches_exact_reference_on_random_grams(rng, K):
         rank = int(rng.integers(1, K)) if trial % 3 == 0 and K > 2 else None  # rank-deficient third
         g = random_gradients(rng, K, dim, rank) * 10.0 ** rng.uniform(-3, 3, size=(K, 1))
         gram = g @ g.T
-        alpha = frank_wolfe(torch.tensor(gram))
+        alpha = solved(torch.tensor(gram))
         check_simplex(alpha, K)
         value = alpha.numpy() @ gram @ alpha.numpy()
         exact, _ = exact_min_norm(gram)
@@ -75,7 +75,7 @@ def test_k3_matches_a_fine_simplex_grid(rng):
         steps = np.linspace(0, 1, 401)
         grid = np.array([(a, b, 1 - a - b) for a in steps for b in steps if a + b <= 1 + 1e-12])
         grid_best = np.einsum("ni,ij,nj->n", grid, gram, grid).min()
-        alpha = frank_wolfe(torch.tensor(gram)).numpy()
+        alpha = solved(torch.tensor(gram)).numpy()
         assert alpha @ gram @ alpha <= grid_best + 1e-12
 
 
@@ -88,7 +88,7 @@ def test_kkt_optimality_and_theorem_3_3(rng, K, p):
         g = rng.standard_normal((K, 20)) * 10.0 ** rng.uniform(-2, 2, size=(K, 1))
         norms = np.linalg.norm(g, axis=1)
         h = g / norms[:, None] ** p
-        alpha = frank_wolfe(rescale_gram(torch.tensor(g @ g.T), p)).numpy()
+        alpha = solved(rescale_gram(torch.tensor(g @ g.T), p)).numpy()
         d = alpha @ h
         dd = d @ d
         scale = (np.linalg.norm(h, axis=1) ** 2).max()
@@ -107,7 +107,7 @@ def test_kkt_optimality_and_theorem_3_3(rng, K, p):
 def test_theorem_3_1_equal_gains_for_plain_mgda(rng):
     for _ in range(50):
         g = rng.standard_normal((4, 6))
-        alpha = frank_wolfe(torch.tensor(g @ g.T)).numpy()
+        alpha = solved(torch.tensor(g @ g.T)).numpy()
         d = alpha @ g
         active = alpha > 1e-9
         gains = g @ d
@@ -118,7 +118,7 @@ def test_theorem_3_1_equal_gains_for_plain_mgda(rng):
 def test_k2_p1_gives_half_half_for_non_parallel_gradients(rng):
     for _ in range(100):
         g = rng.standard_normal((2, 5)) * 10.0 ** rng.uniform(-4, 4, size=(2, 1))
-        alpha = frank_wolfe(rescale_gram(torch.tensor(g @ g.T), 1))
+        alpha = solved(rescale_gram(torch.tensor(g @ g.T), 1))
         assert torch.allclose(alpha, torch.tensor([0.5, 0.5], dtype=torch.float64), atol=1e-12)
 
 
@@ -144,19 +144,19 @@ def test_p0_is_plain_mgda_and_eq6_exponent_is_p_not_2p(rng):
 # --- edge cases ------------------------------------------------------------------------------------
 
 def test_single_objective():
-    assert torch.equal(frank_wolfe(torch.tensor([[4.0]])), torch.tensor([1.0], dtype=torch.float64))
+    assert torch.equal(solved(torch.tensor([[4.0]])), torch.tensor([1.0], dtype=torch.float64))
     w = gapo_weights(torch.tensor([[4.0]]), p=2)
     assert torch.allclose(w.weights, torch.tensor([1 / 4.0], dtype=torch.float64))
 
 
 def test_identical_gradients_give_half_half():
     g = np.array([[1.0, 2.0, 3.0]] * 2)
-    assert torch.allclose(frank_wolfe(torch.tensor(g @ g.T)), torch.tensor([0.5, 0.5], dtype=torch.float64))
+    assert torch.allclose(solved(torch.tensor(g @ g.T)), torch.tensor([0.5, 0.5], dtype=torch.float64))
 
 
 def test_parallel_gradients_pick_the_shorter_one():
     g = np.array([[1.0, 2.0], [3.0, 6.0]])  # same direction, lengths 1:3
-    alpha = frank_wolfe(torch.tensor(g @ g.T))
+    alpha = solved(torch.tensor(g @ g.T))
     assert torch.allclose(alpha, torch.tensor([1.0, 0.0], dtype=torch.float64))
 
 
@@ -172,7 +172,7 @@ def test_zero_gradient_is_dropped_by_gapo_weights_and_documented_in_solver():
     gram = torch.tensor(g @ g.T)
     # The solver on its own: the zero vector is in the hull, so the minimum is 0 at alpha = e_0.
     assert solve_min_norm(gram).objective == 0.0
-    assert frank_wolfe(gram)[0] == 1.0
+    assert solved(gram)[0] == 1.0
     # GAPO drops it and solves over the rest (SPEC section 5, step 6).
     result = gapo_weights(gram, p=1)
     assert result.active.tolist() == [False, True, True]
@@ -205,7 +205,7 @@ def test_nan_and_inf_are_refused():
         gram = torch.eye(3, dtype=torch.float64)
         gram[0, 1] = gram[1, 0] = bad
         with pytest.raises(ValueError, match="NaN or inf"):
-            frank_wolfe(gram)
+            solved(gram)
         with pytest.raises(ValueError, match="NaN or inf"):
             gapo_weights(gram, p=2)
 
@@ -216,7 +216,7 @@ def test_negative_p_is_refused():
 
 
 def test_iteration_cap_is_honoured_on_adversarial_inputs(rng):
-    # Nearly parallel, badly scaled gradients make Frank-Wolfe zig-zag.
+    # Nearly parallel, badly scaled gradients (they made the earlier Frank-Wolfe solver zig-zag).
     base = rng.standard_normal(6)
     g = np.stack([base + 1e-7 * rng.standard_normal(6) for _ in range(6)]) * np.logspace(0, 3, 6)[:, None]
     for cap in [1, 3, 10]:
@@ -232,10 +232,26 @@ def test_converges_to_tight_gap_well_within_cap(rng):
         assert solution.gap <= 1e-9 and solution.iterations < 1000
 
 
+def test_a_vertex_of_weight_zero_does_not_cycle_to_the_cap():
+    """Two opposed gradients and a tiny third under p = 2: the third's optimal weight is 0, its
+    affine weight rounds to -0.0, and it kept re-entering the support until max_iter (1000 rounds,
+    a gap of 3e-12 against tol 1e-12). The method now stops when a round no longer helps."""
+    g = np.array([[-1.66151683152260, 1.17926104681548], [5.85615429477066, -4.15640366257120],
+                  [7.63454033e-06, -1.26392826e-07]])
+    gram = rescale_gram(torch.tensor(g @ g.T), 2).numpy()
+    solution = solve_min_norm(torch.from_numpy(gram))
+    assert solution.iterations < 20 and solution.gap < 1e-10
+    value, alpha = exact_min_norm(gram)
+    assert abs(solution.objective - value) <= 1e-12 * gram.diagonal().max()
+    # the two opposed h_i are nearly anti-parallel: alpha is ill-conditioned, the minimum is not
+    np.testing.assert_allclose(solution.alpha.numpy(), alpha, atol=1e-5)
+    assert solution.alpha[2] == 0
+
+
 def test_inputs_of_any_dtype_are_solved_in_float64():
     g = torch.randn(3, 8, dtype=torch.bfloat16)
     gram = (g.float() @ g.float().T).to(torch.bfloat16)
-    assert frank_wolfe(gram).dtype == torch.float64
+    assert solved(gram).dtype == torch.float64
 
 
 def test_gram_matrix_from_per_parameter_lists_matches_flat_products():
@@ -261,6 +277,6 @@ def test_k2_p2_alpha_is_p0_alpha_swapped(rng):
     for _ in range(200):
         g = rng.standard_normal((2, 4)) * 10.0 ** rng.uniform(-2, 2, size=(2, 1))
         gram = torch.tensor(g @ g.T)
-        a0 = frank_wolfe(rescale_gram(gram, 0))
-        a2 = frank_wolfe(rescale_gram(gram, 2))
+        a0 = solved(rescale_gram(gram, 0))
+        a2 = solved(rescale_gram(gram, 2))
         assert torch.allclose(a2, a0.flip(0), atol=1e-9)

@@ -79,9 +79,16 @@ def test_training_curves_average_seeds_then_smooth(tmp_path):
     assert c["seeds"] == 2 and c["iterations"] == list(range(1, 9))
     # seed mean t + 1, then a 4-wide moving average: (t + 1) + 1.5 at t = 1..5
     assert c["score_helpful"] == pytest.approx([3.5, 4.5, 5.5, 6.5, 7.5])
-    assert c["score_helpful_moved"] == pytest.approx(1.0)  # last quarter: 5 // 4 = 1 step back
-    assert c["score_harmless_moved"] == pytest.approx(-1.0)
+    # the last quarter (iterations 7-8, seed mean 8.5) minus the one before (5-6, 6.5)
+    assert c["score_helpful_moved"] == pytest.approx(2.0)
+    assert c["score_harmless_moved"] == pytest.approx(-2.0)
     assert c["response_length_moved"] == 0.0
+    short = tmp_path / "ppo-s-s0"  # 7 log lines: quarters of 1 iteration, too short to say
+    short.mkdir()
+    first = (tmp_path / "gapo-p2-s0" / "log.jsonl").read_text().splitlines(keepends=True)[0]
+    (short / "log.jsonl").write_text(first * 7)
+    c = smol_study.training_curves([str(short)], smooth=10)["ppo-s"]
+    assert c["score_helpful_moved"] is None and c["score_helpful"] == pytest.approx([1.0])
     smol_study.plot_training_curves(curves, str(tmp_path))
     assert (tmp_path / "smol_curves.png").stat().st_size > 0
 
@@ -104,3 +111,16 @@ def test_dry_run_plans_every_method_through_the_shared_runner(tmp_path, capsys):
     with pytest.raises(SystemExit, match="unknown method 'gapo'"):
         smol_study.main(["--dry_run", "--methods", "gapo"])
     assert not (tmp_path / "s" / "logs").exists()  # a dry run trains nothing
+
+
+def test_a_run_is_stale_for_a_setting_it_learns_with_not_for_a_volatile_one(tmp_path):
+    """The studies' runner retrains a finished run only when a setting that changes what it
+    learns differs; --resume-able settings (cli.VOLATILE: device, generation engine, ...) do not."""
+    import dataclasses
+    import train
+    from experiments import study
+    cfg = dataclasses.asdict(train.Config())
+    (tmp_path / "train_config.json").write_text(json.dumps(cfg))
+    assert study.changed_settings(str(tmp_path), ["--generation", "static",
+                                                  "--num_threads", "2"]) == []
+    assert study.changed_settings(str(tmp_path), ["--kl_coef", "0.1"]) == ["kl_coef 0.05 -> 0.1"]
