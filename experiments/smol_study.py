@@ -36,6 +36,7 @@ import time
 
 import numpy as np
 
+import runs
 from experiments import study
 from worlds import toyworld
 
@@ -71,7 +72,10 @@ def paired_vs_sft(eval_dir):
     from experiments.claims import paired_interval
     with open(os.path.join(eval_dir, "results.json")) as f:
         rows = json.load(f)["runs"]
-    load = lambda r: json.load(open(r["cache"]))
+
+    def load(row):  # a run's cached responses and scores (evaluate.py's cache file)
+        with open(row["cache"]) as f:
+            return json.load(f)
     sft = {r["sft"] for r in rows if r["sft"]}
     lines = [f"{'change from SFT (interval: prompts)':28s} {'seeds':>5s} {'Helpful':>24s} "
              f"{'Harmless':>24s} {'words':>20s}"]
@@ -82,17 +86,17 @@ def paired_vs_sft(eval_dir):
     for r in rows:
         if r["sft"]:
             groups.setdefault(r["group"], []).append(load(r))
-    for group, runs in groups.items():
-        assert all(run["prompts"] == base["prompts"] for run in runs), \
+    for group, members in groups.items():
+        assert all(run["prompts"] == base["prompts"] for run in members), \
             "runs were evaluated on different prompts"
         cells = []
         for get in (lambda c, i: c["reward"][i], lambda c, i: -c["cost"][i],
                     lambda c, i: len(c["responses"][i].split())):
-            changes = [np.mean([get(run, i) - get(base, i) for run in runs])
+            changes = [np.mean([get(run, i) - get(base, i) for run in members])
                        for i in range(len(base["prompts"]))]
             mean, low, high = paired_interval(changes)
             cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
-        lines.append(f"{group:28s} {len(runs):5d} {cells[0]:>24s} {cells[1]:>24s} "
+        lines.append(f"{group:28s} {len(members):5d} {cells[0]:>24s} {cells[1]:>24s} "
                      f"{cells[2]:>20s}")
     return lines
 
@@ -106,8 +110,7 @@ def training_curves(run_dirs, smooth=10):
     metrics = ("score_helpful", "score_harmless", "kl", "response_length")
     by_method = {}
     for run in run_dirs:
-        with open(os.path.join(run, "log.jsonl")) as f:
-            log = [json.loads(line) for line in f if line.strip()]
+        log = runs.read_log(os.path.join(run, "log.jsonl"))
         by_method.setdefault(os.path.basename(run).rsplit("-s", 1)[0], []).append(log)
     curves = {}
     for method, logs in by_method.items():
@@ -176,7 +179,7 @@ def main(argv=None):
         raise SystemExit(f"error: --methods: unknown method {unknown[0]!r}; the plan has "
                          f"{', '.join(n for n, _ in METHODS)}.")
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs = plan(seeds, methods or None)
+    planned = plan(seeds, methods or None)
     given = {a[2:].split("=")[0] for a in train_args if a.startswith("--")}
     budget = [x for k, v in BUDGETS[args.budget].items() if k not in given and k != "iterations"
               for x in (f"--{k}", str(v))]
@@ -188,7 +191,7 @@ def main(argv=None):
     args.seeds, args.skip_alpha, args.eval_every = seeds, True, 0
     args.toy_dir, args.toy_size = toyworld.SHIPPED, "default"
     args.out_root = os.path.abspath(args.out_root)
-    args.jobs = args.jobs if args.jobs > 0 else len(runs)
+    args.jobs = args.jobs if args.jobs > 0 else len(planned)
     t0 = time.time()
     if not args.dry_run:
         print(f"smol study: the smol world in {args.smol_dir} (once; minutes the first time)",
@@ -198,7 +201,7 @@ def main(argv=None):
                               cwd=study.ROOT).returncode
         if code != 0:
             raise SystemExit("error: preparing the smol world failed (see above).")
-    finished, failed = study.train_all(runs, args)
+    finished, failed = study.train_all(planned, args)
     code = 1 if failed else 0
     out = os.path.join(args.out_root, "eval")
     if finished and not args.dry_run:
