@@ -160,8 +160,8 @@ def objective_gradients(losses, params):
     return [[torch.zeros_like(q) if g is None else g for g, q in zip(gs, params)] for gs in grads]
 
 
-def loss_weights(method, losses, params, p, preference, reduce_grads=None, weight_scale="sum_one",
-                 grads=None, objective_index=0):
+def loss_weights(method, losses, params, p, preference, weight_scale="sum_one", grads=None,
+                 objective_index=0):
     """The weights w (M,) of the single weighted backward, plus diagnostics for the log.
 
     For the gradient methods: g_i = dL_i / d(params) with the graph kept for the backward that
@@ -171,8 +171,8 @@ def loss_weights(method, losses, params, p, preference, reduce_grads=None, weigh
       gapo:      w_i = alpha_i / n_i^p, alpha from Problem 7 on G^N (Eq. 6)
       gapo-eq17: w_i = alpha_i on the raw losses (the paper's Eq. 17 as printed; ablation)
       pgapo:     w_i = lambda_i / n_i                              (Eq. 8, no MGDA)
-    reduce_grads: under data parallelism, distributed.global_gradients (the mean of each g_i over
-    ranks), so every rank builds the same Gram matrix and solves Problem 7 to the same alpha.
+    Under torchrun the g_i arrive as means over ranks (scale/distributed.average_whole_gradients),
+    so every rank builds the same Gram matrix and solves Problem 7 to the same alpha.
     grads: the g_i when the caller has them already (train.py: an optimizer step's gradients,
     summed over its micro-batches, so that the step has one Gram matrix); else taken of losses.
     weight_scale: "sum_one" (default) divides w by sum(w), which keeps the direction and makes
@@ -190,8 +190,6 @@ def loss_weights(method, losses, params, p, preference, reduce_grads=None, weigh
         return torch.ones(M), info
     if grads is None:
         grads = objective_gradients(losses, params)
-    if reduce_grads is not None:
-        grads = reduce_grads(grads)
     gram = gram_matrix(grads)  # (K, K) float64
     if not torch.isfinite(gram).all():
         bad = [i for i in range(M) if not torch.isfinite(gram[i, i])]

@@ -105,6 +105,10 @@ def load_models(cfg, device, dtype, world, resume_from, K):
                                                      cfg.gradient_checkpointing, cfg.lora_r,
                                                      cfg.lora_alpha),
                         distributed.critic_sharder)
+    # torchrun: every whole trainable parameter's gradient is averaged over ranks as it is
+    # computed (FSDP reduces the shards), so the g_i of the Gram matrix are global.
+    for model in (policy, critic):
+        distributed.average_whole_gradients(model)
     # The K objectives: --objective NAME=SOURCE in order, else helpful = reward, harmless = -cost.
     if cfg.objective:
         objectives = []

@@ -18,8 +18,8 @@ One iteration (the paper's Sec. 3 and App. B; choices the paper leaves open: doc
      weighted backward, optimizer steps                           (gapo.py, mgda.py)
   6. log (log.jsonl, tqdm) and checkpoint (atomic; --resume continues bit for bit on CPU)
 The command line lives in cli.py, model loading in loading.py, the run folder (checkpoints,
-resume, log) in runs.py; multi-GPU in scale/ (it enters the loop at four `distributed.` calls, each
-a no-op in one process: docs/decisions.md, "Where torchrun enters the loop").
+resume, log) in runs.py; multi-GPU in scale/ (it enters the loop at three `distributed.` calls,
+each a no-op in one process: docs/decisions.md, "Where torchrun enters the loop").
 
 Left out on purpose: multi-node training, vLLM generation, and evaluation (evaluate.py).
 """
@@ -280,7 +280,6 @@ def ppo_update(cfg, pref, policy, critic, rollout, orders, step_costs, optimizer
                                                           start + cfg.minibatch_size])
                              if two_pass else None)
                     weights, wlog = gapo.loss_weights(cfg.method, losses, mgda_params, cfg.p, pref,
-                                                      reduce_grads=distributed.global_gradients,
                                                       weight_scale=cfg.weight_scale, grads=grads,
                                                       objective_index=cfg.objective_index)
             except FloatingPointError as err:
@@ -301,9 +300,8 @@ def ppo_update(cfg, pref, policy, critic, rollout, orders, step_costs, optimizer
                 norms = []
                 for optimizer, scheduler in zip(optimizers, schedulers):
                     params = [p for group in optimizer.param_groups for p in group["params"]]
-                    # torchrun: the whole (unsharded) parameters' gradients are averaged over ranks
-                    # first (FSDP reduced the rest); the norm is measured before clipping.
-                    norms.append(distributed.reduce_and_clip_grads(params, cfg.max_grad_norm))
+                    # one global norm over sharded and whole gradients, measured before clipping
+                    norms.append(float(distributed.clip_grad_norm_(params, cfg.max_grad_norm)))
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)

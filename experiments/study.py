@@ -230,8 +230,7 @@ def alpha_probe(train_argv):
                 os.remove(path)
         chosen = {which: pick(policies[-1], which) for which in ("last_block", "all")}
         iteration, minibatch = divmod(calls[0], per_iteration)
-        record, reduce = ({"iteration": iteration + 1, "minibatch": minibatch},
-                          kwargs.get("reduce_grads"))
+        record = {"iteration": iteration + 1, "minibatch": minibatch}
         # the same losses and graph: both estimates see one minibatch
         for which, ps in chosen.items():
             grads = [torch.autograd.grad(loss, ps, retain_graph=True, allow_unused=True)
@@ -239,7 +238,7 @@ def alpha_probe(train_argv):
             grads = [[torch.zeros_like(q) if g is None else g for g, q in zip(gs, ps)]
                      for gs in grads]
             # (K, K) float64
-            record[which] = gram_matrix(reduce(grads) if reduce else grads).tolist()
+            record[which] = gram_matrix(grads).tolist()
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
         calls[0] += 1

@@ -7,12 +7,11 @@ What it does (the paper trains on 8 GPUs; docs/decisions.md, "Gradient accumulat
   model, EXCEPT the parameters GAPO differentiates separately (docs/decisions.md, "Which last
   layer": by default the policy's last block): torch.autograd.grad with respect to a sharded
   parameter fails in torch 2.13 ("appears to not have been used in the graph": the forward runs
-  on unsharded copies), so those stay whole on every rank (`ignored_params`) and their gradients
-  get an explicit all-reduce (`all_reduce_grads`);
-- `global_gradients`: the K per-objective gradients g_i averaged over ranks BEFORE the Gram
-  matrix, so every rank solves the same Problem 7 and gets the same alpha (the Gram matrix of a
-  mean is not the mean of the Gram matrices); the weighted backward then goes through FSDP's own
-  gradient reduction;
+  on unsharded copies), so those stay whole on every rank (`ignored_params`);
+- `average_whole_gradients`: hooks that average a whole parameter's gradient over ranks as soon as
+  it is computed, so the K per-objective gradients g_i are global BEFORE the Gram matrix and every
+  rank solves the same Problem 7 to the same alpha (the Gram matrix of a mean is not the mean of
+  the Gram matrices); the sharded parameters' gradients go through FSDP's own reduction;
 - global statistics (`all_gather_rows`) for the Lagrange multiplier and the fast-rl weights;
 - `clip_grad_norm_` over a mix of sharded and whole gradients (torch's own refuses the mix);
 - sharded loading (`load_sharded`, full fine-tuning): every rank builds each model on the meta
@@ -170,57 +169,41 @@ def all_gather_rows(tensor):
     return torch.cat(parts)
 
 
-def _average_in_place(tensors):
-    """Mean over ranks of a list of same-dtype tensors, one flat all-reduce per dtype (few, large
-    messages)."""
-    by_dtype = {}
-    for t in tensors:
-        by_dtype.setdefault(t.dtype, []).append(t)
-    for group in by_dtype.values():
-        flat = torch.cat([t.reshape(-1) for t in group])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= get_world_size()
-        offset = 0
-        for t in group:
-            t.copy_(flat[offset:offset + t.numel()].view_as(t))
-            offset += t.numel()
-
-
-def global_gradients(grads):
-    """K gradients g_i (each a list of tensors, one per MGDA parameter) -> their means over ranks.
-
-    gapo.loss_weights' `reduce_grads` hook: each rank's g_i is the gradient of its own mean loss,
-    so the mean over ranks is the gradient of the global loss when ranks hold equal token counts
-    (and, otherwise, the same average FSDP applies to the weighted backward). Every rank then holds
-    the same Gram matrix and solves Problem 7 to the same alpha. Cost: K all-reduces of the last
-    block (K x 218M numbers for Mistral-7B full fine-tuning, a few MB with LoRA)."""
-    if not is_distributed():
-        return grads
-    out = [[g.detach().clone() for g in gs] for gs in grads]
-    _average_in_place([g for gs in out for g in gs])
-    return out
-
-
 def _is_sharded(tensor):
     from torch.distributed.tensor import DTensor
     return isinstance(tensor, DTensor)
 
 
-def all_reduce_grads(params):
-    """Average over ranks the gradients FSDP does not reduce: those of whole (not sharded)
-    parameters, i.e. the ignored last block, or every trainable parameter of a replicated (LoRA)
-    model. Call after the backward passes of an optimizer step, before clipping. Parameters without
-    a gradient are skipped (the same on every rank, since every rank runs the same code path)."""
-    if is_distributed():
-        whole = [p.grad for p in params if p.grad is not None and not _is_sharded(p.grad)]
-        if whole:
-            _average_in_place(whole)
+def average_whole_gradients(model):
+    """Under torchrun, make every trainable whole (not sharded) parameter's gradient the mean over
+    ranks at the moment backward or torch.autograd.grad computes it, as FSDP reduces its shards
+    during backward (DDP does the same with its hooks). Whole parameters are the MGDA block that
+    FSDP leaves out, or every trainable parameter of a replicated (LoRA) model. So each rank's
+    objective gradients g_i (gapo.objective_gradients) are already the means over ranks: every rank
+    builds the same Gram matrix and solves Problem 7 to the same alpha (the Gram matrix of a mean
+    is not the mean of the Gram matrices), and the weighted backward's gradients are global before
+    clipping. Each rank's g_i is the gradient of its own mean loss, so the mean over ranks is the
+    gradient of the global loss when ranks hold equal token counts (and otherwise the same average
+    FSDP applies). Cost: one all-reduce per parameter per backward or autograd.grad (K + 1 per
+    micro-batch for the MGDA block). No-op in one process; call once, after sharding."""
+    if not is_distributed():
+        return
+    for p in model.parameters():
+        if p.requires_grad and not _is_sharded(p):
+            p.register_hook(_mean_over_ranks)
+
+
+def _mean_over_ranks(grad):
+    out = grad.clone()  # a hook must not change its input in place
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out.div_(get_world_size())
 
 
 def clip_grad_norm_(params, max_norm):
     """torch.nn.utils.clip_grad_norm_ for a mix of sharded (DTensor) and whole gradients -> the
-    total norm. Sharded parts: local squares summed over ranks; whole parts (identical after
-    all_reduce_grads): once."""
+    total norm before clipping (max_norm <= 0: no clipping). Sharded parts: local squares summed
+    over ranks; whole parts (identical on every rank: average_whole_gradients): once."""
+    max_norm = max_norm if max_norm > 0 else math.inf
     params = [p for p in params if p.grad is not None]
     sharded = [p.grad for p in params if _is_sharded(p.grad)]
     if not sharded:
@@ -236,13 +219,6 @@ def clip_grad_norm_(params, max_norm):
     for p in params:
         p.grad.mul_(scale)
     return total
-
-
-def reduce_and_clip_grads(params, max_norm):
-    """The step's gradients made global and clipped: all_reduce_grads, then clip_grad_norm_ to
-    max_norm (0 = no clipping). Returns the total norm BEFORE clipping, as a float."""
-    all_reduce_grads(params)
-    return float(clip_grad_norm_(params, max_norm if max_norm > 0 else math.inf))
 
 
 # ----------------------------------------------------------------------------- FSDP2
@@ -266,7 +242,7 @@ def _mixed_precision(model):
 
 def shard_model(model, keep=(), own_group=()):
     """FSDP2 in place: each decoder layer, then the root (embeddings, final norm, heads), sharded
-    over all ranks; parameters in `keep` stay whole on every rank (gradients: all_reduce_grads).
+    over all ranks; parameters in `keep` stay whole on every rank (gradients: average_whole_gradients).
     Modules in `own_group` get their own FSDP group without mixed precision: a float32 head (the
     critic's value head) would otherwise share the root group with a bf16 backbone (FSDP requires
     one parameter dtype per group) or be cast to bf16 by the root's policy. Returns the model."""

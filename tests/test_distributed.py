@@ -4,7 +4,6 @@ The 2-process checks run this file as a script under `python -m torch.distribute
 (one launch for all of them: process start-up is most of the cost); each rank writes what it measured and
 the test compares it with one process doing the same on the union of the two ranks' data.
 """
-import inspect
 import json
 import math
 import os
@@ -162,21 +161,30 @@ def objective_grads(losses, params):
 
 
 def gapo_step(policy, batch, rows, p=2.0, max_norm=0.05, lr=0.5):
-    """One GAPO step as train.ppo_update does it (global gradients, one weighted backward, gradient
-    all-reduce for whole parameters, clipping), with SGD so the comparison is not Adam's sign-sensitive."""
+    """One GAPO step as train.ppo_update does it (the objective gradients, global under torchrun
+    through average_whole_gradients' hooks; one weighted backward; the mixed sharded/whole clip),
+    with SGD so the comparison is not Adam's sign-sensitive."""
     params = gapo.mgda_parameters(policy, "last_block")
     losses = losses_on(policy, batch, rows)
-    grads = distributed.global_gradients(objective_grads(losses, params))
-    weights = gapo_weights(gram_matrix(grads), p).weights.float()
-    if "reduce_grads" in inspect.signature(gapo.loss_weights).parameters:  # once the train.py patch is in
-        hooked, _ = gapo.loss_weights("gapo", losses, params, p, [0.5, 0.5],
-                                      reduce_grads=distributed.global_gradients, weight_scale="raw")
-        torch.testing.assert_close(hooked, weights)
+    weights = gapo_weights(gram_matrix(objective_grads(losses, params)), p).weights.float()
+    in_train, _ = gapo.loss_weights("gapo", losses, params, p, [0.5, 0.5], weight_scale="raw")
+    torch.testing.assert_close(in_train, weights)
     (weights * losses).sum().backward()
-    distributed.all_reduce_grads(list(policy.parameters()))
     norm = distributed.clip_grad_norm_(list(policy.parameters()), max_norm)
     torch.optim.SGD(policy.parameters(), lr=lr).step()
     return weights, float(norm)
+
+
+def lora_gradient(batch, rows, hooked=False):
+    """The flat adapter gradient of one backward of a LoRA-wrapped tiny policy (B nonzero, so both
+    of each pair of adapter matrices get a gradient)."""
+    from peft import LoraConfig, get_peft_model
+    policy = get_peft_model(make_tiny_mistral(VOCAB, seed=0),
+                            LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    if hooked:
+        distributed.average_whole_gradients(policy)
+    losses_on(policy, batch, rows).sum().backward()
+    return torch.cat([q.grad.reshape(-1) for q in policy.parameters() if q.requires_grad])
 
 
 def worker(out_dir):
@@ -190,13 +198,19 @@ def worker(out_dir):
     out = {"rank": rank}
     params = gapo.mgda_parameters(policy, "last_block")
     grads = objective_grads(losses_on(policy, batch, rows), params)
+    # The same model with loading.py's hooks: its g_i are the means over ranks.
+    twin = make_tiny_mistral(VOCAB, seed=0)
+    distributed.average_whole_gradients(twin)
+    global_grads = objective_grads(losses_on(twin, batch, rows), gapo.mgda_parameters(twin, "last_block"))
     for p in (0.0, 2.0):  # p = 1 with K = 2 always gives (1/2, 1/2): useless for telling data apart
         out[f"local_alpha_p{p:g}"] = gapo_weights(gram_matrix(grads), p).alpha.tolist()
-        out[f"alpha_p{p:g}"] = gapo_weights(gram_matrix(distributed.global_gradients(grads)), p).alpha.tolist()
+        out[f"alpha_p{p:g}"] = gapo_weights(gram_matrix(global_grads), p).alpha.tolist()
     policy.zero_grad(set_to_none=True)
 
-    # FSDP2: decoder layers and root sharded, the last block (the MGDA parameters) kept whole.
+    # FSDP2: decoder layers and root sharded, the last block (the MGDA parameters) kept whole, its
+    # gradients averaged by hooks (loading.py's order: shard, then hook).
     distributed.shard_model(policy, keep=params)
+    distributed.average_whole_gradients(policy)
     from torch.distributed.tensor import DTensor
     out["sharded"] = sum(isinstance(q, DTensor) for q in policy.parameters())
     out["whole"] = sum(not isinstance(q, DTensor) for q in policy.parameters())
@@ -214,7 +228,6 @@ def worker(out_dir):
     # Full optimizer state dict round trip (what --resume does): Adam moments come back shard by shard.
     opt = torch.optim.AdamW([q for q in policy.parameters() if q.requires_grad], lr=1e-3)
     (losses_on(policy, batch, rows).sum()).backward()
-    distributed.all_reduce_grads(list(policy.parameters()))
     opt.step()
     state = distributed.optimizer_state_dict(policy, opt)
     path = os.path.join(out_dir, "optim.pt")
@@ -227,6 +240,11 @@ def worker(out_dir):
             for a, b in zip(opt.state.values(), fresh.state.values())]
     out["optimizer_round_trip"] = bool(same) and all(same)
     out["gathered_sizes"] = distributed.all_gather_rows(torch.full((2, 3), float(rank))).shape[0]
+
+    # LoRA under torchrun: the model replicated, every trainable (adapter) parameter whole and hooked.
+    adapter = lora_gradient(batch, rows, hooked=True)
+    out["lora_grad"] = adapter.tolist()
+    out["lora_grads_equal"] = bool(torch.equal(*distributed.all_gather_rows(adapter[None]).unbind(0)))
 
     # Sharded loading: the policy saved above, read by rank 0 only, comes back sharded, the last
     # block whole, float32 masters and the rotary buffers filled; gathered, it equals the file.
@@ -307,6 +325,17 @@ def test_fsdp2_step_with_whole_last_block_equals_one_process_step(two_ranks):
 def test_optimizer_state_round_trip_and_gather(two_ranks):
     ranks, _ = two_ranks
     assert ranks["optimizer_round_trip"] and ranks["gathered_sizes"] == 4
+
+
+def test_replicated_lora_gradients_are_the_mean_over_ranks(two_ranks):
+    ranks, _ = two_ranks
+    policy = make_tiny_mistral(VOCAB, seed=0)
+    batch = make_batch(policy)
+    union = lora_gradient(batch, slice(0, B))  # one process, both ranks' rows: the global mean loss
+    assert ranks["lora_grads_equal"] and union.abs().max() > 0
+    torch.testing.assert_close(torch.tensor(ranks["lora_grad"]), union, atol=1e-6, rtol=1e-4)
+    # ...and the test can fail: rank 0's rows alone give another gradient
+    assert (lora_gradient(batch, slice(0, 2)) - union).abs().max() > 1e-4
 
 
 def test_sharded_loading_gathers_back_to_the_checkpoint_exactly(two_ranks):
@@ -422,8 +451,10 @@ def test_single_process_helpers_are_plain_torch():
     assert distributed.is_main() and distributed.get_world_size() == 1
     x = torch.arange(6.0).reshape(3, 2)
     assert distributed.all_gather_rows(x) is x and torch.equal(distributed.all_reduce_sum(x), x)
-    grads = [[torch.ones(2)], [torch.zeros(2)]]
-    assert distributed.global_gradients(grads) is grads
+    layer = torch.nn.Linear(2, 2)
+    distributed.average_whole_gradients(layer)  # no hook: a hook's all-reduce would fail here
+    layer(torch.ones(1, 2)).sum().backward()
+    torch.testing.assert_close(layer.weight.grad, torch.ones(2, 2))
     p = torch.nn.Parameter(torch.ones(4))
     p.grad = torch.full((4,), 3.0)
     assert abs(float(distributed.clip_grad_norm_([p], 1.0)) - 6.0) < 1e-6
