@@ -8,9 +8,10 @@ For one PPO minibatch (paper Sec. 3, Eqs. 6-8 and 15-17; choices in docs/decisio
      baselines (whitening is an ablation flag; docs/decisions.md says why);
   3. one clipped PPO loss per advantage channel (Eqs. 15-16, `ppo_losses`);
   4. the loss weights w (`loss_weights`): for MGDA / GAPO / P-GAPO the gradients g_i of each loss
-     with respect to the "last layer" parameters (torch.autograd.grad, graph kept), their Gram
-     matrix, and mgda.gapo_weights (Eq. 6, Problem 7, w_i = alpha_i / n_i^p), by default scaled to
-     sum 1 so every method's loss is a convex combination of its PPO losses;
+     with respect to the "last layer" parameters (formats/models.mgda_parameters picks them;
+     torch.autograd.grad, graph kept), their Gram matrix, and mgda.gapo_weights (Eq. 6, Problem 7,
+     w_i = alpha_i / n_i^p), by default scaled to sum 1 so every method's loss is a convex
+     combination of its PPO losses;
   5. ONE weighted backward of sum_i w_i L_i (w detached): no full-size gradient copies.
 The critic's clipped value loss, the Lagrange multiplier (safe-rlhf) and the fast-rl reward
 weights also live here. K is general everywhere except safe-rlhf, which is defined for a
@@ -27,7 +28,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from formats.models import last_block_names
 from mgda import gapo_weights, gram_matrix
 from rollout import gae, whiten
 
@@ -110,46 +110,6 @@ def ppo_losses(logprobs, old_logprobs, advantages, response_mask, clip_eps):
         # k3 estimator
         approx_kl = (((log_ratio.exp() - 1) - log_ratio) * response_mask).sum() / tokens
     return losses, {"clip_fraction": clip_fraction.item(), "approx_kl": approx_kl.item()}
-
-
-def mgda_parameters(policy, which):
-    """The parameters the objective gradients g_i are taken with respect to (docs/decisions.md,
-    "Which last layer").
-
-    last_block: the trainable parameters of the last decoder block (the default, the paper's
-    "last layer"); lm_head: the output head (the embedding matrix when the head is tied to it);
-    all: every trainable parameter (exact, for small models).
-    """
-    named = list(policy.named_parameters())
-    trainable = [(n, p) for n, p in named if p.requires_grad]
-    if which == "all":
-        chosen = trainable
-        if not chosen:
-            raise ValueError("mgda_params='all' selects no parameter: none is trainable")
-    elif which == "last_block":
-        last, in_last = last_block_names(policy)
-        chosen = [(n, p) for n, p in trainable if n in in_last]
-        if not chosen:
-            what = "has no trainable parameter" if in_last else "was not found among the parameters"
-            raise ValueError(f"mgda_params='last_block': decoder block {last} {what} (looked for "
-                             f"names like model.layers.{last}. or transformer.h.{last}.); "
-                             f"use --mgda_params all")
-    elif which == "lm_head":
-        head = policy.get_output_embeddings()
-        head_ids = {id(p) for p in head.parameters()} if head is not None else set()
-        chosen = [(n, p) for n, p in trainable if id(p) in head_ids or "lm_head" in n]
-        if not chosen:
-            if head is None:
-                why = "the model has no output head"
-            elif hasattr(policy, "peft_config"):
-                why = "with LoRA the output head is frozen"
-            else:
-                why = "the output head is frozen"
-            raise ValueError(f"mgda_params='lm_head' selects no trainable parameter ({why}); "
-                             f"use --mgda_params last_block or all")
-    else:
-        raise ValueError(f"unknown mgda_params {which!r}; choose last_block, lm_head or all")
-    return [p for _, p in chosen]
 
 
 def objective_gradients(losses, params):

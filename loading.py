@@ -22,6 +22,7 @@ import gapo
 import worlds
 from cli import parse_objective
 from data import format_policy_prompt, load_prompts
+from formats import models as layouts  # mgda_parameters, looked up here: studies record it
 from formats.models import default_dtype, load_score_model, load_tokenizer
 from model import Critic, load_policy, load_reference
 from rewards import Objective, Scorer, default_objectives, describe_scorers, make_scorer
@@ -86,7 +87,7 @@ def load_models(cfg, device, dtype, world, resume_from, K):
     # The parameters whose objective gradients g_i feed the Gram matrix (docs/decisions.md):
     # kept whole by FSDP.
     def mgda(model):
-        return gapo.mgda_parameters(model, cfg.mgda_params) if gradient_method else []
+        return layouts.mgda_parameters(model, cfg.mgda_params) if gradient_method else []
 
     # Sharded loading reads a resumed policy straight from the checkpoint (HF format).
     policy_path = os.path.join(resume_from, "policy") if resume_from and sharded else cfg.policy

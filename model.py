@@ -66,31 +66,16 @@ def _weights_dtype(compute_dtype, lora_r, master):
     return torch.float32 if master and lora_r == 0 else compute_dtype
 
 
-def load_policy(
-    name_or_path,
-    device,
-    dtype=None,
-    gradient_checkpointing=False,
-    lora_r=0,
-    lora_alpha=0,
-    lora_dropout=0.0,
-    master=True,
-):
+def load_policy(name_or_path, device, dtype=None, gradient_checkpointing=False, lora_r=0,
+                lora_alpha=0, lora_dropout=0.0, master=True):
     """Causal LM in train mode; a peft model with LoRA on q,k,v,o when lora_r > 0
     (lora_alpha 0 = 2 r). Full fine-tuning in bf16 gets float32 master weights and bf16 autocast
     (master_weights); master=False loads plain `dtype` weights (evaluation)."""
     device = torch.device(device)
     compute = dtype_for(dtype, device)
-    model = from_hub(
-        AutoModelForCausalLM.from_pretrained,
-        name_or_path,
-        "policy model",
-        dtype=_weights_dtype(compute, lora_r, master),
-    )
-    model = place(model, device)
-    model.config.use_cache = (
-        False  # training forwards; rollout passes use_cache=True to generate explicitly
-    )
+    model = place(from_hub(AutoModelForCausalLM.from_pretrained, name_or_path, "policy model",
+                           dtype=_weights_dtype(compute, lora_r, master)), device)
+    model.config.use_cache = False  # training forwards; rollout.generate passes use_cache=True
     if gradient_checkpointing:
         enable_checkpointing(model)
     if lora_r > 0:

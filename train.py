@@ -43,7 +43,7 @@ from rollout import (Rollout, decode_responses, gae, generate, kl_shaped_rewards
                      response_logprobs, response_values)
 from scale import distributed, memory
 from tracking import trackers
-from worlds import paper
+from worlds.presets import LORA_LR, PRESETS  # the settings of each world (--preset)
 
 # The default K = 2: reward, and minus cost (docs/decisions.md, "Objectives"); --objective gives
 # any K >= 2.
@@ -53,7 +53,7 @@ OBJECTIVES = ["helpful", "harmless"]
 @dataclass
 class Config:
     # --- what to run
-    preset: str = "toy"  # toy | smol | paper: fills the defaults below (PRESETS); flags override
+    preset: str = "toy"  # toy | smol | paper: fills the defaults (worlds/presets.py); flags win
     method: str = "gapo"  # one of gapo.METHODS
     p: float = 2.0  # p, GAPO's gradient-rescaling exponent (Eq. 6); mgda forces p = 0
     pref: str = "0.5,0.5"  # lambda, preference vector for morlhf and pgapo (K numbers >= 0, sum 1)
@@ -136,36 +136,6 @@ class Config:
     eval_every: int = 0  # > 0: held-out scores (toy: and ground truth) every N its, as eval_*
     eval_samples: int = 4  # samples per held-out prompt for eval_every
     report_to: str = "none"  # none | tensorboard | wandb | trackio: every logged number, rank 0
-
-
-PRESETS = {
-    "toy": {},
-    # SmolLM2-135M-Instruct against reward and cost models learned from HH-RLHF (worlds/smol.py),
-    # sized for a laptop CPU: LoRA on policy and critic (pi_ref = adapter off, no second copy),
-    # short answers, the paper's sampling (temperature 0.7, repetition penalty 1.05) and betas,
-    # bf16 compute (1.3x faster than float32 here, on a CPU with avx512_bf16; else --dtype
-    # float32).
-    "smol": dict(lora_r=16, iterations=40, batch_size=8, minibatch_size=8, micro_batch_size=8,
-                 max_prompt_length=128, max_new_tokens=48, temperature=0.7, dtype="bfloat16",
-                 repetition_penalty=1.05, ppo_epochs=1, actor_lr=1e-5, critic_lr=1e-5,
-                 adam_beta1=0.9, adam_beta2=0.95, kl_coef=0.05, clip_eps=0.1, save_every=10),
-    # The paper's setting: Sec. 4.1 models and data, Table 2 (shared by all methods).
-    # Without internet: `python -m worlds.paper` fetches them first (worlds/paper.py).
-    "paper": dict(policy=paper.POLICY, reward_model=paper.REWARD, cost_model=paper.COST,
-                  prompts=paper.PROMPTS,
-                  # 16 prompts per device x gradient accumulation 8 = 128 per update,
-                  # generated 16 at a time
-                  iterations=0, epochs=2.0, batch_size=128, max_prompt_length=256,
-                  max_new_tokens=256, temperature=0.7, top_p=1.0, repetition_penalty=1.05,
-                  ppo_epochs=1, minibatch_size=128, micro_batch_size=16, actor_lr=1e-6,
-                  critic_lr=5e-7, weight_decay=0.0, warmup_ratio=0.03,
-                  adam_beta1=0.9, adam_beta2=0.95,  # Safe RLHF's AdamW betas
-                  kl_coef=0.05, clip_eps=0.1, gradient_checkpointing=True, save_every=50,
-                  num_threads=0),
-}
-
-# actor and critic lr of LoRA runs (see Config.lora_alpha's comment)
-LORA_LR = {"toy": 3e-3, "smol": 1e-4, "paper": 1e-5}
 
 
 # ------------------------------------------------------------------------------------ one iteration

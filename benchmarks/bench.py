@@ -58,6 +58,7 @@ from benchmarks.paper_models import (build_models, configs, matmul_params, rando
                                      save_random_models, word_tokenizer)
 # Not used here: the paper's sizes stay importable from bench, where other code has always taken
 # them.
+from formats.models import mgda_parameters
 from scale.memory import param_count_from_config
 from rollout import Rollout, gae, generate, kl_shaped_rewards, response_logprobs, response_values
 from scale.memory import activation_and_cache_bytes, memory_plan, plan_bytes
@@ -214,7 +215,7 @@ def iteration(args, cfg, models, tokenizer, optimizers, schedulers, prompts, clo
     rollout = Rollout(prompts, [""] * B, input_ids, attention_mask, response_mask, logprobs,
                       ref_logprobs, values, scores, rewards, advantages, returns)
     gradient = cfg.method in gapo.GRADIENT_METHODS
-    mgda_params = gapo.mgda_parameters(policy, cfg.mgda_params) if gradient else None
+    mgda_params = mgda_parameters(policy, cfg.mgda_params) if gradient else None
     pref = [1.0 / len(train.OBJECTIVES)] * len(train.OBJECTIVES)
     with timed_loss_weights(clock), clock.phase("update"):
         orders = [torch.randperm(B) for _ in range(cfg.ppo_epochs)]

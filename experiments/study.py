@@ -207,6 +207,7 @@ def alpha_probe(train_argv):
     returns."""
     import torch
     import gapo
+    from formats import models as layouts
     from mgda import gram_matrix
     cfg = cli.parse_config(train.Config, train.PRESETS, train_argv)
     out_dir = cfg.out_dir or cli.default_out_dir(cfg)
@@ -245,14 +246,15 @@ def alpha_probe(train_argv):
         return weigh(method, losses, params, p, preference, **kwargs)
 
     calls = []  # loss_weights calls so far, counted from the checkpoint's iteration
-    # train.py calls gapo.mgda_parameters and gapo.loss_weights through the module: the recorder
-    # stands in for both while the run lasts, and returns exactly what they return.
-    pick, weigh = gapo.mgda_parameters, gapo.loss_weights
-    gapo.mgda_parameters, gapo.loss_weights = mgda_parameters, loss_weights
+    # loading.py and train.py call layouts.mgda_parameters and gapo.loss_weights through their
+    # modules: the recorder stands in for both while the run lasts, and returns exactly what they
+    # return.
+    pick, weigh = layouts.mgda_parameters, gapo.loss_weights
+    layouts.mgda_parameters, gapo.loss_weights = mgda_parameters, loss_weights
     try:
         train.main(train_argv)
     finally:
-        gapo.mgda_parameters, gapo.loss_weights = pick, weigh
+        layouts.mgda_parameters, gapo.loss_weights = pick, weigh
 
 
 def read_probe(path):

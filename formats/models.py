@@ -195,6 +195,46 @@ def last_block_names(model):
     return last, {n for n, i in text_blocks if i == last}
 
 
+def mgda_parameters(policy, which):
+    """The parameters the objective gradients g_i are taken with respect to (docs/decisions.md,
+    "Which last layer").
+
+    last_block: the trainable parameters of the last decoder block (the default, the paper's
+    "last layer"); lm_head: the output head (the embedding matrix when the head is tied to it);
+    all: every trainable parameter (exact, for small models).
+    """
+    named = list(policy.named_parameters())
+    trainable = [(n, p) for n, p in named if p.requires_grad]
+    if which == "all":
+        chosen = trainable
+        if not chosen:
+            raise ValueError("mgda_params='all' selects no parameter: none is trainable")
+    elif which == "last_block":
+        last, in_last = last_block_names(policy)
+        chosen = [(n, p) for n, p in trainable if n in in_last]
+        if not chosen:
+            what = "has no trainable parameter" if in_last else "was not found among the parameters"
+            raise ValueError(f"mgda_params='last_block': decoder block {last} {what} (looked for "
+                             f"names like model.layers.{last}. or transformer.h.{last}.); "
+                             f"use --mgda_params all")
+    elif which == "lm_head":
+        head = policy.get_output_embeddings()
+        head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+        chosen = [(n, p) for n, p in trainable if id(p) in head_ids or "lm_head" in n]
+        if not chosen:
+            if head is None:
+                why = "the model has no output head"
+            elif hasattr(policy, "peft_config"):
+                why = "with LoRA the output head is frozen"
+            else:
+                why = "the output head is frozen"
+            raise ValueError(f"mgda_params='lm_head' selects no trainable parameter ({why}); "
+                             f"use --mgda_params last_block or all")
+    else:
+        raise ValueError(f"unknown mgda_params {which!r}; choose last_block, lm_head or all")
+    return [p for _, p in chosen]
+
+
 # --------------------------------------------------------------------- padded batches
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

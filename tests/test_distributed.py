@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from scale import distributed, memory  # noqa: E402
 import gapo  # noqa: E402
+from formats.models import mgda_parameters  # noqa: E402
 from conftest import make_tiny_mistral  # noqa: E402
 from mgda import gapo_weights, gram_matrix  # noqa: E402
 from rollout import response_logprobs  # noqa: E402
@@ -164,7 +165,7 @@ def gapo_step(policy, batch, rows, p=2.0, max_norm=0.05, lr=0.5):
     """One GAPO step as train.ppo_update does it (the objective gradients, global under torchrun
     through average_whole_gradients' hooks; one weighted backward; the mixed sharded/whole clip),
     with SGD so the comparison is not Adam's sign-sensitive."""
-    params = gapo.mgda_parameters(policy, "last_block")
+    params = mgda_parameters(policy, "last_block")
     losses = losses_on(policy, batch, rows)
     weights = gapo_weights(gram_matrix(objective_grads(losses, params)), p).weights.float()
     in_train, _ = gapo.loss_weights("gapo", losses, params, p, [0.5, 0.5], weight_scale="raw")
@@ -196,12 +197,12 @@ def worker(out_dir):
     policy = make_tiny_mistral(VOCAB, seed=0)
     batch = make_batch(policy)
     out = {"rank": rank}
-    params = gapo.mgda_parameters(policy, "last_block")
+    params = mgda_parameters(policy, "last_block")
     grads = objective_grads(losses_on(policy, batch, rows), params)
     # The same model with loading.py's hooks: its g_i are the means over ranks.
     twin = make_tiny_mistral(VOCAB, seed=0)
     distributed.average_whole_gradients(twin)
-    global_grads = objective_grads(losses_on(twin, batch, rows), gapo.mgda_parameters(twin, "last_block"))
+    global_grads = objective_grads(losses_on(twin, batch, rows), mgda_parameters(twin, "last_block"))
     for p in (0.0, 2.0):  # p = 1 with K = 2 always gives (1/2, 1/2): useless for telling data apart
         out[f"local_alpha_p{p:g}"] = gapo_weights(gram_matrix(grads), p).alpha.tolist()
         out[f"alpha_p{p:g}"] = gapo_weights(gram_matrix(global_grads), p).alpha.tolist()
@@ -252,7 +253,7 @@ def worker(out_dir):
     saved = os.path.join(out_dir, "policy")
     loaded = distributed.load_sharded(
         lambda d: model_lib.load_policy(saved, d, "bfloat16"), torch.device("cpu"),
-        distributed.policy_sharder(lambda m: gapo.mgda_parameters(m, "last_block")))
+        distributed.policy_sharder(lambda m: mgda_parameters(m, "last_block")))
     out["loaded_sharded"] = sum(isinstance(q, DTensor) for q in loaded.parameters())
     out["loaded_whole"] = sum(not isinstance(q, DTensor) for q in loaded.parameters())
     with distributed.full_parameters(loaded):
@@ -292,7 +293,7 @@ def test_alpha_of_two_ranks_equals_alpha_of_one_process_on_the_union(two_ranks):
     ranks, _ = two_ranks
     policy = make_tiny_mistral(VOCAB, seed=0)
     batch = make_batch(policy)
-    grads = objective_grads(losses_on(policy, batch, slice(0, B)), gapo.mgda_parameters(policy, "last_block"))
+    grads = objective_grads(losses_on(policy, batch, slice(0, B)), mgda_parameters(policy, "last_block"))
     for p in ("0", "2"):
         union = gapo_weights(gram_matrix(grads), float(p)).alpha
         torch.testing.assert_close(torch.tensor(ranks[f"alpha_p{p}"], dtype=torch.float64), union, atol=1e-6, rtol=0)

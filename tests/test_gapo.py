@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import gapo
+from formats.models import mgda_parameters
 from rollout import response_logprobs
 
 
@@ -235,7 +236,7 @@ def test_one_gapo_step_improves_every_objective_to_first_order(tiny_policy_dir, 
     def losses_now():
         return gapo.ppo_losses(response_logprobs(policy, ids, mask, R), old, advantages, rmask, 0.2)[0]
 
-    params = gapo.mgda_parameters(policy, "all")
+    params = mgda_parameters(policy, "all")
     losses = losses_now()
     weights, info = gapo.loss_weights(method, losses, params, p, [0.5, 0.5])
     (weights * losses).sum().backward()
@@ -251,14 +252,14 @@ def test_one_gapo_step_improves_every_objective_to_first_order(tiny_policy_dir, 
 def test_mgda_parameter_choices(tiny_policy_dir):
     from transformers import AutoModelForCausalLM
     policy = AutoModelForCausalLM.from_pretrained(tiny_policy_dir)
-    every = gapo.mgda_parameters(policy, "all")
-    last = gapo.mgda_parameters(policy, "last_block")
-    head = gapo.mgda_parameters(policy, "lm_head")
+    every = mgda_parameters(policy, "all")
+    last = mgda_parameters(policy, "last_block")
+    head = mgda_parameters(policy, "lm_head")
     assert 0 < len(head) < len(last) < len(every)
     names = {id(p): n for n, p in policy.named_parameters()}
     assert all("layers.1." in names[id(p)] for p in last)
     with pytest.raises(ValueError, match="unknown mgda_params"):
-        gapo.mgda_parameters(policy, "middle")
+        mgda_parameters(policy, "middle")
 
 
 def tiny_causal_lm(kind, tie=False):
@@ -286,28 +287,28 @@ def names_of(model, params):
                                         ("qwen2", "model.layers.2.")])
 def test_last_block_is_found_in_each_family_and_under_peft(kind, block):
     model = tiny_causal_lm(kind)
-    last = names_of(model, gapo.mgda_parameters(model, "last_block"))
+    last = names_of(model, mgda_parameters(model, "last_block"))
     assert last and all(n.startswith(block) for n in last)
     assert len(last) == sum(n.startswith(block) for n, _ in model.named_parameters())
-    head = names_of(model, gapo.mgda_parameters(model, "lm_head"))
+    head = names_of(model, mgda_parameters(model, "lm_head"))
     assert head == ["lm_head.weight"]
     from peft import LoraConfig, get_peft_model
     targets = ["c_attn"] if kind == "gpt2" else ["q_proj", "v_proj"]
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=targets, fan_in_fan_out=kind == "gpt2"))
-    last = names_of(peft_model, gapo.mgda_parameters(peft_model, "last_block"))
+    last = names_of(peft_model, mgda_parameters(peft_model, "last_block"))
     assert last and all(n.startswith("base_model.model." + block) and "lora_" in n for n in last)
     with pytest.raises(ValueError, match="with LoRA the output head is frozen") as err:
-        gapo.mgda_parameters(peft_model, "lm_head")
+        mgda_parameters(peft_model, "lm_head")
     assert "last_block" in str(err.value)
 
 
 def test_tied_output_head_is_the_embedding_and_a_frozen_one_is_not_blamed_on_lora():
     model = tiny_causal_lm("gpt2", tie=True)  # GPT-2 ties lm_head to wte: no "lm_head" parameter name
-    head = gapo.mgda_parameters(model, "lm_head")
+    head = mgda_parameters(model, "lm_head")
     assert names_of(model, head) == ["transformer.wte.weight"]
     model.transformer.wte.weight.requires_grad_(False)
     with pytest.raises(ValueError, match=r"\(the output head is frozen\)") as err:
-        gapo.mgda_parameters(model, "lm_head")
+        mgda_parameters(model, "lm_head")
     assert "LoRA" not in str(err.value)
 
 
@@ -320,13 +321,13 @@ def test_last_block_depth_from_text_config_and_a_clear_error():
     outer.text_config = text
     model.config = outer
     assert not hasattr(outer, "num_hidden_layers") or outer.num_hidden_layers != 3
-    last = names_of(model, gapo.mgda_parameters(model, "last_block"))
+    last = names_of(model, mgda_parameters(model, "last_block"))
     assert last and all(n.startswith("model.layers.2.") for n in last)
     model.config = text
     for p in model.model.layers[2].parameters():
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="decoder block 2 has no trainable parameter") as err:
-        gapo.mgda_parameters(model, "last_block")
+        mgda_parameters(model, "last_block")
     assert "--mgda_params all" in str(err.value) and "use --mgda_params last_block" not in str(err.value)
 
 

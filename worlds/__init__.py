@@ -10,7 +10,7 @@ does it first under torchrun, loading.resolve_world sees to that) and returns a 
 - test_prompts: held-out raw prompts for train.py's --eval_every learning curve, or None;
 - ground_truth: True when the toy world's judge applies (evals/tables.toy_metrics).
 A new world is one file defining prepare(cfg) plus one line in WORLDS; a run picks it with the
-preset of the same name (train.py's PRESETS), any other preset trains in the toy world.
+preset of the same name (worlds/presets.py), any other preset trains in the toy world.
 
 Run: nothing to run; loading.resolve_world calls prepare (`python -m pytest tests/test_worlds.py`).
 Left out on purpose: worlds outside this package, and choosing a world apart from the preset.
