@@ -75,11 +75,21 @@ def test_same_seed_same_log_and_other_seed_differs(tiny_toyworld, tmp_path):
     assert strip(read_log(tmp_path / "a")) != strip(read_log(tmp_path / "c"))
 
 
-def test_static_cache_generation_trains_the_same_run(tiny_toyworld, tmp_path):
+def test_static_cache_generation_trains_the_same_run(tiny_toyworld, tmp_path, monkeypatch):
     """--generation static samples the same tokens as hf on the CPU (no compile here), so the
-    whole log is the same; the engine is saved with the run and may change on --resume."""
+    whole log is the same; the engine reaches rollout.generate, is saved with the run and may
+    change on --resume."""
+    engines, generate = [], train.generate
+
+    def recorded(*args):
+        engines.append(args[-1])  # the engine, train.collect_rollout's last argument
+        return generate(*args)
+
+    monkeypatch.setattr(train, "generate", recorded)
     for name, engine in (("hf", "hf"), ("static", "static")):
         run(["--method", "gapo", "--generation", engine], tiny_toyworld, tmp_path / name)
+    iterations = len(read_log(tmp_path / "hf"))
+    assert engines == ["hf"] * iterations + ["static"] * iterations
     strip = lambda log: [{k: v for k, v in r.items() if not k.startswith(("time_", "tokens_"))}
                          for r in log]
     assert strip(read_log(tmp_path / "hf")) == strip(read_log(tmp_path / "static"))
