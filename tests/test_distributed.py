@@ -469,7 +469,8 @@ if __name__ == "__main__":
 def test_torchrun_one_gram_matrix_per_step_whatever_the_micro_batch(tiny_toyworld, tmp_path):
     """Two processes: the first step's alpha and weights are the same with micro-batches of 2
     (two per step on each rank, summed, then averaged over ranks before the one solve) as with
-    one micro-batch per step."""
+    one micro-batch per step. The second run samples with the static-cache engine under FSDP2
+    (the same tokens as hf on the CPU), so that path runs under torchrun too."""
     args = ["--toy_size", "tiny", "--toy_dir", tiny_toyworld, "--method", "gapo", "--p", "2",
             "--iterations", "1", "--batch_size", "4", "--minibatch_size", "4", "--ppo_epochs", "1",
             "--max_new_tokens", "8"]
@@ -479,7 +480,9 @@ def test_torchrun_one_gram_matrix_per_step_whatever_the_micro_batch(tiny_toyworl
         out = tmp_path / f"m{micro}"
         result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                                  "--nproc_per_node", "2", "train.py", *args, "--micro_batch_size",
-                                 micro, "--out_dir", str(out)], cwd=ROOT, capture_output=True,
+                                 micro, "--out_dir", str(out),
+                                 "--generation", "static" if micro == "2" else "hf"],
+                                cwd=ROOT, capture_output=True,
                                 text=True, timeout=300, env=env)
         assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
         with open(out / "log.jsonl") as f:
