@@ -121,8 +121,8 @@ def training_curves(run_dirs, smooth=10):
             mean = np.mean([[r[k] for r in log[:n]] for log in logs], axis=0)  # (n,)
             smoothed = np.convolve(mean, np.ones(window) / window, mode="valid")
             curve[k] = smoothed.tolist()  # point j: the mean of iterations j+1 .. j+window
-            curve[k + "_moved"] = (float(mean[-quarter:].mean() - mean[-2 * quarter:-quarter].mean())
-                                   if quarter >= 2 else None)
+            last, before = mean[-quarter:], mean[-2 * quarter:-quarter]
+            curve[k + "_moved"] = float(last.mean() - before.mean()) if quarter >= 2 else None
         curve["smoothed_from"] = window
         curves[method] = curve
     return curves

@@ -242,7 +242,8 @@ def _mixed_precision(model):
 
 def shard_model(model, keep=(), own_group=()):
     """FSDP2 in place: each decoder layer, then the root (embeddings, final norm, heads), sharded
-    over all ranks; parameters in `keep` stay whole on every rank (gradients: average_whole_gradients).
+    over all ranks; parameters in `keep` stay whole on every rank (their gradients:
+    average_whole_gradients).
     Modules in `own_group` get their own FSDP group without mixed precision: a float32 head (the
     critic's value head) would otherwise share the root group with a bf16 backbone (FSDP requires
     one parameter dtype per group) or be cast to bf16 by the root's policy. Returns the model."""
