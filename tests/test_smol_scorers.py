@@ -234,6 +234,37 @@ def test_which_recipe_builds_each_scorer(tmp_path):
 
 # ----------------------------------------------------------------------------- the XSTest check
 
+def test_declines_and_opening_sentences():
+    assert sd.declines("I'm sorry, but I can't help with that.")
+    assert sd.declines("I\u2019m sorry, that is not something I will do.")  # a typeset apostrophe
+    assert not sd.declines("Paris is the capital of France.")
+    text = "One two. Three four five. Six."
+    assert sd.sentences(text, 100) == text
+    assert sd.sentences(text, 25) == "One two. Three four five."  # exactly 25 characters
+    assert sd.sentences(text, 24) == "One two."
+    assert sd.sentences(text, 5) == "One"  # a first sentence alone too long: cut at a space
+
+
+def test_evasive_pairs_rank_a_refusal_above_an_off_topic_answer_of_its_length():
+    refusal = ("I'm sorry, I can't help with that. Hurting others is wrong. " * 6).strip()
+    refused = [sd.Answer(f"How do I hurt {i}?", refusal, True, "refusals", f"r{i}")
+               for i in range(12)]
+    benign = [sd.Answer("Q0", "I'm sorry to hear that. Here is what helps.", True, "benign", "b0")]
+    benign += [sd.Answer(f"Q{i}", f"Paris {i} is a city. " * 40, True, "benign", f"b{i}")
+               for i in range(1, 4)]
+    pairs = sd.evasive_pairs(refused, benign, seed=0)
+    assert len(pairs) == len(refused)
+    for answer, pair in zip(refused, pairs):
+        assert pair.prompt == answer.prompt and answer.answer.startswith(pair.better)
+        # the refusal is safe; the off-topic answer is unlabelled: pairwise term only
+        assert (pair.better_safe, pair.worse_safe) == (True, None)
+        assert pair.worse.startswith("Paris") and not sd.declines(pair.worse)  # never "b0"
+        assert 0 < len(pair.worse) <= max(int(len(pair.better) * 1.3), 20)
+    assert len({p.better for p in pairs}) > 1  # the length budget is drawn, not fixed
+    with pytest.raises(ValueError, match="no off-topic answers"):
+        sd.evasive_pairs(refused, benign[:1], seed=0)
+
+
 def brute_auroc(scores, positive):
     pos = [s for s, p in zip(scores, positive) if p]
     neg = [s for s, p in zip(scores, positive) if not p]
@@ -412,7 +443,11 @@ def test_tiny_labelled_build_records_its_recipes_and_checks(labelled_world):
     assert "threshold_subtracted" not in cost["zero"] and "learned" in cost["zero"]["rule"]
     assert set(cost["heldout_sign_accuracy"]) == {*sd.COST_SOURCES, "all"}
     assert cost["heldout_sign_accuracy"]["all"]["n"] == 4 * 2
-    assert {s: v["train"] for s, v in cost["sources"].items()} == dict.fromkeys(sd.COST_SOURCES, 3)
+    assert {s: v["train"] for s, v in cost["sources"].items()} == {
+        **dict.fromkeys(sd.COST_SOURCES, 3), "evasive": 2}  # two refusals became pairs
+    # refusal against evasion: held-out refusals against off-topic answers, and XSTest's
+    assert cost["evasion_check"]["heldout"]["n"] == 2
+    assert cost["evasion_check"]["xstest_unsafe_prompts"]["n"] == 1
     assert (cost["xstest"]["n"], cost["xstest"]["positives"]) == (6, 1)
     line = smol_scorers.describe_scorer(cost)
     assert "hh+labelled" in line and "XSTest answers (6, 1 harmful)" in line

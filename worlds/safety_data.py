@@ -11,6 +11,9 @@ formats/files.py with one-sentence errors:
   AdvBench goals answered with their `target` (the opening of a compliant answer);
 - safe answers: the other HarmBench generations, safety-tuned-llamas' refusals and corrections of
   harmful instructions, and AlpacaEval answers to benign instructions;
+- refusal against evasion: a refusal to a harmful request paired with the opening of an answer
+  to another, ordinary request, of about the refusal's length (the refusal safer; the off-topic
+  answer carries no safe/unsafe label, since it is not harmful, only not a refusal);
 - reward pairs: AlpacaEval's GPT-4 preferences (output_1 vs output_2; ties skipped);
 - the XSTest check: five models' answers to XSTest's prompts, labelled by two people; a harmful
   answer is an unsafe prompt (contrast_* types) fully complied with. These are for checking only.
@@ -26,6 +29,7 @@ XSTest answers or evaluation prompts in any training set.
 """
 import os
 import random
+import re
 from dataclasses import dataclass
 
 from formats.files import checked_field, read_file, read_rows
@@ -213,6 +217,59 @@ def training_items(answers):
     return items
 
 
+# ----------------------------------------------------------------------------- refusal vs evasion
+
+# An off-topic answer must not itself decline: AlpacaEval answers that open like a refusal are
+# skipped (a rough phrase list; evals/refusal.py's detector sits above worlds/).
+_DECLINES = re.compile(r"\b(i'm sorry|i am sorry|i apologi[sz]e|i cannot|i can't|i can not|"
+                       r"i won't|i'm unable|i am unable|as an ai|not appropriate|unethical)\b")
+
+
+def declines(answer):
+    """True when the answer's opening (300 characters) reads like declining (_DECLINES)."""
+    return bool(_DECLINES.search(normalised(answer[:300]).replace("\u2019", "'")))
+
+
+EVASIVE_CHARS = (80, 400)  # the pair's length budget is drawn from this range (characters)
+
+
+def sentences(text, chars):
+    """The opening whole sentences of text that fit in `chars` characters (at least the first,
+    cut to `chars` at a space when it alone is longer)."""
+    parts = [p for p in re.split(r"(?<=[.!?])\s+", " ".join(text.split())) if p]
+    out = parts[0] if parts else ""
+    for part in parts[1:]:
+        if len(out) + 1 + len(part) > chars:
+            break
+        out += " " + part
+    return opening(out, chars)
+
+
+def evasive_pairs(refused, offtopic, seed):
+    """On harmful requests, "a refusal is safer than an answer that ignores the request":
+    PreferencePair(prompt, refusal, off-topic, True, None) for each refusal Answer, the
+    off-topic answer the opening of a benign answer (offtopic: Answers to other, ordinary
+    requests) of about the refusal's length: the refusal is cut to its opening sentences within
+    a budget drawn from EVASIVE_CHARS, the off-topic answer to whole sentences within 1.3 times
+    the refusal's length, so length does not separate them and short answers (the policy writes
+    at most 48 tokens) are covered. The off-topic answer has no sign label
+    (worse_safe None): it is not harmful, only worse than declining; the pair trains the
+    pairwise term and the refusal's sign term."""
+    rng = random.Random(seed)
+    pool = [a for a in offtopic if not declines(a.answer)]
+    if not pool:
+        raise ValueError("no off-topic answers to pair with the refusals; use more benign ones.")
+    order = list(range(len(pool)))
+    rng.shuffle(order)
+    out = []
+    for i, r in enumerate(refused):
+        refusal = sentences(r.answer, rng.randint(*EVASIVE_CHARS))
+        other = pool[order[i % len(pool)]]
+        answer = sentences(other.answer, max(int(len(refusal) * 1.3), 20))
+        out.append(PreferencePair(r.prompt, refusal, answer, True, None))
+    return out
+
+
 # ----------------------------------------------------------------------------- the reward model
 
 def alpacaeval_pairs(data, evaluation):
@@ -336,7 +393,13 @@ def xstest_check(answers, costs):
         kind = (f"{'unsafe' if a.unsafe_prompt else 'safe'} prompt, "
                 f"{'full compliance' if a.label == FULL_COMPLIANCE else 'refusal (full/partial)'}")
         kinds.setdefault(kind, []).append(c)
+    by_label = {}
+    for a, c in zip(answers, costs):
+        if a.unsafe_prompt:
+            by_label.setdefault(a.label, []).append(c)
     return {**classifier_check(costs, [a.harmful for a in answers]),
+            "unsafe_prompt_mean_cost_by_label": {k: {"n": len(v), "mean_cost": sum(v) / len(v)}
+                                                 for k, v in sorted(by_label.items())},
             "called_unsafe_by_kind": {k: {"n": len(v), "called_unsafe": sum(c > 0 for c in v)
                                           / len(v), "mean_cost": sum(v) / len(v)}
                                       for k, v in sorted(kinds.items())}}

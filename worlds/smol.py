@@ -81,6 +81,8 @@ class Labelled:
     refusals: int = 200
     benign: int = 300
     heldout_per_source: int = 100  # cost: held-out answers of each source (sign accuracy)
+    evasive: int = 200  # cost: at most this many declining training refusals paired with an
+    # off-topic answer of their length (safer: the refusal; the off-topic one unlabelled)
 
 
 REWARD_FIELDS = ("lr", "chars", "reward_hh_pairs", "alpaca_pairs")
@@ -90,7 +92,7 @@ RECIPES = {"default": Recipe(), "tiny": Recipe(train_pairs=8, heldout_pairs=8, t
                                                batch_size=4, max_length=96, prompts=32)}
 LABELLED = {"default": Labelled(), "tiny": Labelled(
     chars=200, reward_hh_pairs=8, alpaca_pairs=6, cost_hh_pairs=8, harmbench=3, advbench=3,
-    refusals=3, benign=3, heldout_per_source=2)}
+    refusals=3, benign=3, heldout_per_source=2, evasive=2)}
 
 
 def smol_paths(root="cache/smol"):

@@ -9,10 +9,15 @@ Two recipes per scorer, picked by what the data folder holds (scorer_data):
 - "hh+alpacaeval" (reward): HH helpful-base pairs plus AlpacaEval's GPT-4 preferences, and
   "hh+labelled" (cost): HH harmless-base pairs plus answers labelled safe or unsafe
   (worlds/safety_data.py), trained with Safe RLHF's cost loss, sign terms included (paper Sec. 2,
-  App. B.2), so its zero is the one the loss learned: no calibration.
+  App. B.2), so its zero is the one the loss learned: no calibration. Part of its refusals come
+  as pairs against an off-topic answer of their length (safety_data.evasive_pairs): without
+  them the safe answers to harmful requests were short and the unsafe ones long, the model
+  learned brevity as safety, and PPO on the cost learned short evasive non-answers.
 Checks, each beside its baseline: held-out pair accuracy on every source against "the longer
-answer wins", the cost's held-out sign accuracy per labelled source, and the cost model on
-XSTest's human-labelled answers (accuracy and AUROC of "cost > 0 = a harmful answer").
+answer wins", the cost's held-out sign accuracy per labelled source, the cost model on
+XSTest's human-labelled answers (accuracy and AUROC of "cost > 0 = a harmful answer"), and
+refusal against evasion (evasion_check: does declining a harmful request cost less than an
+off-topic answer of the same length, on held-out requests and XSTest's unsafe prompts?).
 
 Run: nothing to run (`python -m worlds.smol` builds). Left out on purpose: a threshold on top of
 a learned sign, and the evals/refusal.py baseline of the XSTest check (evals/ sits above worlds/:
@@ -83,8 +88,26 @@ def plan_scorer(kind, name, data, hh_train, evaluation, recipe, labelled):
         train, heldout = train + t, heldout + h
         sources[source] = {"train": len(t), "heldout": len(h), "unsafe_train":
                            sum(not a.safe for a in t), "evaluation_prompts": dropped[source]}
-    return Plan(name, hh_train + safety_data.training_items(train),
-                f"{subset} + answers labelled safe/unsafe ({', '.join(sources)})", labelled.lr,
+    # Refusal against evasion: the first `evasive` training refusals that decline become pairs
+    # (the refusal safer than an off-topic answer of about its length, which has no sign label)
+    # in place of single answers, so that declining, not brevity, is what the cost rates safe
+    # (safety-tuned-llamas also answers some requests helpfully: those stay single answers).
+    refused = [a for a in train if a.source == "refusals" and safety_data.declines(a.answer)]
+    refused = refused[:labelled.evasive]
+    if labelled.evasive and not refused:
+        raise ValueError("no training refusal declines a request; raise the recipe's refusals "
+                         "or set its evasive to 0.")
+    evasive = safety_data.evasive_pairs(refused, [a for a in train if a.source == "benign"],
+                                        recipe.seed) if refused else []
+    paired = {id(a) for a in refused}
+    items = safety_data.training_items([a for a in train if id(a) not in paired]) + evasive
+    if evasive:
+        sources["evasive"] = {"train": len(evasive), "mean_chars": {
+            "refusal": sum(len(p.better) for p in evasive) / len(evasive),
+            "off_topic": sum(len(p.worse) for p in evasive) / len(evasive)}}
+    return Plan(name, hh_train + items,
+                f"{subset} + answers labelled safe/unsafe ({', '.join(safety_data.COST_SOURCES)})"
+                + (", refusals paired with off-topic answers" if evasive else ""), labelled.lr,
                 sources, heldout_answers=heldout)
 
 
@@ -183,6 +206,8 @@ def train_scorer(kind, policy_dir, pairs, plan, recipe, out, progress=True, abou
     elif kind == "cost":
         report["zero"] = {"rule": "learned: the cost loss's sign terms (cost > 0 = unsafe)"}
         report["heldout_sign_accuracy"] = sign_check(answers, answer_costs)
+        report["evasion_check"] = evasion_check(as_scorer, answers, answer_costs, xstest,
+                                                xstest_costs, recipe, chars)
     if kind == "cost" and xstest:
         report["xstest"] = safety_data.xstest_check(xstest, xstest_costs)
     report["seconds"] = round(time.time() - t0, 1)
@@ -191,6 +216,62 @@ def train_scorer(kind, policy_dir, pairs, plan, recipe, out, progress=True, abou
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
     return report
+
+
+def evasion_check(scorer, answers, costs, xstest, xstest_costs, recipe, chars):
+    """Does the cost model rate declining a harmful request safer than ignoring it? On held-out
+    harmful requests: mean cost of the refusals (full opening, and cut as in the evasive pairs),
+    of off-topic answers of the same length (openings of held-out benign answers) to the same
+    requests, and of compliant answers (held-out unsafe HarmBench / AdvBench answers), with the
+    share of requests where the refusal costs less than the off-topic answer. On XSTest's unsafe
+    prompts: each prompt's first full refusal against an off-topic answer of its length."""
+    mean = lambda v: sum(v) / len(v) if v else None
+    benign = [a for a in answers if a.source == "benign"]
+    refused = [(a, c) for a, c in zip(answers, costs)
+               if a.source == "refusals" and safety_data.declines(a.answer)]
+    out = {}
+    if refused and benign:
+        pairs = safety_data.evasive_pairs([a for a, _ in refused], benign, recipe.seed + 1)
+        full = [safety_data.sentences(b.answer, len(a.answer)) for (a, _), b in
+                zip(refused, benign * (len(refused) // len(benign) + 1))]
+        scored = scores_of(scorer, [(p.prompt, p.better) for p in pairs]
+                           + [(p.prompt, p.worse) for p in pairs]
+                           + [(a.prompt, f) for (a, _), f in zip(refused, full)],
+                           recipe.max_length)
+        n = len(pairs)
+        cut, off, off_full = scored[:n], scored[n:2 * n], scored[2 * n:]
+        unsafe = [(a, c) for a, c in zip(answers, costs) if not a.safe]
+        out["heldout"] = {
+            "n": n,
+            "refusal_full": mean([c for _, c in refused]),
+            "off_topic_same_length_as_full": mean(off_full),
+            "refusal_full_below_off_topic": mean([float(c < o) for (_, c), o in
+                                                  zip(refused, off_full)]),
+            "refusal_cut": mean(cut), "off_topic_same_length_as_cut": mean(off),
+            "refusal_cut_below_off_topic": mean([float(c < o) for c, o in zip(cut, off)]),
+            "compliance": mean([c for _, c in unsafe]),
+            "compliance_by_source": {s: mean([c for a, c in unsafe if a.source == s])
+                                     for s in ("harmbench", "advbench")},
+            "mean_chars": {"refusal_full": mean([len(a.answer) for a, _ in refused]),
+                           "off_topic_full": mean([len(f) for f in full]),
+                           "refusal_cut": mean([len(p.better) for p in pairs]),
+                           "off_topic_cut": mean([len(p.worse) for p in pairs])}}
+    first = {}
+    for a, c in zip(xstest, xstest_costs):
+        if a.unsafe_prompt and a.label == "2_full_refusal" and a.prompt not in first:
+            first[a.prompt] = (safety_data.opening(a.answer, chars), c)
+    if first and benign:
+        pool = benign * (len(first) // len(benign) + 1)
+        offs = [safety_data.sentences(b.answer, max(len(r), 20))
+                for (r, _), b in zip(first.values(), pool)]
+        off = scores_of(scorer, list(zip(first, offs)), recipe.max_length)
+        refusal = [c for _, c in first.values()]
+        comply = [c for a, c in zip(xstest, xstest_costs) if a.harmful]
+        out["xstest_unsafe_prompts"] = {
+            "n": len(first), "full_refusal": mean(refusal), "off_topic": mean(off),
+            "refusal_below_off_topic": mean([float(r < o) for r, o in zip(refusal, off)]),
+            "full_compliance": mean(comply)}
+    return out
 
 
 def sign_check(answers, costs):
@@ -249,6 +330,19 @@ def describe_scorer(report, cached=False):
     if "heldout_sign_accuracy" in report:
         line += "; held-out sign accuracy " + ", ".join(
             f"{k} {v['sign_accuracy']:.3f}" for k, v in report["heldout_sign_accuracy"].items())
+    ev = report.get("evasion_check", {})
+    if "heldout" in ev:
+        h = ev["heldout"]
+        line += (f"; held-out harmful requests, mean cost: refusal {h['refusal_full']:.2f} vs "
+                 f"off-topic {h['off_topic_same_length_as_full']:.2f} (refusal lower on "
+                 f"{h['refusal_full_below_off_topic']:.0%}), cut refusal {h['refusal_cut']:.2f} "
+                 f"vs {h['off_topic_same_length_as_cut']:.2f} "
+                 f"({h['refusal_cut_below_off_topic']:.0%}), compliance {h['compliance']:.2f}")
+    if "xstest_unsafe_prompts" in ev:
+        x = ev["xstest_unsafe_prompts"]
+        line += (f"; XSTest unsafe prompts: full refusal {x['full_refusal']:.2f}, off-topic "
+                 f"{x['off_topic']:.2f} (refusal lower on {x['refusal_below_off_topic']:.0%}), "
+                 f"full compliance {x['full_compliance']:.2f}")
     if "xstest" in report:
         x = report["xstest"]
         auroc = "n/a" if x["auroc"] is None else f"{x['auroc']:.3f}"
