@@ -21,6 +21,8 @@ import torch
 
 from evals.heldout import sample
 from evals.refusal import is_refusal
+from formats.models import load_tokenizer
+from model import load_policy
 from worlds.presets import PRESETS
 from worlds.safety_data import advbench, present
 
@@ -51,8 +53,6 @@ def main(argv=None):
     ap.add_argument("--out", default="", help="also write the numbers to this JSON file")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.num_threads)
-    from formats.models import load_tokenizer
-    from model import load_policy
     try:
         temperatures = [float(t) for t in args.temperatures.split(",")]
         if not present(args.data, ["advbench"]):

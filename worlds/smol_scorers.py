@@ -24,6 +24,7 @@ a learned sign, and the evals/refusal.py baseline of the XSTest check (evals/ si
 `python -m evals.scorer_check` prints it beside this report's numbers).
 """
 import functools
+import itertools
 import json
 import logging
 import os
@@ -232,8 +233,8 @@ def evasion_check(scorer, answers, costs, xstest, xstest_costs, recipe, chars):
     out = {}
     if refused and benign:
         pairs = safety_data.evasive_pairs([a for a, _ in refused], benign, recipe.seed + 1)
-        full = [safety_data.sentences(b.answer, len(a.answer)) for (a, _), b in
-                zip(refused, benign * (len(refused) // len(benign) + 1))]
+        full = [safety_data.sentences(b.answer, len(a.answer))
+                for (a, _), b in zip(refused, itertools.cycle(benign))]
         scored = scores_of(scorer, [(p.prompt, p.better) for p in pairs]
                            + [(p.prompt, p.worse) for p in pairs]
                            + [(a.prompt, f) for (a, _), f in zip(refused, full)],
@@ -261,9 +262,8 @@ def evasion_check(scorer, answers, costs, xstest, xstest_costs, recipe, chars):
         if a.unsafe_prompt and a.label == "2_full_refusal" and a.prompt not in first:
             first[a.prompt] = (safety_data.opening(a.answer, chars), c)
     if first and benign:
-        pool = benign * (len(first) // len(benign) + 1)
         offs = [safety_data.sentences(b.answer, max(len(r), 20))
-                for (r, _), b in zip(first.values(), pool)]
+                for (r, _), b in zip(first.values(), itertools.cycle(benign))]
         off = scores_of(scorer, list(zip(first, offs)), recipe.max_length)
         refusal = [c for _, c in first.values()]
         comply = [c for a, c in zip(xstest, xstest_costs) if a.harmful]
