@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import random
+import types
 
 import pytest
 import torch
@@ -432,7 +433,8 @@ def test_tiny_labelled_build_records_its_recipes_and_checks(labelled_world):
     assert (reward["scorer_data"], reward["labelled_recipe"]) == ("hh+alpacaeval", {
         k: labelled[k] for k in ("lr", "chars", "reward_hh_pairs", "alpaca_pairs")})
     assert (cost["scorer_data"], cost["labelled_recipe"]) == ("hh+labelled", {
-        k: v for k, v in labelled.items() if k not in ("reward_hh_pairs", "alpaca_pairs")})
+        k: v for k, v in labelled.items() if k not in ("reward_hh_pairs", "alpaca_pairs")
+        and not k.startswith("sft_")})
     # reward: 8 HH pairs + 6 AlpacaEval pairs; checked on HH and held-out AlpacaEval pairs
     assert reward["train"]["pairs"] == 14
     assert reward["sources"]["alpacaeval"]["train"] == 6
@@ -468,8 +470,41 @@ def test_tiny_build_xstest_numbers_are_the_saved_model_s(labelled_world):
     assert {k: again[k] for k in ("accuracy", "auroc")} == {k: saved[k]
                                                            for k in ("accuracy", "auroc")}
     before = {k: os.stat(os.path.join(paths[k], "report.json")).st_mtime_ns
-              for k in ("reward", "cost")}
+              for k in ("reward", "cost", "sft")}
     assert smol.ensure_smol(os.path.dirname(paths["cost"]), data=data, size="tiny",
                             progress=False) == paths
     assert before == {k: os.stat(os.path.join(paths[k], "report.json")).st_mtime_ns
-                      for k in ("reward", "cost")}
+                      for k in ("reward", "cost", "sft")}
+
+
+def test_with_labelled_data_runs_start_from_the_sft_step(labelled_world):
+    """The SFT policy is built once from policy/ on the mix, recorded, and handed to runs;
+    another SFT recipe rebuilds it and only it."""
+    from transformers import AutoModelForCausalLM
+    data, paths = labelled_world
+    assert paths["start"] == paths["sft"] != paths["policy"]
+    with open(os.path.join(paths["sft"], "report.json")) as f:
+        report = json.load(f)
+    tiny = smol.LABELLED["tiny"]
+    assert (report["refusals"], report["ordinary"], report["steps"]) == (1, 2, 1)
+    assert report["labelled_recipe"] == {f: getattr(tiny, f) for f in smol.SFT_FIELDS}
+    sft = AutoModelForCausalLM.from_pretrained(paths["sft"])
+    base = AutoModelForCausalLM.from_pretrained(paths["policy"])
+    changed = [n for n, p in sft.named_parameters()
+               if not torch.equal(p, base.get_parameter(n))]
+    assert len(changed) == len(list(base.parameters()))  # every weight trained
+    cfg = smol.replace(smol.LABELLED["tiny"], sft_lr=tiny.sft_lr / 2)
+    root = os.path.dirname(paths["cost"])
+    before = {k: os.stat(os.path.join(paths[k], "report.json")).st_mtime_ns
+              for k in ("reward", "cost", "sft")}
+    old = smol.LABELLED["tiny"]
+    smol.LABELLED["tiny"] = cfg
+    try:
+        world = smol.prepare(types.SimpleNamespace(smol_dir=root, smol_data=data, smol_policy="",
+                                                   smol_size="tiny"))
+    finally:
+        smol.LABELLED["tiny"] = old
+    after = {k: os.stat(os.path.join(paths[k], "report.json")).st_mtime_ns
+             for k in ("reward", "cost", "sft")}
+    assert world.policy == paths["sft"]
+    assert [after[k] == before[k] for k in ("reward", "cost", "sft")] == [True, True, False]

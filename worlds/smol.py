@@ -20,6 +20,10 @@ renamed into place, so an interrupted build never looks finished):
            Each folder's report.json says which recipe built it and holds every check: held-out
            pair accuracy on each source beside "the longer answer wins", and for the cost model
            the held-out sign accuracy and the XSTest check.
+- sft/     the policy runs start from, when the data folder holds the labelled files: policy/
+           fine-tuned once on AlpacaEval answers mixed with refusals of harmful requests
+           (worlds/smol_sft.py; SmolLM2 alone almost never refuses, so PPO would have no refusal
+           to reinforce). Without the labelled files runs start from policy/ itself.
 - prompts.jsonl  training prompts: the first human turn of the HH-RLHF dialogues that neither
            score model trained or was checked on, helpful and harmless interleaved.
 Every part keeps out the requests of the evaluation sets in <data>/eval (AlpacaEval's helpful_base
@@ -83,21 +87,33 @@ class Labelled:
     heldout_per_source: int = 100  # cost: held-out answers of each source (sign accuracy)
     evasive: int = 200  # cost: at most this many declining training refusals paired with an
     # off-topic answer of their length (safer: the refusal; the off-topic one unlabelled)
+    # The SFT step (worlds/smol_sft.py), whose policy the runs start from; 0 refusals: none.
+    sft_refusals: int = 300  # declining safety-tuned-llamas refusals (not the cost model's)
+    sft_ordinary: int = 600  # AlpacaEval answers to benign instructions
+    sft_chars: int = 300  # each answer cut to its opening whole sentences
+    sft_max_length: int = 256  # tokens of prompt + answer; a long prompt loses its start
+    sft_epochs: int = 1
+    sft_batch_size: int = 8
+    sft_lr: float = 2e-5  # AdamW, every weight, decaying linearly to 0
 
 
 REWARD_FIELDS = ("lr", "chars", "reward_hh_pairs", "alpaca_pairs")
+SFT_FIELDS = ("chars", "refusals", "heldout_per_source", "sft_refusals", "sft_ordinary",
+              "sft_chars", "sft_max_length", "sft_epochs", "sft_batch_size", "sft_lr")
 
 
 RECIPES = {"default": Recipe(), "tiny": Recipe(train_pairs=8, heldout_pairs=8, train_layers=1,
                                                batch_size=4, max_length=96, prompts=32)}
 LABELLED = {"default": Labelled(), "tiny": Labelled(
     chars=200, reward_hh_pairs=8, alpaca_pairs=6, cost_hh_pairs=8, harmbench=3, advbench=3,
-    refusals=3, benign=3, heldout_per_source=2, evasive=2)}
+    refusals=3, benign=3, heldout_per_source=2, evasive=2, sft_refusals=1, sft_ordinary=2,
+    sft_max_length=64, sft_batch_size=3)}
 
 
 def smol_paths(root="cache/smol"):
-    """Absolute paths of the prepared parts: {"policy", "reward", "cost", "prompts"}."""
-    names = {"policy": "policy", "reward": "reward", "cost": "cost", "prompts": "prompts.jsonl"}
+    """Absolute paths of the prepared parts: {"policy", "sft", "reward", "cost", "prompts"}."""
+    names = {"policy": "policy", "sft": "sft", "reward": "reward", "cost": "cost",
+             "prompts": "prompts.jsonl"}
     return {k: os.path.abspath(os.path.join(root, v)) for k, v in names.items()}
 
 
@@ -258,8 +274,9 @@ def _locked(root, part):
 
 def ensure_smol(root="cache/smol", data="data", policy="", size="default", progress=True,
                 parts=("reward", "cost")):
-    """Prepare (or reuse) the smol world in root; returns smol_paths(root). parts: the scorers to
-    prepare in this call (two processes can build one each, in parallel)."""
+    """Prepare (or reuse) the smol world in root; returns smol_paths(root) plus "start": the
+    policy runs start from (sft/ when it is built, else policy/). parts: the scorers to prepare
+    in this call (two processes can build one each, in parallel)."""
     if size not in RECIPES:
         raise ValueError(f"unknown smol size {size!r}; use one of {', '.join(RECIPES)}.")
     recipe, paths = RECIPES[size], smol_paths(root)
@@ -285,8 +302,8 @@ def ensure_smol(root="cache/smol", data="data", policy="", size="default", progr
             say(f"smol: policy ready, {_build(paths['policy'], make_policy):,} parameters")
     evaluation = eval_prompts_in(data)  # kept out of every part (see not_opening_with)
     names, labelled = scorer_data(data), LABELLED[size]  # which recipe builds each scorer
-    fields = {"reward": REWARD_FIELDS, "cost": [f for f in asdict(labelled)
-                                                if f not in REWARD_FIELDS[2:]]}
+    fields = {"reward": REWARD_FIELDS, "cost": [f for f in asdict(labelled) if f not in
+                                                REWARD_FIELDS[2:] and not f.startswith("sft_")]}
     used = {k: {f: getattr(labelled, f) for f in fields[k]} if n != "hh" else None
             for k, n in names.items()}
     wanted = (asdict(recipe), data, FORMAT_VERSION, len(evaluation))
@@ -345,6 +362,28 @@ def ensure_smol(root="cache/smol", data="data", policy="", size="default", progr
             write_prompts(paths["prompts"], rest, recipe)
             with open(paths["prompts"] + ".json", "w") as f:
                 json.dump(recipe_json, f)
+    # The policy runs start from: the SFT step's (worlds/smol_sft.py) where the labelled data is
+    # there, else SmolLM2-135M-Instruct itself.
+    paths["start"] = paths["policy"]
+    if names["cost"] == "hh+labelled" and labelled.sft_refusals:
+        with _locked(root, "sft"):
+            want = {"seed": recipe.seed, "data": data, "format_version": FORMAT_VERSION,
+                    "eval_prompts_kept_out": len(evaluation), "policy_source": list(source),
+                    "labelled_recipe": {f: getattr(labelled, f) for f in SFT_FIELDS}}
+            report = _read_json(os.path.join(paths["sft"], "report.json")) or {}
+            built = {k: report.get(k) for k in want} != want
+            if built:
+                from worlds.smol_sft import sft_examples, train_sft
+                refusals, ordinary = sft_examples(data, evaluation, labelled, recipe.seed)
+                say(f"smol: the SFT step ({len(refusals)} refusals of harmful requests, "
+                    f"{len(ordinary)} ordinary answers; minutes on a CPU, once)")
+                make = lambda tmp: train_sft(paths["policy"], refusals, ordinary, labelled, tmp,
+                                             recipe.seed, progress, want)
+                report = _build(paths["sft"], make)
+            say(f"smol: SFT policy {'trained' if built else 'cached'} in {paths['sft']} "
+                f"(answer loss {report['loss_first_quarter']:.2f} -> "
+                f"{report['loss_last_quarter']:.2f})")
+        paths["start"] = paths["sft"]
     return paths
 
 
@@ -354,7 +393,7 @@ def prepare(cfg):
     print(f"smol: using (or preparing, on first use) SmolLM2-135M-Instruct and its reward "
           f"and cost models in {cfg.smol_dir}")
     paths = ensure_smol(cfg.smol_dir, cfg.smol_data, cfg.smol_policy, cfg.smol_size)
-    return World("smol", paths["policy"], paths["reward"], paths["cost"], prompts=paths["prompts"])
+    return World("smol", paths["start"], paths["reward"], paths["cost"], prompts=paths["prompts"])
 
 
 def write_prompts(path, rests, recipe):
