@@ -79,13 +79,15 @@ def plan(seeds, lambdas=LAMBDAS, whitening=True):
 
 def changed_settings(run_dir, train_argv):
     """Config fields whose saved value differs from what train.py would use now (say, after its
-    defaults changed): such a run is stale and is trained again. Model paths and bookkeeping fields
-    are not compared."""
+    defaults changed): such a run is stale and is trained again. Model paths, prompts the world
+    chose and bookkeeping fields are not compared."""
     with open(os.path.join(run_dir, "train_config.json")) as f:
         saved = json.load(f)
     wanted = dataclasses.asdict(cli.parse_config(train.Config, train.PRESETS, train_argv,
                                                       lora_lr=train.LORA_LR))
+    # the model paths, and the prompts when none are given, are what the world fills in
     skip = cli.VOLATILE | {"policy", "reward_model", "cost_model", "iterations", "toy_dir"}
+    skip |= set() if wanted["prompts"] else {"prompts"}
     return [f"{k} {saved[k]} -> {v}" for k, v in wanted.items()
             if k not in skip and k in saved and saved[k] != v]
 

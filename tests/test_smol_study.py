@@ -124,3 +124,19 @@ def test_a_run_is_stale_for_a_setting_it_learns_with_not_for_a_volatile_one(tmp_
     assert study.changed_settings(str(tmp_path), ["--generation", "static",
                                                   "--num_threads", "2"]) == []
     assert study.changed_settings(str(tmp_path), ["--kl_coef", "0.1"]) == ["kl_coef 0.05 -> 0.1"]
+
+
+def test_prompts_the_world_chose_do_not_make_a_run_stale(tmp_path):
+    """A smol run records the prompts file its world handed it; the study's plan leaves --prompts
+    empty, so that recorded path is no changed setting. Prompts given on purpose still count."""
+    import dataclasses
+    import cli
+    import train
+    from experiments import study
+    cfg = cli.parse_config(train.Config, train.PRESETS, ["--preset", "smol"],
+                           lora_lr=train.LORA_LR)
+    cfg = dict(dataclasses.asdict(cfg), prompts="/cache/prompts.jsonl")
+    (tmp_path / "train_config.json").write_text(json.dumps(cfg))
+    assert study.changed_settings(str(tmp_path), ["--preset", "smol"]) == []
+    assert study.changed_settings(str(tmp_path), ["--preset", "smol", "--prompts", "p.jsonl"]) == [
+        "prompts /cache/prompts.jsonl -> p.jsonl"]
