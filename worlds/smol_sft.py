@@ -4,15 +4,16 @@ with refusals of harmful ones, so that the policy the RLHF methods start from so
 Why: PPO only reinforces what the policy samples. SmolLM2-135M-Instruct answers about 1% of
 AdvBench's harmful requests with a refusal (evals/refusal_rate.py), so a cost model that rates
 refusals best gives PPO-S almost nothing to reinforce, and it learns to hedge instead (the README's
-smol reading). The paper's policies start from SFT models trained on instruction data that
-includes safety answers (Sec. 4.1: Mistral-7B-SFT; Safe RLHF's Alpaca-7B); safety-tuned-llamas
-(Bianchi et al. 2024) shows that a few hundred refusals in the SFT mix make a model refuse. This
-is that step, scaled down: supervised fine-tuning of every weight on
+smol reading). The paper's policies start from 7B SFT models tuned on broad instruction data,
+which holds some refusals (Sec. 4.1), and safety-tuned-llamas (Bianchi et al. 2024) shows that a
+few hundred refusals in an SFT mix make a model refuse. This is that step, scaled down:
+supervised fine-tuning of every weight on
 - refusals: safety-tuned-llamas' answers that decline a harmful instruction (declines()), from
   requests that the cost model neither trained nor was checked on;
 - ordinary answers: AlpacaEval answers to benign instructions outside helpful_base (one model's
-  answer each, drawn with the seed), cut to their opening whole sentences, so that refusing is
-  learned for harmful requests and not for every request.
+  answer each, drawn with the seed), so that the model keeps answering ordinary requests (it
+  still refuses many safe ones: the README's numbers).
+Every answer is cut to its opening whole sentences (the policy writes short answers).
 The loss is the answer tokens' cross-entropy (prompt tokens masked), the chat template the one
 the rollout uses (data.format_policy_prompt), the answer closed with the end-of-turn token.
 
@@ -69,6 +70,7 @@ def tokenize_example(tokenizer, prompt, answer, max_length):
     prompt_ids = prompt_ids[-(max_length - len(answer_ids)):]
     ids = torch.tensor(prompt_ids + answer_ids)
     labels = torch.tensor([-100] * len(prompt_ids) + answer_ids)
+    assert ids.shape == labels.shape and len(ids) <= max_length, (ids.shape, max_length)
     return ids, labels
 
 
@@ -82,6 +84,7 @@ def sft_loss(policy, batch, pad_id):
     for row, (i, l) in enumerate(batch):
         ids[row, :len(i)], labels[row, :len(l)], mask[row, :len(i)] = i, l, 1
     logits = policy(input_ids=ids, attention_mask=mask).logits[:, :-1]  # [B, T-1, V]
+    assert logits.shape[:2] == (len(batch), width - 1), logits.shape
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
                                              labels[:, 1:].reshape(-1), ignore_index=-100)
 
@@ -99,8 +102,9 @@ def train_sft(policy_dir, refusals, ordinary, labelled, out, seed=0, progress=Tr
     policy.train()
     examples = [tokenize_example(tokenizer, p, a, labelled.sft_max_length)
                 for p, a in refusals + ordinary]
-    order = [i for _ in range(labelled.sft_epochs) for i in random.Random(seed).sample(
-        range(len(examples)), len(examples))]
+    rng = random.Random(seed)  # a new order each epoch
+    order = [i for _ in range(labelled.sft_epochs) for i in rng.sample(range(len(examples)),
+                                                                          len(examples))]
     steps = range(0, len(order), labelled.sft_batch_size)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=labelled.sft_lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / len(steps))
