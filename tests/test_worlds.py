@@ -119,7 +119,8 @@ def test_the_smol_world_gives_what_it_gave_before(monkeypatch, tmp_path, capsys)
 
     def ensure(root, data, policy, size):  # the build itself is tests/test_smol.py's
         calls.append((root, data, policy, size))
-        return smol.smol_paths(root)
+        paths = smol.smol_paths(root)
+        return {**paths, "start": paths["sft"]}  # runs start from what ensure_smol says
     monkeypatch.setattr(smol, "ensure_smol", ensure)
     root = str(tmp_path / "smol")
     cfg = train.Config(preset="smol", smol_dir=root, smol_data="hh", smol_policy="x.gguf",
@@ -130,7 +131,7 @@ def test_the_smol_world_gives_what_it_gave_before(monkeypatch, tmp_path, capsys)
         capsys.readouterr().out)
     paths = smol.smol_paths(root)
     assert (cfg.policy, cfg.reward_model, cfg.cost_model, cfg.prompts) == (
-        paths["policy"], paths["reward"], paths["cost"], paths["prompts"])
+        paths["sft"], paths["reward"], paths["cost"], paths["prompts"])
     assert os.path.isabs(cfg.prompts) and cfg.prompts.endswith("prompts.jsonl")
     assert (world.name, world.ground_truth, world.train_prompts, world.test_prompts) == (
         "smol", False, None, None)
