@@ -477,7 +477,7 @@ def test_tiny_build_xstest_numbers_are_the_saved_model_s(labelled_world):
                       for k in ("reward", "cost", "sft")}
 
 
-def test_with_labelled_data_runs_start_from_the_sft_step(labelled_world):
+def test_with_labelled_data_runs_start_from_the_sft_step(labelled_world, monkeypatch):
     """The SFT policy is built once from policy/ on the mix, recorded, and handed to runs;
     another SFT recipe rebuilds it and only it."""
     from transformers import AutoModelForCausalLM
@@ -497,13 +497,9 @@ def test_with_labelled_data_runs_start_from_the_sft_step(labelled_world):
     root = os.path.dirname(paths["cost"])
     before = {k: os.stat(os.path.join(paths[k], "report.json")).st_mtime_ns
               for k in ("reward", "cost", "sft")}
-    old = smol.LABELLED["tiny"]
-    smol.LABELLED["tiny"] = cfg
-    try:
-        world = smol.prepare(types.SimpleNamespace(smol_dir=root, smol_data=data, smol_policy="",
-                                                   smol_size="tiny"))
-    finally:
-        smol.LABELLED["tiny"] = old
+    monkeypatch.setitem(smol.LABELLED, "tiny", cfg)
+    world = smol.prepare(types.SimpleNamespace(smol_dir=root, smol_data=data, smol_policy="",
+                                               smol_size="tiny"))
     after = {k: os.stat(os.path.join(paths[k], "report.json")).st_mtime_ns
              for k in ("reward", "cost", "sft")}
     assert world.policy == paths["sft"]
