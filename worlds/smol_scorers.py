@@ -65,6 +65,14 @@ def scorer_data(data):
             "cost": "hh+labelled" if safety else "hh"}
 
 
+def cost_split(answers, source, labelled, seed):
+    """(train, held-out) Answers of one labelled source for the cost model: the split both the
+    cost model and the smol SFT step (which keeps the cost model's refusals out) read."""
+    return safety_data.split_by_request(answers[source], lambda a: a.request,
+                                        getattr(labelled, source), labelled.heldout_per_source,
+                                        seed, f"the {source} answers")
+
+
 def plan_scorer(kind, name, data, hh_train, evaluation, recipe, labelled):
     """The Plan of one scorer: its HH training pairs plus, by recipe name, the labelled data."""
     subset = "helpful-base" if kind == "reward" else "harmless-base"
@@ -82,10 +90,7 @@ def plan_scorer(kind, name, data, hh_train, evaluation, recipe, labelled):
     answers, dropped = safety_data.cost_answers(data, evaluation, labelled.chars, recipe.seed)
     train, heldout, sources = [], [], {}
     for source in safety_data.COST_SOURCES:
-        t, h = safety_data.split_by_request(answers[source], lambda a: a.request,
-                                            getattr(labelled, source),
-                                            labelled.heldout_per_source, recipe.seed,
-                                            f"the {source} answers")
+        t, h = cost_split(answers, source, labelled, recipe.seed)
         train, heldout = train + t, heldout + h
         sources[source] = {"train": len(t), "heldout": len(h), "unsafe_train":
                            sum(not a.safe for a in t), "evaluation_prompts": dropped[source]}

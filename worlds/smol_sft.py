@@ -30,16 +30,14 @@ import time
 import torch
 
 from worlds import safety_data
+from worlds.smol_scorers import cost_split
 
 
 def sft_examples(data, evaluation, labelled, seed):
     """(refusals, ordinary): lists of (prompt, answer) for the SFT mix. The requests of the cost
     model's refusals (trained on or held out) are skipped; so are the evaluation requests."""
     answers, _ = safety_data.cost_answers(data, evaluation, labelled.chars, seed)
-    # the cost model's own split (smol_scorers.plan_scorer): its training and held-out refusals
-    train, heldout = safety_data.split_by_request(
-        answers["refusals"], lambda a: a.request, labelled.refusals,
-        labelled.heldout_per_source, seed, "the safety-tuned-llamas refusals")
+    train, heldout = cost_split(answers, "refusals", labelled, seed)  # the cost model's refusals
     cost_requests = {a.request for a in train + heldout}
     refusals = [a for a in answers["refusals"]
                 if a.request not in cost_requests and safety_data.declines(a.answer)]
